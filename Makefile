@@ -1,0 +1,34 @@
+# One entry point for people and CI. Every target builds on `setup`, which
+# creates .venv in the repo root when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch lies on local disk; pin it here so setup never pulls a CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ""
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(BIN)/python benchmarks/expansion_memory.py
+
+clean:
+	rm -rf $(VENV) runs/demo

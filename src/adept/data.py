@@ -1,0 +1,245 @@
+"""Corpora for probing general competence: loading, tokenising and batching.
+
+Reads `.txt`, `.jsonl`/`.json` (``{"text": ...}`` or ``{"instruction": ..., "output": ...}``
+items, loss on the answer only) and local Hugging Face dataset directories, and turns them into
+padded batches whose labels mask padding and prompts with -100. The probe set feeds the
+importance estimate of paper Sec. 3.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+TXT_SPLITS = ("paragraph", "line")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One training or probe document.
+
+    Either ``text`` (loss on every token) or ``prompt`` + ``answer`` (loss on the answer only).
+    ``source`` is ``file:line`` for error messages.
+    """
+
+    text: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    source: str = ""
+
+
+def _document_from_record(record: object, where: str) -> Document:
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    if isinstance(record.get("text"), str):
+        return Document(text=record["text"], source=where)
+    if isinstance(record.get("instruction"), str) and isinstance(record.get("output"), str):
+        prompt = record["instruction"]
+        if isinstance(record.get("input"), str) and record["input"]:
+            prompt = f"{prompt}\n{record['input']}"
+        return Document(prompt=prompt + "\n", answer=record["output"], source=where)
+    keys = sorted(record)
+    raise ValueError(f"{where}: expected a 'text' field or 'instruction' and 'output' fields, found keys {keys}")
+
+
+def load_documents(path: str | os.PathLike, txt_split: str = "paragraph") -> list[Document]:
+    """Read documents from a file or a local Hugging Face dataset directory.
+
+    Args:
+        path: ``.txt`` (one document per blank-line separated block with ``txt_split='paragraph'``,
+            per non-empty line with ``'line'``), ``.jsonl``, ``.json`` (a list of objects), or a
+            directory written by ``datasets.Dataset.save_to_disk``.
+        txt_split: how a ``.txt`` file is cut into documents.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _load_hf_directory(path)
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        if txt_split not in TXT_SPLITS:
+            raise ValueError(f"txt_split must be one of {TXT_SPLITS}, got '{txt_split}'")
+        return _load_txt(path, txt_split)
+    if suffix == ".jsonl":
+        docs = []
+        with open(path, encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+                docs.append(_document_from_record(record, where))
+        return _non_empty(docs, path)
+    if suffix == ".json":
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+        return _non_empty([_document_from_record(r, f"{path}[{i}]") for i, r in enumerate(records)], path)
+    raise ValueError(f"{path}: unsupported corpus format '{suffix}' (use .txt, .jsonl, .json or a dataset directory)")
+
+
+def _load_txt(path: Path, txt_split: str) -> list[Document]:
+    docs: list[Document] = []
+    block: list[str] = []
+    start = 1
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            stripped = line.rstrip("\n")
+            if txt_split == "line":
+                if stripped.strip():
+                    docs.append(Document(text=stripped, source=f"{path}:{lineno}"))
+                continue
+            if stripped.strip():
+                if not block:
+                    start = lineno
+                block.append(stripped)
+            elif block:
+                docs.append(Document(text="\n".join(block), source=f"{path}:{start}"))
+                block = []
+    if block:
+        docs.append(Document(text="\n".join(block), source=f"{path}:{start}"))
+    return _non_empty(docs, path)
+
+
+def _load_hf_directory(path: Path) -> list[Document]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not a dataset directory written by datasets' save_to_disk") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise ValueError(f"{path}: DatasetDict has no 'train' split (splits: {sorted(dataset)})")
+        dataset = dataset["train"]
+    columns = set(dataset.column_names)
+    if "text" not in columns and not {"instruction", "output"} <= columns:
+        raise ValueError(f"{path}: dataset needs a 'text' column or 'instruction' and 'output' columns, has {sorted(columns)}")
+    return _non_empty([_document_from_record(row, f"{path}[{i}]") for i, row in enumerate(dataset)], path)
+
+
+def _non_empty(docs: list[Document], path: Path) -> list[Document]:
+    if not docs:
+        raise ValueError(f"{path}: no documents found")
+    return docs
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_documents(
+    docs: Sequence[Document],
+    tokenizer,
+    max_length: int,
+    max_tokens: int | None = None,
+    seed: int = 0,
+) -> list[TokenizedExample]:
+    """Tokenise documents in a seeded random order until ``max_tokens`` label tokens are reached.
+
+    Text documents longer than ``max_length`` are cut into consecutive windows; instruction
+    documents keep the prompt (masked) and are truncated to ``max_length``.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    examples: list[TokenizedExample] = []
+    budget = 0
+    for idx in order:
+        for example in _tokenize_one(docs[idx], tokenizer, max_length):
+            n_targets = sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+            if n_targets == 0:
+                continue
+            examples.append(example)
+            budget += n_targets
+            if max_tokens is not None and budget >= max_tokens:
+                return examples
+    return examples
+
+
+def _tokenize_one(doc: Document, tokenizer, max_length: int) -> Iterable[TokenizedExample]:
+    eos = tokenizer.eos_token_id
+    if doc.text is not None:
+        ids = tokenizer(doc.text)["input_ids"]
+        if eos is not None:
+            ids = ids + [eos]
+        for start in range(0, len(ids), max_length):
+            window = ids[start : start + max_length]
+            if len(window) >= 2:
+                yield TokenizedExample(window, list(window))
+        return
+    prompt = tokenizer(doc.prompt)["input_ids"]
+    answer = tokenizer(doc.answer, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+    ids = (prompt + answer)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+    yield TokenizedExample(ids, labels)
+
+
+def collate(examples: Sequence[TokenizedExample], pad_token_id: int, pad_to: int | None = None) -> dict:
+    """Right-pad a list of examples into tensors; padded positions get label -100 and mask 0."""
+    import torch
+
+    length = max(len(e.input_ids) for e in examples)
+    if pad_to is not None:
+        length = max(length, pad_to)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def make_batches(examples: Sequence[TokenizedExample], batch_size: int, pad_token_id: int) -> list[dict]:
+    """Group examples into padded batches, in order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return [collate(examples[i : i + batch_size], pad_token_id) for i in range(0, len(examples), batch_size)]
+
+
+def pad_token_id_of(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else EOS, else 0 (masked anyway)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def load_probe_batches(
+    path: str | os.PathLike,
+    tokenizer,
+    *,
+    max_length: int = 512,
+    max_tokens: int | None = 50_000,
+    batch_size: int = 4,
+    seed: int = 0,
+    txt_split: str = "paragraph",
+) -> list[dict]:
+    """Documents -> tokenised examples -> padded batches, in one call."""
+    docs = load_documents(path, txt_split=txt_split)
+    examples = tokenize_documents(docs, tokenizer, max_length=max_length, max_tokens=max_tokens, seed=seed)
+    if not examples:
+        raise ValueError(f"{path}: no example with at least two tokens after tokenisation")
+    logger.info("probe corpus %s: %d documents -> %d examples", path, len(docs), len(examples))
+    return make_batches(examples, batch_size, pad_token_id_of(tokenizer))

@@ -1,0 +1,431 @@
+"""Stage 1b: function-preserving selective layer expansion (paper Sec. 3.2).
+
+Duplicates chosen decoder layers, inserting each copy right after its source, with the copy's
+attention and MLP output projections (weight and bias) set to zero so the expanded model
+computes exactly what the original did. Reads a safetensors checkpoint, writes an ordinary
+Hugging Face checkpoint plus the manifest ``expansion.json`` that later stages read.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adept.architectures import ArchitectureSpec, get_architecture
+from adept.artifacts import artifact_header, atomic_directory, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "expansion.json"
+_INDEX_NAME = "model.safetensors.index.json"
+_SINGLE_NAME = "model.safetensors"
+_COPY_CHUNK = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InsertedLayer:
+    """One inserted copy: its index in the expanded model and where it came from."""
+
+    layer_idx: int
+    source_layer_idx: int
+
+
+@dataclass(frozen=True)
+class ExpansionPlan:
+    """Which layers to duplicate and where every layer lands in the expanded model."""
+
+    source_num_layers: int
+    source_layers: tuple[int, ...]
+    layer_map: tuple[int, ...]
+    inserted: tuple[InsertedLayer, ...]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.source_num_layers + len(self.source_layers)
+
+    @property
+    def inserted_layer_indices(self) -> list[int]:
+        return [layer.layer_idx for layer in self.inserted]
+
+    def new_layer_origin(self) -> list[tuple[int, bool]]:
+        """For each expanded layer: ``(source layer, is_copy)``."""
+        origin: list[tuple[int, bool]] = [(-1, False)] * self.num_hidden_layers
+        for old, new in enumerate(self.layer_map):
+            origin[new] = (old, False)
+        for layer in self.inserted:
+            origin[layer.layer_idx] = (layer.source_layer_idx, True)
+        return origin
+
+
+def plan_expansion(source_num_layers: int, source_layers: Sequence[int]) -> ExpansionPlan:
+    """Plan the duplication of ``source_layers`` (0-based) in a model of the given depth."""
+    layers = list(source_layers)
+    if not layers:
+        raise ValueError("no layers to expand: give at least one source layer")
+    if len(set(layers)) != len(layers):
+        duplicates = sorted({idx for idx in layers if layers.count(idx) > 1})
+        raise ValueError(f"duplicate layer ids {duplicates}: each layer can be expanded once")
+    out_of_range = [idx for idx in layers if not 0 <= idx < source_num_layers]
+    if out_of_range:
+        raise ValueError(
+            f"layer ids {out_of_range} out of range: the model has {source_num_layers} layers (0-{source_num_layers - 1})"
+        )
+    if len(layers) >= source_num_layers:
+        raise ValueError(
+            f"cannot expand {len(layers)} layers of a {source_num_layers}-layer model: choose fewer than {source_num_layers}"
+        )
+    chosen = set(layers)
+    layer_map: list[int] = []
+    inserted: list[InsertedLayer] = []
+    new_idx = 0
+    for old in range(source_num_layers):
+        layer_map.append(new_idx)
+        new_idx += 1
+        if old in chosen:
+            inserted.append(InsertedLayer(layer_idx=new_idx, source_layer_idx=old))
+            new_idx += 1
+    return ExpansionPlan(source_num_layers, tuple(sorted(chosen)), tuple(layer_map), tuple(inserted))
+
+
+def select_least_important(layer_scores: Sequence[float], num_new_layers: int) -> list[int]:
+    """The ``num_new_layers`` layers with the lowest general-competence importance.
+
+    Ties are broken by layer index so the choice is deterministic.
+    """
+    if not 0 < num_new_layers < len(layer_scores):
+        raise ValueError(
+            f"--num-new-layers must be between 1 and {len(layer_scores) - 1} for a {len(layer_scores)}-layer model, got {num_new_layers}"
+        )
+    order = sorted(range(len(layer_scores)), key=lambda idx: (layer_scores[idx], idx))
+    return sorted(order[:num_new_layers])
+
+
+def select_within_budget(
+    layer_scores: Sequence[float], layer_num_params: Sequence[int], total_params: int, trainable_fraction: float
+) -> list[int]:
+    """Least important layers whose copies fit in ``trainable_fraction`` of the expanded model.
+
+    The fraction is of the expanded model's parameters (original plus copies), the number a
+    user sees as "trainable share" after expansion.
+    """
+    if not 0.0 < trainable_fraction < 1.0:
+        raise ValueError(f"--trainable-fraction must be in (0, 1), got {trainable_fraction}")
+    order = sorted(range(len(layer_scores)), key=lambda idx: (layer_scores[idx], idx))
+    chosen: list[int] = []
+    trainable = 0
+    for idx in order[: len(layer_scores) - 1]:
+        candidate = trainable + layer_num_params[idx]
+        if candidate / (total_params + candidate) > trainable_fraction:
+            break
+        chosen.append(idx)
+        trainable = candidate
+    if not chosen:
+        smallest = min(layer_num_params)
+        raise ValueError(
+            f"--trainable-fraction {trainable_fraction} is too small for one layer copy "
+            f"(needs at least {smallest / (total_params + smallest):.4f})"
+        )
+    return sorted(chosen)
+
+
+def expand_config(config, plan: ExpansionPlan, spec: ArchitectureSpec | None = None):
+    """Return a copy of ``config`` with every per-layer field following the new layer order."""
+    spec = spec or get_architecture(config.model_type)
+    if config.num_hidden_layers != plan.source_num_layers:
+        raise ValueError(
+            f"config has num_hidden_layers={config.num_hidden_layers} but the plan was made for {plan.source_num_layers}"
+        )
+    new_config = copy.deepcopy(config)
+    origin = plan.new_layer_origin()
+    for name in spec.per_layer_fields:
+        values = getattr(config, name, None)
+        if values is None:
+            continue
+        if len(values) != plan.source_num_layers:
+            raise ValueError(f"config.{name} has {len(values)} entries for {plan.source_num_layers} layers")
+        setattr(new_config, name, [values[src] for src, _ in origin])
+    for name in spec.layer_threshold_fields:
+        threshold = getattr(config, name, None)
+        if threshold is None:
+            continue
+        # "layers >= threshold" keeps selecting the same source layers (and their copies).
+        if threshold >= plan.source_num_layers:
+            new_threshold = threshold + len(plan.inserted)
+        else:
+            new_threshold = plan.layer_map[max(threshold, 0)]
+        setattr(new_config, name, new_threshold)
+    _check_no_unhandled_per_layer_lists(config, spec, plan.source_num_layers)
+    new_config.num_hidden_layers = plan.num_hidden_layers
+    return new_config
+
+
+def _check_no_unhandled_per_layer_lists(config, spec: ArchitectureSpec, num_layers: int) -> None:
+    """Fail loudly when a config holds a per-layer list the adapter does not know about."""
+    for name, value in config.to_dict().items():
+        if isinstance(value, (list, tuple)) and len(value) == num_layers and num_layers > 2:
+            if name not in spec.per_layer_fields and name not in ("architectures",):
+                raise ValueError(
+                    f"config.{name} looks like a per-layer field ({num_layers} entries) that the "
+                    f"'{spec.model_type}' adapter does not handle; refusing to expand"
+                )
+
+
+@dataclass(frozen=True)
+class TensorCopy:
+    """One tensor of the expanded checkpoint: where it comes from and whether it is zeroed."""
+
+    target_key: str
+    source_key: str
+    zero: bool = False
+
+
+def _map_keys(keys: Sequence[str], plan: ExpansionPlan, spec: ArchitectureSpec) -> list[TensorCopy]:
+    """Targets of ``keys`` in order: each tensor at its new index, then its copy if any."""
+    copies: list[TensorCopy] = []
+    chosen = {layer.source_layer_idx: layer.layer_idx for layer in plan.inserted}
+    for key in keys:
+        parts = spec.split_layer_key(key)
+        if parts is None:
+            copies.append(TensorCopy(key, key))
+            continue
+        old, unit = parts
+        if old >= plan.source_num_layers:
+            raise ValueError(f"tensor '{key}' belongs to layer {old}, beyond the {plan.source_num_layers} layers of the config")
+        copies.append(TensorCopy(spec.layer_key(plan.layer_map[old], unit), key))
+        if old in chosen:
+            copies.append(TensorCopy(spec.layer_key(chosen[old], unit), key, zero=spec.is_output_projection(unit)))
+    return copies
+
+
+def plan_tensor_copies(keys: Sequence[str], plan: ExpansionPlan, spec: ArchitectureSpec) -> list[TensorCopy]:
+    """Map every source key to its targets, asserting every layer is present and every key used once."""
+    copies = _map_keys(keys, plan, spec)
+    units_per_layer: dict[int, set[str]] = {}
+    for key in keys:
+        parts = spec.split_layer_key(key)
+        if parts is not None:
+            units_per_layer.setdefault(parts[0], set()).add(parts[1])
+    missing = sorted(set(range(plan.source_num_layers)) - set(units_per_layer))
+    if missing:
+        raise ValueError(f"checkpoint has no tensors for layers {missing}")
+    for old in plan.source_layers:
+        zeroed = {unit.rsplit(".", 1)[0] for unit in units_per_layer[old] if spec.is_output_projection(unit)}
+        if zeroed != set(spec.output_projections):
+            raise ValueError(
+                f"layer {old} lacks the output projections {list(spec.output_projections)}; "
+                f"cannot make its copy an identity"
+            )
+    targets = [c.target_key for c in copies]
+    assert len(targets) == len(set(targets)), "expanded checkpoint would contain a key twice"
+    assert {c.source_key for c in copies} == set(keys), "every source tensor must be consumed"
+    return copies
+
+
+def expand_state_dict(state_dict: Mapping[str, Any], plan: ExpansionPlan, spec: ArchitectureSpec) -> dict[str, Any]:
+    """In-memory expansion of a state dict (tensors are cloned; copies' output projections zeroed)."""
+    expanded: dict[str, Any] = {}
+    for item in plan_tensor_copies(list(state_dict), plan, spec):
+        tensor = state_dict[item.source_key]
+        expanded[item.target_key] = tensor.detach().new_zeros(tensor.shape) if item.zero else tensor.detach().clone()
+    return expanded
+
+
+def expand_model(model, plan: ExpansionPlan):
+    """Build a fresh expanded model (correct ``layer_idx`` everywhere) from an in-memory model."""
+    spec = get_architecture(model.config.model_type)
+    new_config = expand_config(model.config, plan, spec)
+    state_dict = model.state_dict()
+    new_state = expand_state_dict(state_dict, plan, spec)
+    new_model = type(model)(new_config).to(dtype=next(model.parameters()).dtype)
+    missing, unexpected = new_model.load_state_dict(new_state, strict=False)
+    tied = set(getattr(new_model, "_tied_weights_keys", None) or [])
+    if unexpected or [key for key in missing if key not in tied]:
+        raise RuntimeError(f"expanded state dict does not fit the expanded model: missing={missing}, unexpected={unexpected}")
+    if getattr(new_config, "tie_word_embeddings", False):
+        new_model.tie_weights()
+    return new_model.eval() if not model.training else new_model
+
+
+# --- streaming safetensors ---------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Return the header dict and the byte offset where tensor data starts."""
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
+    return header, 8 + header_len
+
+
+def _write_expanded_shard(source: Path, target: Path, copies: list[TensorCopy]) -> int:
+    """Stream one shard: copy tensor bytes range by range, write zeros for zeroed tensors.
+
+    Memory stays at one copy buffer whatever the shard size. Returns bytes of tensor data.
+    """
+    header, data_start = read_safetensors_header(source)
+    metadata = header.pop("__metadata__", None)
+    new_header: dict[str, Any] = {}
+    offset = 0
+    for item in copies:
+        info = header[item.source_key]
+        begin, end = info["data_offsets"]
+        new_header[item.target_key] = {
+            "dtype": info["dtype"],
+            "shape": info["shape"],
+            "data_offsets": [offset, offset + (end - begin)],
+        }
+        offset += end - begin
+    if metadata is not None:
+        new_header["__metadata__"] = metadata
+    encoded = json.dumps(new_header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # tensor data starts 8-byte aligned, as safetensors writes it
+    buffer = bytearray(_COPY_CHUNK)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.write(struct.pack("<Q", len(encoded)))
+        dst.write(encoded)
+        for item in copies:
+            begin, end = header[item.source_key]["data_offsets"]
+            remaining = end - begin
+            if item.zero:
+                while remaining > 0:
+                    step = min(remaining, _COPY_CHUNK)
+                    dst.write(bytes(step))
+                    remaining -= step
+                continue
+            src.seek(data_start + begin)
+            view = memoryview(buffer)
+            while remaining > 0:
+                got = src.readinto(view[: min(remaining, _COPY_CHUNK)])
+                if not got:
+                    raise ValueError(f"{source}: truncated tensor data for '{item.source_key}'")
+                dst.write(view[:got])
+                remaining -= got
+    return offset
+
+
+def checkpoint_shards(model_dir: Path) -> dict[str, list[str]]:
+    """Map shard file name -> tensor keys, in file order, for a safetensors checkpoint."""
+    index_path = model_dir / _INDEX_NAME
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        shards: dict[str, list[str]] = {}
+        for key, shard in weight_map.items():
+            shards.setdefault(shard, []).append(key)
+        for shard in shards:
+            if not (model_dir / shard).is_file():
+                raise FileNotFoundError(f"{model_dir / shard}: shard listed in {_INDEX_NAME} is missing")
+        return shards
+    single = model_dir / _SINGLE_NAME
+    if single.is_file():
+        header, _ = read_safetensors_header(single)
+        return {_SINGLE_NAME: [key for key in header if key != "__metadata__"]}
+    if any(model_dir.glob("*.bin")):
+        raise ValueError(
+            f"{model_dir}: only PyTorch .bin weights found; re-save the model with "
+            f"save_pretrained(..., safe_serialization=True) to get safetensors"
+        )
+    raise FileNotFoundError(f"{model_dir}: no {_SINGLE_NAME} or {_INDEX_NAME} found")
+
+
+def read_model_config(model_dir: str | os.PathLike):
+    """Load a local checkpoint's config, with a one-line error when it is missing."""
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir / 'config.json'}: not found (expected a local Hugging Face checkpoint)")
+    return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+
+
+def expand_checkpoint(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    plan: ExpansionPlan,
+    *,
+    overwrite: bool = False,
+    selection: dict[str, Any] | None = None,
+) -> Path:
+    """Stream-expand a local safetensors checkpoint into ``output_dir``.
+
+    Each output shard holds the tensors of the matching input shard plus the copies of the
+    layers found there, so peak memory is a copy buffer, not the model. The output directory
+    appears only when everything, manifest included, has been written.
+    """
+    from tqdm.auto import tqdm
+
+    model_dir = Path(model_dir)
+    output_dir = Path(output_dir)
+    config = read_model_config(model_dir)
+    spec = get_architecture(config.model_type)
+    new_config = expand_config(config, plan, spec)
+    shards = checkpoint_shards(model_dir)
+    all_keys = [key for keys in shards.values() for key in keys]
+    plan_tensor_copies(all_keys, plan, spec)  # validates the whole checkpoint before writing anything
+
+    zeroed: list[str] = []
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    with atomic_directory(output_dir, overwrite=overwrite) as tmp_dir:
+        for shard, keys in tqdm(shards.items(), desc="expanding shards", unit="shard", disable=len(shards) < 2):
+            copies = _map_keys(keys, plan, spec)
+            total_size += _write_expanded_shard(model_dir / shard, tmp_dir / shard, copies)
+            for item in copies:
+                weight_map[item.target_key] = shard
+                if item.zero:
+                    zeroed.append(item.target_key)
+        if (model_dir / _INDEX_NAME).is_file():
+            index = json.loads((model_dir / _INDEX_NAME).read_text())
+            index["metadata"] = {**index.get("metadata", {}), "total_size": total_size}
+            index["weight_map"] = dict(sorted(weight_map.items()))
+            (tmp_dir / _INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        new_config.save_pretrained(tmp_dir)
+        for item in sorted(model_dir.iterdir()):
+            if item.is_file() and item.name not in shards and item.name not in (_INDEX_NAME, "config.json", MANIFEST_NAME):
+                if item.suffix in (".safetensors", ".bin", ".pt", ".pth") or item.name.startswith("."):
+                    continue
+                shutil.copy2(item, tmp_dir / item.name)
+        write_json(tmp_dir / MANIFEST_NAME, build_manifest(model_dir, config, plan, sorted(zeroed), selection))
+    logger.info("expanded %s -> %s (%d -> %d layers)", model_dir, output_dir, plan.source_num_layers, plan.num_hidden_layers)
+    return output_dir
+
+
+def build_manifest(
+    model_dir: Path, config, plan: ExpansionPlan, zeroed: list[str], selection: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The manifest training reads to know which layers are new (never guessed from weights)."""
+    return {
+        **artifact_header("expansion"),
+        "source_model": str(model_dir),
+        "model_type": config.model_type,
+        "source_num_layers": plan.source_num_layers,
+        "num_hidden_layers": plan.num_hidden_layers,
+        "source_layers": list(plan.source_layers),
+        "inserted_layers": [asdict(layer) for layer in plan.inserted],
+        "layer_map": {str(old): new for old, new in enumerate(plan.layer_map)},
+        "zero_initialized": zeroed,
+        "selection": selection or {"method": "layers"},
+    }
+
+
+def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``expansion.json`` from a checkpoint directory or a direct path."""
+    from adept.artifacts import read_json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    return read_json(path, kind="expansion")

@@ -1,0 +1,353 @@
+"""Stage 1a: general-competence importance of layers and units (paper Sec. 3.1).
+
+Scores, on a general-domain probe corpus, how much each decoder layer and each unit (one
+parameter tensor of a layer) matters: loss increase when a layer is skipped ("masking out",
+the paper's layer criterion), gradient x weight |w * dL/dw| per unit (the paper's unit
+criterion), Fisher (sum of squared gradients), and layer scores aggregated from units.
+The same code runs offline (`adept importance`) and inside training (Stage 2 re-estimation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from adept.architectures import get_architecture, get_decoder_layers
+from adept.data import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("masking", "grad_weight", "rank", "fisher")
+METRIC_HELP = {
+    "masking": "loss increase when the layer is skipped",
+    "grad_weight": "sum over the layer's units of |w * dL/dw|",
+    "rank": "mean over unit types of the layer's rank by |w * dL/dw| (rank aggregation)",
+    "fisher": "sum over the layer's units of squared gradients",
+}
+
+
+@dataclass
+class ImportanceResult:
+    """Importance of every layer and unit of a model on one probe corpus.
+
+    Unit matrices are indexed ``[layer_idx][unit_idx]`` with ``unit_names`` giving the unit key
+    inside a layer (e.g. ``self_attn.q_proj.weight``). Layer lists are indexed by ``layer_idx``.
+    Gradient scores are token-weighted averages over batches of the per-batch mean loss, so
+    they do not depend on padding or on how the corpus is cut into batches of equal content.
+    """
+
+    num_layers: int
+    layers: list[int]
+    unit_names: list[str]
+    num_tokens: int
+    base_loss: float
+    unit_grad_weight: list[list[float]] = field(default_factory=list)
+    unit_grad_weight_mean: list[list[float]] = field(default_factory=list)
+    unit_fisher: list[list[float]] = field(default_factory=list)
+    layer_masking: list[float] | None = None
+
+    def layer_scores(self, metric: str) -> list[float]:
+        """Per-layer score for ``metric`` (higher = more important for general competence)."""
+        if metric == "masking":
+            if self.layer_masking is None:
+                raise ValueError("masking scores were not computed (add 'masking' to the metrics)")
+            return list(self.layer_masking)
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric '{metric}'; choose from {', '.join(METRICS)}")
+        if not self.unit_grad_weight:
+            raise ValueError(f"metric '{metric}' needs gradient scores, which were not computed")
+        if metric == "grad_weight":
+            return [_nansum(row) for row in self.unit_grad_weight]
+        if metric == "fisher":
+            return [_nansum(row) for row in self.unit_fisher]
+        return rank_aggregate(self.unit_grad_weight)
+
+    def ranking(self, metric: str) -> list[int]:
+        """Layer indices from most to least important (ties broken by index)."""
+        scores = self.layer_scores(metric)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return [self.layers[i] for i in order]
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        available = [m for m in METRICS if m != "masking" or self.layer_masking is not None]
+        if not self.unit_grad_weight:
+            available = [m for m in available if m == "masking"]
+        payload["layer_scores"] = {m: self.layer_scores(m) for m in available}
+        payload["layer_ranking"] = {m: self.ranking(m) for m in available}
+        payload["metric_descriptions"] = {m: METRIC_HELP[m] for m in available}
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ImportanceResult:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in payload.items() if k in names})
+
+
+def _nansum(values: Sequence[float]) -> float:
+    return float(sum(v for v in values if not math.isnan(v)))
+
+
+def rank_aggregate(unit_scores: Sequence[Sequence[float]]) -> list[float]:
+    """Mean over unit types of each layer's normalised rank (0 = least, 1 = most important)."""
+    num_layers = len(unit_scores)
+    if num_layers == 1:
+        return [1.0]
+    num_units = len(unit_scores[0])
+    totals = [0.0] * num_layers
+    counts = [0] * num_layers
+    for unit in range(num_units):
+        present = [(unit_scores[layer][unit], layer) for layer in range(num_layers) if not math.isnan(unit_scores[layer][unit])]
+        present.sort()
+        for rank, (_, layer) in enumerate(present):
+            totals[layer] += rank / max(len(present) - 1, 1)
+            counts[layer] += 1
+    return [totals[i] / counts[i] if counts[i] else 0.0 for i in range(num_layers)]
+
+
+# --- loss on the probe corpus --------------------------------------------------------------
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _count_targets(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def batch_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Summed next-token cross entropy over non-masked targets (padding never counts)."""
+    device = _model_device(model)
+    input_ids = batch["input_ids"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    return nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Sequence[dict]) -> float:
+    """Token-averaged loss over all batches."""
+    total = torch.zeros((), dtype=torch.float64, device=_model_device(model))
+    tokens = 0
+    for batch in batches:
+        total += batch_loss_sum(model, batch).double()
+        tokens += _count_targets(batch)
+    if tokens == 0:
+        raise ValueError("probe batches contain no target tokens")
+    return float(total) / tokens
+
+
+class _BypassedLayer(nn.Module):
+    """Stands in for a decoder layer and returns its input: the layer is skipped, not copied."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        # Some models read attributes such as `attention_type` off their layers.
+        for name in ("attention_type", "layer_idx", "is_sliding"):
+            if hasattr(layer, name):
+                setattr(self, name, getattr(layer, name))
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+@contextlib.contextmanager
+def bypass_layer(model: nn.Module, layer_idx: int) -> Iterator[None]:
+    """Temporarily replace decoder layer ``layer_idx`` by an identity."""
+    layers = get_decoder_layers(model)
+    original = layers[layer_idx]
+    layers[layer_idx] = _BypassedLayer(original)
+    try:
+        yield
+    finally:
+        layers[layer_idx] = original
+
+
+def layer_masking_scores(
+    model: nn.Module, batches: Sequence[dict], layers: Sequence[int], progress: bool = True
+) -> tuple[float, list[float]]:
+    """Base loss and, per layer, loss increase when that layer is skipped."""
+    from tqdm.auto import tqdm
+
+    base = mean_loss(model, batches)
+    scores = []
+    for layer_idx in tqdm(layers, desc="masking out layers", unit="layer", disable=not progress):
+        with bypass_layer(model, layer_idx):
+            scores.append(mean_loss(model, batches) - base)
+    return base, scores
+
+
+# --- gradient-based unit scores --------------------------------------------------------------
+
+
+def layer_units(model: nn.Module, layers: Sequence[int]) -> tuple[list[str], list[list[nn.Parameter | None]]]:
+    """Unit names (union over layers, in model order) and the parameter grid ``[layer][unit]``."""
+    decoder_layers = get_decoder_layers(model)
+    names: list[str] = []
+    per_layer: list[dict[str, nn.Parameter]] = []
+    for layer_idx in layers:
+        params = dict(decoder_layers[layer_idx].named_parameters())
+        per_layer.append(params)
+        names.extend(name for name in params if name not in names)
+    return names, [[params.get(name) for name in names] for params in per_layer]
+
+
+@contextlib.contextmanager
+def _probe_mode(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Eval mode, gradients only on ``params``; restore modes, flags and ``.grad`` afterwards.
+
+    Re-estimation inside training must not change the next training step: no leftover
+    gradients, same train/eval mode, same RNG state.
+    """
+    was_training = model.training
+    all_params = list(model.parameters())
+    flags = [p.requires_grad for p in all_params]
+    saved_grads = [p.grad for p in all_params]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        model.eval()
+        for p in all_params:
+            p.requires_grad_(False)
+            p.grad = None
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag, grad in zip(all_params, flags, saved_grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def unit_gradient_scores(
+    model: nn.Module,
+    batches: Sequence[dict],
+    params: Sequence[nn.Parameter],
+    progress: bool = True,
+    all_reduce: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Per-parameter |w * g| sums and squared-gradient sums, token-weighted over batches.
+
+    For each batch b with mean loss L_b over its n_b target tokens, with g_b = dL_b/dw:
+    ``grad_weight[p] = sum_b (n_b / N) * sum_i |w_i * g_b,i|`` and
+    ``fisher[p] = sum_b (n_b / N) * sum_i g_b,i ** 2``.
+    Accumulation happens in two small device tensors (one entry per parameter), with one
+    foreach reduction per batch and a single host transfer at the end. When ``all_reduce`` is
+    set and torch.distributed is initialised, the sums are summed over ranks (each rank holding
+    its own batches, or its own shard of the parameters).
+
+    Returns ``(grad_weight, fisher, mean_loss, num_tokens)``.
+    """
+    from tqdm.auto import tqdm
+
+    device = _model_device(model)
+    counts = torch.tensor([_count_targets(b) for b in batches], dtype=torch.float64)
+    total_tokens = counts.sum()
+    if all_reduce and _dist_ready():
+        torch.distributed.all_reduce(total_tokens)
+    if float(total_tokens) == 0:
+        raise ValueError("probe batches contain no target tokens")
+    grad_weight = torch.zeros(len(params), dtype=torch.float32, device=device)
+    fisher = torch.zeros(len(params), dtype=torch.float32, device=device)
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
+    with _probe_mode(model, params):
+        for batch, n_tokens in tqdm(
+            list(zip(batches, counts.tolist())), desc="probing gradients", unit="batch", disable=not progress
+        ):
+            if n_tokens == 0:
+                continue
+            loss_sum = batch_loss_sum(model, batch)
+            loss_total += loss_sum.detach().double()
+            (loss_sum / n_tokens).backward()
+            grads = [p.grad for p in params]
+            weight = n_tokens / float(total_tokens)
+            products = torch._foreach_mul(grads, params)
+            grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
+            fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
+            for p in params:
+                p.grad = None
+    if all_reduce and _dist_ready():
+        for tensor in (grad_weight, fisher, loss_total):
+            torch.distributed.all_reduce(tensor)
+    return grad_weight, fisher, float(loss_total) / float(total_tokens), int(total_tokens)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def compute_importance(
+    model: nn.Module,
+    batches: Sequence[dict],
+    metrics: Sequence[str] = METRICS,
+    layers: Sequence[int] | None = None,
+    progress: bool = True,
+) -> ImportanceResult:
+    """Score layers and units of ``model`` on probe ``batches``.
+
+    Args:
+        model: a causal LM of a supported architecture.
+        batches: padded batches from `adept.data.make_batches`.
+        metrics: any of ``masking``, ``grad_weight``, ``rank``, ``fisher``; the last three
+            share one gradient pass.
+        layers: decoder layers to score (default: all).
+        progress: show progress bars.
+    """
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown importance metrics {unknown}; choose from {', '.join(METRICS)}")
+    get_architecture(model.config.model_type)
+    num_layers = len(get_decoder_layers(model))
+    layers = list(range(num_layers)) if layers is None else list(layers)
+    names, grid = layer_units(model, layers)
+    result = ImportanceResult(num_layers=num_layers, layers=layers, unit_names=names, num_tokens=0, base_loss=float("nan"))
+    if set(metrics) & {"grad_weight", "rank", "fisher"}:
+        flat = [p for row in grid for p in row if p is not None]
+        grad_weight, fisher, loss, tokens = unit_gradient_scores(model, batches, flat, progress=progress)
+        gw_list, fi_list = grad_weight.tolist(), fisher.tolist()
+        result.base_loss, result.num_tokens = loss, tokens
+        position = 0
+        for row in grid:
+            gw_row, gw_mean_row, fi_row = [], [], []
+            for p in row:
+                if p is None:
+                    gw_row.append(math.nan), gw_mean_row.append(math.nan), fi_row.append(math.nan)
+                    continue
+                gw_row.append(gw_list[position])
+                gw_mean_row.append(gw_list[position] / p.numel())
+                fi_row.append(fi_list[position])
+                position += 1
+            result.unit_grad_weight.append(gw_row)
+            result.unit_grad_weight_mean.append(gw_mean_row)
+            result.unit_fisher.append(fi_row)
+    if "masking" in metrics:
+        was_training = model.training
+        model.eval()
+        try:
+            base, scores = layer_masking_scores(model, batches, layers, progress=progress)
+        finally:
+            model.train(was_training)
+        result.layer_masking = scores
+        result.base_loss = base
+        result.num_tokens = sum(_count_targets(b) for b in batches)
+    return result
