@@ -110,7 +110,7 @@ def expand(
 def main(argv: list[str] | None = None) -> int:
     """Entry point for the console script and for in-process tests."""
     try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        code = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except typer.Exit as exit_:
         return exit_.exit_code
     except SystemExit as exit_:  # click usage errors
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             err.show()
             return err.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""The `adept` command end to end: importance -> expansion, artifacts on disk, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from adept.cli import main
+
+from conftest import save_tiny_checkpoint
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def base(tmp_path):
+    path = tmp_path / "base"
+    save_tiny_checkpoint(path, "qwen3", num_hidden_layers=6)
+    return path
+
+
+def _importance(base, probe_file, out):
+    argv = ["importance", "--model", str(base), "--probe", str(probe_file), "--output", str(out)]
+    return main(argv + ["--device", "cpu", "--max-length", "48", "--batch-size", "2"])
+
+
+def test_importance_then_expand_by_importance(tmp_path, base, probe_file, capsys):
+    assert _importance(base, probe_file, tmp_path / "imp") == 0
+    payload = json.loads((tmp_path / "imp" / "importance.json").read_text())
+    assert payload["kind"] == "importance" and payload["schema_version"] == 1
+    assert payload["model_type"] == "qwen3" and payload["num_layers"] == 6
+    assert set(payload["layer_ranking"]) == {"masking", "grad_weight", "rank", "fisher"}
+    for name in ("unit_importance.png", "layer_importance.png"):
+        assert (tmp_path / "imp" / name).read_bytes()[:8] == PNG_MAGIC
+    assert "importance:" in capsys.readouterr().out
+
+    out = tmp_path / "expanded"
+    argv = ["expand", "--model", str(base), "--output", str(out), "--importance", str(tmp_path / "imp" / "importance.json")]
+    assert main(argv + ["--num-new-layers", "2", "--metric", "grad_weight"]) == 0
+    manifest = json.loads((out / "expansion.json").read_text())
+    least = sorted(payload["layer_ranking"]["grad_weight"][-2:])
+    assert manifest["source_layers"] == least
+    assert manifest["selection"]["method"] == "importance" and manifest["selection"]["metric"] == "grad_weight"
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 8
+
+    # Budget selection: each qwen3 tiny layer is a fixed share; 20% admits exactly 2 copies here.
+    out2 = tmp_path / "budget"
+    argv = ["expand", "--model", str(base), "--output", str(out2), "--importance", str(tmp_path / "imp")]
+    assert main(argv + ["--trainable-fraction", "0.2"]) == 0
+    manifest = json.loads((out2 / "expansion.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(out2)
+    copies = {layer["layer_idx"] for layer in manifest["inserted_layers"]}
+    trainable = sum(p.numel() for i, layer in enumerate(model.model.layers) if i in copies for p in layer.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert 0 < trainable / total <= 0.2
+    one_more = trainable + trainable // len(copies)
+    assert one_more / (total + trainable // len(copies)) > 0.2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layers", "1,1"], "duplicate layer ids [1]"),
+        (["--layers", "9"], "out of range"),
+        (["--layers", "a,b"], "comma-separated integers"),
+        (["--num-new-layers", "2"], "need --importance"),
+        (["--layers", "1", "--num-new-layers", "2"], "exactly one of"),
+    ],
+)
+def test_bad_expand_arguments_give_one_line_errors(tmp_path, base, capsys, extra, message):
+    code = main(["expand", "--model", str(base), "--output", str(tmp_path / "out")] + extra)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_output_is_refused_and_missing_model_named(tmp_path, base, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(["expand", "--model", str(base), "--output", str(out), "--layers", "1"]) == 2
+    assert "not empty (pass --overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").exists()
+    assert main(["expand", "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "o"), "--layers", "1"]) == 2
+    assert "missing/config.json: not found" in capsys.readouterr().err
+
+
+def test_unsupported_architecture_lists_supported(tmp_path, probe_file, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300)).save_pretrained(tmp_path / "gpt2")
+    assert main(["expand", "--model", str(tmp_path / "gpt2"), "--output", str(tmp_path / "o"), "--layers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "model_type 'gpt2' is not supported" in err and "qwen3" in err
+
+
+def test_console_script_runs(tmp_path, base):
+    script = Path(sys.executable).with_name("adept")
+    done = subprocess.run([str(script), "expand", "--model", str(base), "--output", str(tmp_path / "e"), "--layers", "0,5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "expanded checkpoint:" in done.stdout
+    original = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager").eval()
+    expanded = AutoModelForCausalLM.from_pretrained(tmp_path / "e", attn_implementation="eager").eval()
+    ids = torch.randint(0, 256, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(original(ids).logits, expanded(ids).logits)
+    assert subprocess.run([str(script), "--help"], capture_output=True, timeout=60).returncode == 0
