@@ -243,3 +243,79 @@ def load_probe_batches(
         raise ValueError(f"{path}: no example with at least two tokens after tokenisation")
     logger.info("probe corpus %s: %d documents -> %d examples", path, len(docs), len(examples))
     return make_batches(examples, batch_size, pad_token_id_of(tokenizer))
+
+
+# --- packed blocks for (continual) pretraining ---------------------------------------------
+
+
+def _corpus_fingerprint(paths: Sequence[Path], tokenizer, block_size: int, txt_split: str) -> str:
+    """Changes whenever a source file, the tokenizer or the packing changes."""
+    import hashlib
+
+    from adept import __version__
+
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    digest.update(f"{block_size}|{txt_split}|{tokenizer.eos_token_id}|{__version__}".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_packed_dataset(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer,
+    block_size: int,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    txt_split: str = "paragraph",
+):
+    """Tokenise documents, join them with EOS and cut the stream into ``block_size`` blocks.
+
+    Returns a ``datasets.Dataset`` with ``input_ids`` and ``labels`` columns (labels equal
+    inputs; the model shifts them). With ``cache_dir``, the packed Arrow table is stored under a
+    fingerprint of the sources, tokenizer and block size, so a large corpus is tokenised once.
+    The remainder shorter than a block at the end of each map batch is dropped.
+    """
+    import datasets
+
+    path_list = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"packed-{_corpus_fingerprint(path_list, tokenizer, block_size, txt_split)}"
+        if cache_path.is_dir():
+            return datasets.load_from_disk(str(cache_path))
+    texts: list[str] = []
+    for path in path_list:
+        for doc in load_documents(path, txt_split=txt_split):
+            texts.append(doc.text if doc.text is not None else f"{doc.prompt}{doc.answer}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token to separate documents")
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"])["input_ids"]
+        return {"input_ids": [row + [eos] for row in ids]}
+
+    def pack(batch):
+        stream = [token for row in batch["input_ids"] for token in row]
+        usable = len(stream) - len(stream) % block_size
+        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+        return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+    dataset = datasets.Dataset.from_dict({"text": texts})
+    dataset = dataset.map(tokenize, batched=True, remove_columns=["text"], num_proc=num_proc, desc="tokenising")
+    dataset = dataset.map(pack, batched=True, batch_size=2000, num_proc=num_proc, desc=f"packing into {block_size}-token blocks")
+    if len(dataset) == 0:
+        raise ValueError(f"{', '.join(map(str, path_list))}: fewer tokens than one block of {block_size}")
+    if cache_path is not None:
+        tmp = cache_path.with_name(cache_path.name + f".tmp-{os.getpid()}")
+        dataset.save_to_disk(str(tmp))
+        os.replace(tmp, cache_path)
+        dataset = datasets.load_from_disk(str(cache_path))
+    return dataset
