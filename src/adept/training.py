@@ -1,0 +1,513 @@
+"""Stage 2: continual pretraining with dynamic decoupled tuning, and the baselines (paper Sec. 3.3).
+
+Reads an expanded checkpoint and its ``expansion.json`` (or a base model plus
+``importance.json`` for the no-expansion variants), freezes everything but the trainable layers,
+and trains with the Hugging Face Trainer. For ``adept`` each unit gets its own optimizer group
+whose rate comes from its general-domain importance, re-estimated on the probe corpus every
+``reestimate_every`` steps by `AdeptCallback`. Writes checkpoints, ``unit_rates.jsonl``, the final
+model and ``training_summary.json`` into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from adept.importance import unit_gradient_scores
+from adept.tuning import (
+    MultiplierRule,
+    build_param_groups,
+    current_learning_rates,
+    multipliers_from_importance,
+    set_unit_multipliers,
+    unit_scores_from_tensors,
+)
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("adept", "full", "llama-pro", "adept-no-stage1", "adept-no-stage2", "freeze", "lora")
+# Which methods train inserted copies (need expansion.json), which use per-unit dynamic rates.
+EXPANDED_METHODS = ("adept", "llama-pro", "adept-no-stage2")
+LAYER_SUBSET_METHODS = ("adept-no-stage1", "freeze")
+DYNAMIC_METHODS = ("adept", "adept-no-stage1")
+STATE_NAME = "adept_tuning_state.json"
+RATES_LOG = "unit_rates.jsonl"
+SUMMARY_NAME = "training_summary.json"
+FINAL_MODEL_DIR = "model"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class AdeptCallback(TrainerCallback):
+    """Assigns per-unit learning rates from general-domain importance and refreshes them.
+
+    At step 0 (or when resuming, from the checkpoint's saved state) and then every
+    ``reestimate_every`` optimizer steps, scores every trainable unit on the probe batches with
+    Stage 1's code (`adept.importance.unit_gradient_scores`), converts scores to multipliers with
+    ``rule`` and re-assigns rates through `adept.tuning.set_unit_multipliers`. The optimizer must
+    have one group per unit as built by `adept.tuning.build_param_groups`. The probe never
+    changes training: gradients, train/eval mode and RNG state are restored around it.
+
+    Under DDP each rank scores its share of the probe batches and the sums are all-reduced, so
+    every rank gets identical multipliers.
+
+    Args:
+        probe_batches: padded batches from `adept.data.make_batches`.
+        rule: how importance becomes multipliers.
+        reestimate_every: refresh interval in optimizer steps (0: only at step 0).
+        log_path: JSONL file for the rates (rank 0 writes it); ``None`` to skip.
+        progress: show probe progress bars.
+    """
+
+    def __init__(
+        self,
+        probe_batches: Sequence[dict],
+        rule: MultiplierRule | None = None,
+        reestimate_every: int = 500,
+        log_path: str | os.PathLike | None = None,
+        progress: bool = False,
+    ):
+        if reestimate_every < 0:
+            raise ValueError(f"reestimate_every must be >= 0, got {reestimate_every}")
+        self.probe_batches = list(probe_batches)
+        self.rule = rule or MultiplierRule()
+        self.reestimate_every = reestimate_every
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+        self.multipliers: dict[str, float] = {}
+        self.seconds_spent = 0.0
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"multipliers": self.multipliers, "history": self.history, "reestimate_every": self.reestimate_every,
+                "rule": asdict(self.rule), "seconds_spent": self.seconds_spent}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.multipliers = {k: float(v) for k, v in state["multipliers"].items()}
+        self.history = list(state["history"])
+        self.seconds_spent = float(state.get("seconds_spent", 0.0))
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return self.reestimate_every > 0 and step % self.reestimate_every == 0 and step < max_steps
+
+    # -- the estimate ----------------------------------------------------------------------------
+    def estimate(self, model) -> tuple[dict[str, float], dict[str, float]]:
+        """Importance of every trainable unit on this rank's probe share, summed over ranks."""
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        names, params = [n for n, _ in named], [p for _, p in named]
+        rank, world = _dist_info()
+        batches = self.probe_batches[rank::world]
+        grad_weight, _, _, _ = unit_gradient_scores(model, batches, params, progress=self.progress, all_reduce=world > 1)
+        scores = unit_scores_from_tensors(names, grad_weight, params, self.rule.unit_score)
+        return scores, multipliers_from_importance(scores, self.rule)
+
+    def reestimate(self, model, optimizer, scheduler, step: int, is_main: bool) -> None:
+        start = time.perf_counter()
+        scores, multipliers = self.estimate(model)
+        set_unit_multipliers(optimizer, scheduler, multipliers)
+        self.multipliers = multipliers
+        entry = {"step": step, "importance": scores, "multipliers": multipliers,
+                 "lr": current_learning_rates(optimizer)}
+        self.history.append({"step": step, "importance": scores, "multipliers": multipliers})
+        self.seconds_spent += time.perf_counter() - start
+        if is_main and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        logger.info("step %d: re-assigned %d unit rates (multipliers %.3f-%.3f)", step, len(multipliers),
+                    min(multipliers.values()), max(multipliers.values()))
+
+    # -- Trainer events ----------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if state.global_step == 0:
+            if self.log_path is not None and state.is_world_process_zero and self.log_path.exists():
+                self.log_path.unlink()
+            self.reestimate(model, optimizer, lr_scheduler, 0, state.is_world_process_zero)
+            return
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_NAME
+        if not saved.is_file():
+            logger.warning("%s not found; re-estimating importance at step %d", saved, state.global_step)
+            self.reestimate(model, optimizer, lr_scheduler, state.global_step, state.is_world_process_zero)
+            return
+        self.load_state_dict(json.loads(saved.read_text()))
+        # The optimizer and scheduler states restored by the Trainer already carry these rates;
+        # re-applying them is a consistency check that costs nothing.
+        set_unit_multipliers(optimizer, lr_scheduler, self.multipliers)
+        if self.log_path is not None and state.is_world_process_zero:
+            _truncate_log(self.log_path, state.global_step)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.due(state.global_step, state.max_steps):
+            self.reestimate(model, optimizer, lr_scheduler, state.global_step, state.is_world_process_zero)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / STATE_NAME).write_text(json.dumps(self.state_dict()) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after ``step`` (by a run that died before its next checkpoint)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops training with a clear error when the logged loss is NaN or infinite."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"training loss became {loss} by step {state.global_step}; stopped. "
+                f"The last good checkpoint in {args.output_dir} is kept (lower the learning rate or check the data)"
+            )
+
+
+class _FiniteLossMixin:
+    """Raises `NonFiniteLossError` before a NaN/inf loss can reach the weights."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at step {self.state.global_step + 1}; stopped. "
+                f"The last good checkpoint in {self.args.output_dir} is kept (lower the learning rate or check the data)"
+            )
+        return loss
+
+
+class AdeptTrainer(_FiniteLossMixin, Trainer):
+    """A Trainer whose optimizer has one group per trainable unit, and that refuses NaN/inf loss."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = model if model is not None else self.model
+            trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+            groups = build_param_groups(model, trainable, self.args.learning_rate, self.args.weight_decay)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+# --- which parameters train ----------------------------------------------------------------
+
+
+def layer_parameter_names(model, layers: Sequence[int]) -> list[str]:
+    """Names of every parameter of the given decoder layers."""
+    from adept.architectures import get_architecture
+
+    spec = get_architecture(model.config.model_type)
+    wanted = set(layers)
+    names = []
+    for name, _ in model.named_parameters():
+        parts = spec.split_layer_key(name)
+        if parts is not None and parts[0] in wanted:
+            names.append(name)
+    return names
+
+
+def freeze_all_but(model, trainable: Sequence[str]) -> None:
+    wanted = set(trainable)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """``(trainable, total)``; tied weights counted once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
+
+
+@dataclass
+class TrainConfig:
+    """Everything `run_training` needs (mirrors `adept train` flags and the `train` config section).
+
+    Attributes:
+        model: local checkpoint; an expanded one (with ``expansion.json``) for adept, llama-pro
+            and adept-no-stage2; the base model for full, lora, freeze and adept-no-stage1.
+        data: domain corpora (.txt, .jsonl, .json or dataset directories).
+        output_dir: run directory for checkpoints, logs and the final model.
+        method: one of METHODS.
+        probe: general-domain probe corpus (needed by adept and adept-no-stage1).
+        eval_data: held-out corpora evaluated every ``eval_steps``.
+        importance: importance.json choosing layers for freeze / adept-no-stage1.
+        num_layers: how many least-important layers freeze / adept-no-stage1 train.
+        layer_metric: layer metric used with ``importance``.
+        replay_data: general-domain corpora mixed into the training stream.
+        replay_ratio: share of replay blocks in the stream (0 disables replay).
+        block_size: tokens per packed training block.
+        reestimate_every: importance refresh interval in steps (0: only at step 0).
+        reestimate_fraction: alternative interval as a fraction of ``max_steps`` (overrides).
+        rule: multiplier rule.
+        probe_max_tokens: probe token budget.
+        probe_max_length: probe sequence length.
+        probe_batch_size: probe batch size.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA alpha.
+        cache_dir: tokenised-corpus cache.
+        resume: resume from the newest checkpoint in ``output_dir`` when there is one.
+        training_args: Hugging Face ``TrainingArguments`` fields (learning_rate, max_steps,
+            per_device_train_batch_size, bf16, gradient_checkpointing, report_to...).
+    """
+
+    model: str
+    data: list[str]
+    output_dir: str
+    method: str = "adept"
+    probe: str | None = None
+    eval_data: list[str] = field(default_factory=list)
+    importance: str | None = None
+    num_layers: int | None = None
+    layer_metric: str = "masking"
+    replay_data: list[str] = field(default_factory=list)
+    replay_ratio: float = 0.0
+    block_size: int = 256
+    reestimate_every: int = 500
+    reestimate_fraction: float | None = None
+    rule: MultiplierRule = field(default_factory=MultiplierRule)
+    probe_max_tokens: int = 20_000
+    probe_max_length: int = 256
+    probe_batch_size: int = 8
+    lora_r: int = 16
+    lora_alpha: int = 32
+    cache_dir: str | None = None
+    resume: bool = True
+    training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            import difflib
+
+            near = difflib.get_close_matches(self.method, METHODS, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ValueError(f"method '{self.method}' is unknown{hint}; choose from {', '.join(METHODS)}")
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise ValueError(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
+        if self.replay_ratio > 0 and not self.replay_data:
+            raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
+        if self.method in DYNAMIC_METHODS and not self.probe:
+            raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
+        if self.method in LAYER_SUBSET_METHODS and (self.importance is None or not self.num_layers):
+            raise ValueError(f"method '{self.method}' needs --importance and --num-layers to choose the layers to train")
+
+
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "learning_rate": 1e-3,
+    "max_steps": 200,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,  # < 1: a fraction of max_steps
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "report_to": [],
+    "seed": 0,
+    "data_seed": 0,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": False,
+}
+
+
+def make_training_arguments(cfg: TrainConfig):
+    """Our defaults, overridden by ``cfg.training_args``; unknown keys name the nearest field."""
+    import dataclasses
+    import difflib
+
+    from transformers import TrainingArguments
+
+    valid = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = [key for key in cfg.training_args if key not in valid]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ValueError(f"training_args.{unknown[0]} is not a TrainingArguments field{hint}")
+    merged = {**DEFAULT_TRAINING_ARGS, **cfg.training_args, "output_dir": cfg.output_dir}
+    if cfg.eval_data:
+        merged.setdefault("eval_strategy", "steps")
+        merged.setdefault("eval_steps", merged.get("save_steps", 100))
+    return TrainingArguments(**merged)
+
+
+def trainable_layers(cfg: TrainConfig, model) -> tuple[list[int] | None, dict[str, Any] | None]:
+    """Layers to train for the method, and the manifest when the model is expanded."""
+    from adept.expansion import MANIFEST_NAME, load_manifest
+
+    manifest_path = Path(cfg.model) / MANIFEST_NAME
+    if cfg.method in EXPANDED_METHODS:
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: method '{cfg.method}' needs an expanded checkpoint (run adept expand)")
+        manifest = load_manifest(manifest_path)
+        if manifest["num_hidden_layers"] != model.config.num_hidden_layers:
+            raise ValueError(f"{manifest_path}: manifest has {manifest['num_hidden_layers']} layers, the model {model.config.num_hidden_layers}")
+        return [layer["layer_idx"] for layer in manifest["inserted_layers"]], manifest
+    if cfg.method in LAYER_SUBSET_METHODS:
+        from adept.expansion import select_least_important
+        from adept.importance import ImportanceResult
+        from adept.stages import load_importance
+
+        result = ImportanceResult.from_dict(load_importance(cfg.importance))
+        if result.num_layers != model.config.num_hidden_layers:
+            raise ValueError(f"{cfg.importance}: scores for {result.num_layers} layers, model has {model.config.num_hidden_layers}")
+        return select_least_important(result.layer_scores(cfg.layer_metric), cfg.num_layers), None
+    return None, None
+
+
+def build_datasets(cfg: TrainConfig, tokenizer):
+    """Packed training stream (with optional general-domain replay) and held-out sets."""
+    import datasets
+
+    from adept.data import build_packed_dataset
+
+    cache = cfg.cache_dir or str(Path(cfg.output_dir) / ".cache")
+    train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, cache_dir=cache)
+    if cfg.replay_ratio > 0:
+        replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, cache_dir=cache)
+        seed = int(cfg.training_args.get("seed", DEFAULT_TRAINING_ARGS["seed"]))
+        train = datasets.interleave_datasets(
+            [train, replay], probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio], seed=seed, stopping_strategy="first_exhausted"
+        )
+    evals = {Path(p).stem: build_packed_dataset(p, tokenizer, cfg.block_size, cache_dir=cache) for p in cfg.eval_data}
+    return train, evals
+
+
+def _last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train with ``cfg.method`` and write the final model and ``training_summary.json``.
+
+    Resumes from the newest ``checkpoint-N`` in ``output_dir`` when ``cfg.resume`` is set. The
+    final model goes to ``output_dir/model`` atomically, with the expansion manifest copied
+    next to it so later stages know which layers are new.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
+
+    from adept.artifacts import artifact_header, atomic_directory, write_json
+    from adept.data import load_probe_batches
+    from adept.expansion import MANIFEST_NAME, read_model_config
+
+    output_dir = Path(cfg.output_dir)
+    args = make_training_arguments(cfg)
+    read_model_config(cfg.model)
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+    # fp32 master weights; --bf16/--fp16 train in mixed precision through the Trainer.
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, local_files_only=True)
+    layers, manifest = trainable_layers(cfg, model)
+
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
+    elif layers is not None:
+        freeze_all_but(model, layer_parameter_names(model, layers))
+    if args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    trainable, total = count_parameters(model)
+    logger.info("method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
+
+    train_data, eval_data = build_datasets(cfg, tokenizer)
+    callbacks: list[TrainerCallback] = [NonFiniteLossGuard()]
+    adept_callback = None
+    if cfg.method in DYNAMIC_METHODS:
+        every = cfg.reestimate_every
+        if cfg.reestimate_fraction is not None:
+            every = max(1, int(round(cfg.reestimate_fraction * args.max_steps)))
+        probe = load_probe_batches(
+            cfg.probe, tokenizer, max_length=cfg.probe_max_length, max_tokens=cfg.probe_max_tokens,
+            batch_size=cfg.probe_batch_size, seed=args.seed,
+        )
+        adept_callback = AdeptCallback(probe, cfg.rule, every, log_path=output_dir / RATES_LOG)
+        callbacks.append(adept_callback)
+    trainer_cls = AdeptTrainer if cfg.method in DYNAMIC_METHODS else _GuardedTrainer
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data or None,
+        data_collator=default_data_collator, callbacks=callbacks,
+    )
+    resume_from = _last_checkpoint(output_dir) if cfg.resume else None
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    wall = time.perf_counter() - start
+
+    final = model.merge_and_unload() if cfg.method == "lora" else model
+    if trainer.is_world_process_zero():
+        with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:
+            final.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if manifest is not None:
+                shutil.copy2(Path(cfg.model) / MANIFEST_NAME, tmp / MANIFEST_NAME)
+        summary = {
+            **artifact_header("training"),
+            "method": cfg.method,
+            "model": cfg.model,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "trainable_share": trainable / total,
+            "trainable_layers": layers,
+            "train_loss": result.training_loss,
+            "global_step": trainer.state.global_step,
+            "wall_seconds": wall,
+            "tokens_per_second": trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            * args.world_size * cfg.block_size / wall if wall > 0 else None,
+            "peak_memory_bytes": _peak_memory_bytes(args.device),
+            "reestimation_seconds": adept_callback.seconds_spent if adept_callback else 0.0,
+            "config": _config_dict(cfg),
+            "log_history": trainer.state.log_history,
+        }
+        write_json(output_dir / SUMMARY_NAME, summary)
+    return output_dir / FINAL_MODEL_DIR
+
+
+class _GuardedTrainer(_FiniteLossMixin, Trainer):
+    """The plain Trainer plus the NaN/inf guard, for uniform-rate methods."""
+
+
+def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))

@@ -1,0 +1,233 @@
+"""Stage 2 end to end on tiny models: what trains, invariants against references, resume, NaN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adept.expansion import expand_checkpoint, plan_expansion
+from adept.training import (
+    METHODS,
+    AdeptCallback,
+    NonFiniteLossError,
+    TrainConfig,
+    run_training,
+)
+from adept.tuning import MultiplierRule
+
+from conftest import PROBE_TEXT, save_tiny_checkpoint
+
+DOMAIN = "\n\n".join(
+    f"Lemma {i}. If n is an integer then n(n+{i % 5 + 1}) has a factor; the proof splits on the parity of n."
+    for i in range(60)
+)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_checkpoint(root / "base", "llama")
+    expand_checkpoint(root / "base", root / "expanded", plan_expansion(4, [1, 2]))
+    (root / "probe.txt").write_text(PROBE_TEXT)
+    (root / "domain.txt").write_text(DOMAIN)
+    (root / "heldout.txt").write_text(DOMAIN[:600])
+    from adept.stages import ProbeSettings, run_importance
+
+    run_importance(root / "base", root / "probe.txt", root / "imp", probe=ProbeSettings(max_length=48), progress=False)
+    return root
+
+
+def _config(ws: Path, out: Path, method: str = "adept", **overrides) -> TrainConfig:
+    training_args = {
+        "max_steps": 6, "per_device_train_batch_size": 2, "learning_rate": 5e-3, "save_steps": 3,
+        "logging_steps": 1, "disable_tqdm": True, "warmup_steps": 1, **overrides.pop("training_args", {}),
+    }
+    model = ws / ("expanded" if method in ("adept", "llama-pro", "adept-no-stage2") else "base")
+    kwargs = dict(
+        model=str(model), data=[str(ws / "domain.txt")], output_dir=str(out), method=method,
+        probe=str(ws / "probe.txt"), block_size=32, reestimate_every=2, probe_max_length=48,
+        importance=str(ws / "imp"), num_layers=2, training_args=training_args,
+    )
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_reports_its_trainable_share(workspace, tmp_path, method):
+    out = tmp_path / method
+    final = run_training(_config(workspace, out, method), progress=False)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["method"] == method and summary["global_step"] == 6
+    assert 0 < summary["trainable_share"] <= 1
+    if method == "full":
+        assert summary["trainable_share"] == 1
+    if method in ("adept", "llama-pro", "adept-no-stage2"):
+        assert summary["trainable_layers"] == [2, 4]
+        assert (final / "expansion.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.num_hidden_layers == (6 if method in ("adept", "llama-pro", "adept-no-stage2") else 4)
+    assert (out / "unit_rates.jsonl").exists() == (method in ("adept", "adept-no-stage1"))
+
+
+def test_only_inserted_layers_change_and_zero_multiplier_units_stay(workspace, tmp_path):
+    """Frozen tensors are bit-identical; trainable ones change unless their multiplier is 0."""
+    frozen_unit = "model.layers.2.mlp.up_proj.weight"
+
+    class ZeroOne(AdeptCallback):
+        def estimate(self, model):
+            scores, multipliers = super().estimate(model)
+            return scores, {**multipliers, frozen_unit: 0.0}
+
+    import adept.training as training
+
+    original = training.AdeptCallback
+    training.AdeptCallback = ZeroOne
+    try:
+        final = run_training(_config(workspace, tmp_path / "run"), progress=False)
+    finally:
+        training.AdeptCallback = original
+    before = _weights(workspace / "expanded")
+    after = _weights(final)
+    assert before.keys() == after.keys()
+    for key in before:
+        trainable = key.startswith(("model.layers.2.", "model.layers.4."))
+        if not trainable or key == frozen_unit:
+            assert torch.equal(before[key], after[key]), key
+        else:
+            assert not torch.equal(before[key], after[key]), key
+
+
+def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
+    """Per-unit groups with every multiplier 1 follow the plain Trainer's loss trajectory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+
+    from adept.data import build_packed_dataset
+    from adept.training import freeze_all_but, layer_parameter_names, make_training_arguments
+
+    class Ones(AdeptCallback):
+        def estimate(self, model):
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            return {n: 0.0 for n in names}, {n: 1.0 for n in names}
+
+    import adept.training as training
+
+    original = training.AdeptCallback
+    training.AdeptCallback = Ones
+    try:
+        run_training(_config(workspace, tmp_path / "ours"), progress=False)
+    finally:
+        training.AdeptCallback = original
+    ours = [e["loss"] for e in json.loads((tmp_path / "ours" / "training_summary.json").read_text())["log_history"] if "loss" in e]
+
+    cfg = _config(workspace, tmp_path / "plain", method="adept-no-stage2")
+    model = AutoModelForCausalLM.from_pretrained(workspace / "expanded")
+    freeze_all_but(model, layer_parameter_names(model, [2, 4]))
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "expanded")
+    data = build_packed_dataset(cfg.data, tokenizer, 32, cache_dir=tmp_path / "cache")
+    trainer = Trainer(model=model, args=make_training_arguments(cfg), train_dataset=data, data_collator=default_data_collator)
+    trainer.train()
+    plain = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(ours) == len(plain) == 6
+    assert ours == pytest.approx(plain, rel=1e-6, abs=1e-7)
+    assert ours[0] != ours[-1]
+
+
+def test_reestimation_leaves_training_bit_identical(workspace, tmp_path):
+    """A run that computes importance equals one that is handed the same rates without computing."""
+    final = run_training(_config(workspace, tmp_path / "computed"), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "computed" / "unit_rates.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [0, 2, 4]
+    assert len(set(log[1]["multipliers"].values())) > 1  # rates really differ per unit
+    by_step = {entry["step"]: entry for entry in log}
+
+    class Injected(AdeptCallback):
+        step = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step = state.global_step
+            return super().on_step_end(args, state, control, **kwargs)
+
+        def estimate(self, model):
+            entry = by_step[self.step]
+            return entry["importance"], entry["multipliers"]
+
+    import adept.training as training
+
+    original = training.AdeptCallback
+    training.AdeptCallback = Injected
+    try:
+        injected = run_training(_config(workspace, tmp_path / "injected"), progress=False)
+    finally:
+        training.AdeptCallback = original
+    a, b = _weights(final), _weights(injected)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_interruption_is_bit_identical(workspace, tmp_path):
+    straight = run_training(_config(workspace, tmp_path / "straight"), progress=False)
+
+    from transformers import TrainerCallback
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # after the checkpoint at step 3 and a re-estimation at 4
+                raise KeyboardInterrupt
+
+    import adept.training as training
+
+    original = training.NonFiniteLossGuard
+    training.NonFiniteLossGuard = Kill
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_training(_config(workspace, tmp_path / "resumed"), progress=False)
+    finally:
+        training.NonFiniteLossGuard = original
+    assert (tmp_path / "resumed" / "checkpoint-3" / "adept_tuning_state.json").is_file()
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = run_training(_config(workspace, tmp_path / "resumed"), progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (tmp_path / "straight" / "unit_rates.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "resumed" / "unit_rates.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log_b] == [0, 2, 4]
+    assert [json.loads(x)["multipliers"] for x in log_a] == [json.loads(x)["multipliers"] for x in log_b]
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(workspace, tmp_path):
+    out = tmp_path / "nan"
+    run_training(_config(workspace, out, training_args={"max_steps": 3}), progress=False)
+    assert (out / "checkpoint-3").is_dir()
+    model_dir = tmp_path / "poisoned"
+    import shutil
+
+    shutil.copytree(workspace / "expanded", model_dir)
+    weights = _weights(model_dir)
+    weights["model.layers.2.self_attn.q_proj.weight"][0, 0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    cfg = _config(workspace, tmp_path / "nan2", model=str(model_dir), method="adept-no-stage2")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 1"):
+        run_training(cfg, progress=False)
+    assert not (tmp_path / "nan2" / "model").exists()
+
+
+def test_config_errors_are_named(workspace, tmp_path):
+    with pytest.raises(ValueError, match="did you mean 'adept'"):
+        _config(workspace, tmp_path, method="adpet")
+    with pytest.raises(ValueError, match="training_args.learnig_rate is not a TrainingArguments field \\(did you mean 'learning_rate'"):
+        from adept.training import make_training_arguments
+
+        make_training_arguments(_config(workspace, tmp_path, training_args={"learnig_rate": 1}))
+    with pytest.raises(FileNotFoundError, match="needs an expanded checkpoint"):
+        run_training(_config(workspace, tmp_path / "x", model=str(workspace / "base")), progress=False)
