@@ -17,6 +17,7 @@ from adept.expansion import (
     load_manifest,
     plan_expansion,
     select_least_important,
+    select_uniform,
     select_within_budget,
 )
 
@@ -185,6 +186,15 @@ def test_selection_by_score_and_budget():
     assert select_within_budget(scores, per_layer, 600, 0.26) == [1, 3]
     with pytest.raises(ValueError, match="too small"):
         select_within_budget(scores, per_layer, 600, 0.05)
+
+
+def test_uniform_selection_spreads_copies_like_llama_pro():
+    assert select_uniform(8, 2) == [3, 7]
+    assert select_uniform(8, 4) == [1, 3, 5, 7]
+    assert select_uniform(10, 3) == [2, 5, 9]
+    assert select_uniform(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="--uniform must be between 1 and 8"):
+        select_uniform(8, 0)
 
 
 def test_refuses_non_empty_output_and_keeps_finished_output_on_failure(tmp_path, monkeypatch):

@@ -108,6 +108,16 @@ def select_least_important(layer_scores: Sequence[float], num_new_layers: int) -
     return sorted(order[:num_new_layers])
 
 
+def select_uniform(num_layers: int, num_new_layers: int) -> list[int]:
+    """LLaMA-Pro's uniform expansion: one copy after the last layer of each of ``num_new_layers`` equal groups.
+
+    For 8 layers and 2 copies this is layers 3 and 7; importance plays no part.
+    """
+    if not 0 < num_new_layers <= num_layers:
+        raise ValueError(f"--uniform must be between 1 and {num_layers} for a {num_layers}-layer model, got {num_new_layers}")
+    return [(group + 1) * num_layers // num_new_layers - 1 for group in range(num_new_layers)]
+
+
 def select_within_budget(
     layer_scores: Sequence[float], layer_num_params: Sequence[int], total_params: int, trainable_fraction: float
 ) -> list[int]:

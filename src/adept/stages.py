@@ -164,27 +164,32 @@ def run_expansion(
     importance_path: str | os.PathLike | None = None,
     num_new_layers: int | None = None,
     trainable_fraction: float | None = None,
+    uniform: int | None = None,
     metric: str = "masking",
     overwrite: bool = False,
 ) -> Path:
-    """Choose the layers to duplicate (explicitly, by importance, or by budget) and expand."""
+    """Choose the layers to duplicate (explicitly, by importance, by budget, or uniformly) and expand."""
     from adept.expansion import (
         expand_checkpoint,
         plan_expansion,
         read_model_config,
         select_least_important,
+        select_uniform,
         select_within_budget,
     )
     from adept.importance import ImportanceResult
 
-    given = [layers is not None, num_new_layers is not None, trainable_fraction is not None]
+    given = [layers is not None, num_new_layers is not None, trainable_fraction is not None, uniform is not None]
     if sum(given) != 1:
-        raise ValueError("give exactly one of --layers, --num-new-layers or --trainable-fraction")
+        raise ValueError("give exactly one of --layers, --num-new-layers, --trainable-fraction or --uniform")
     config = read_model_config(model_path)
     selection: dict[str, Any]
     if layers is not None:
         chosen = list(layers)
         selection = {"method": "layers", "layers": chosen}
+    elif uniform is not None:
+        chosen = select_uniform(config.num_hidden_layers, uniform)
+        selection = {"method": "uniform", "num_new_layers": uniform}
     else:
         if importance_path is None:
             raise ValueError("--num-new-layers and --trainable-fraction need --importance importance.json")
