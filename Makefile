@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk; pin it here so setup never pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo demo-check bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test-all: setup
 
 demo: setup
 	bash scripts/demo.sh
+
+# Builds runs/demo/report and opens it in Debian's headless Chromium (apt-get install
+# chromium-headless-shell); fails on a missing image or a console error, saves a screenshot.
+demo-check: setup
+	ADEPT_REPORT_RUN_DIR=runs/demo $(BIN)/python -m pytest -q -m slow tests/test_report_browser.py
 
 bench: setup
 	$(BIN)/python benchmarks/expansion_memory.py
