@@ -71,6 +71,7 @@ def test_importance_then_expand_by_importance(tmp_path, base, probe_file, capsys
         (["--layers", "a,b"], "comma-separated integers"),
         (["--num-new-layers", "2"], "need --importance"),
         (["--layers", "1", "--num-new-layers", "2"], "exactly one of"),
+        (["--uniform", "7"], "--uniform must be between 1 and 6"),
     ],
 )
 def test_bad_expand_arguments_give_one_line_errors(tmp_path, base, capsys, extra, message):
@@ -79,6 +80,15 @@ def test_bad_expand_arguments_give_one_line_errors(tmp_path, base, capsys, extra
     assert code == 2
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_uniform_expansion_records_its_selection(tmp_path, base):
+    from adept.expansion import load_manifest
+
+    assert main(["expand", "--model", str(base), "--output", str(tmp_path / "pro"), "--uniform", "2"]) == 0
+    manifest = load_manifest(tmp_path / "pro" / "expansion.json")
+    assert [layer["source_layer_idx"] for layer in manifest["inserted_layers"]] == [2, 5]
+    assert manifest["selection"]["method"] == "uniform"
 
 
 def test_non_empty_output_is_refused_and_missing_model_named(tmp_path, base, capsys):

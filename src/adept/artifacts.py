@@ -26,21 +26,25 @@ def artifact_header(kind: str) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "kind": kind, "adept_version": __version__}
 
 
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Write JSON atomically (temporary file + rename) with stable formatting."""
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file atomically (temporary file + rename): readers never see half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write JSON atomically with stable formatting."""
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:

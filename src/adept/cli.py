@@ -85,6 +85,9 @@ def expand(
     trainable_fraction: Annotated[
         Optional[float], typer.Option(help="Duplicate as many least important layers as fit in this share of the expanded model.")
     ] = None,
+    uniform: Annotated[
+        Optional[int], typer.Option(help="LLaMA-Pro baseline: K copies spread evenly, ignoring importance.")
+    ] = None,
     metric: Annotated[str, typer.Option(help="Layer metric from importance.json: masking, grad_weight, rank, fisher.")] = "masking",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
@@ -99,6 +102,7 @@ def expand(
             importance_path=importance,
             num_new_layers=num_new_layers,
             trainable_fraction=trainable_fraction,
+            uniform=uniform,
             metric=metric,
             overwrite=overwrite,
         )
@@ -181,7 +185,154 @@ def train(
         path = run_training(cfg)
     except _USER_ERRORS as err:
         _fail(err)
+    finally:
+        _close_process_group()
     typer.echo(f"trained model: {path}")
+
+
+@app.command("run", context_settings={"allow_extra_args": False})
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/demo.yaml.")],
+    overrides: Annotated[
+        Optional[list[str]], typer.Argument(help="key=value overrides with dotted keys, e.g. train.training_args.max_steps=50.")
+    ] = None,
+    compare: Annotated[
+        Optional[str], typer.Option(help="Comma-separated methods or variants to train side by side, e.g. adept,full,llama-pro.")
+    ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (overrides run_dir in the config).")] = None,
+) -> None:
+    """Importance -> expansion -> training -> evaluation -> report in one run directory, resumable."""
+    from adept.config import load_config
+    from adept.evaluation import comparison_markdown, read_results
+    from adept.pipeline import run_pipeline
+
+    try:
+        extra = list(overrides or [])
+        if compare:
+            extra.append(f"train.methods=[{compare}]")
+        if run_dir is not None:
+            extra.append(f"run_dir={run_dir}")
+        cfg = load_config(config, extra)
+        report_path, pipeline = run_pipeline(cfg)
+        results = read_results(Path(cfg.run_dir) / "eval" / "results.json")
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo("")
+    typer.echo(comparison_markdown(results))
+    typer.echo("")
+    if pipeline.skipped:
+        typer.echo(f"up to date, skipped: {', '.join(pipeline.skipped)}")
+    typer.echo(f"results: {Path(cfg.run_dir) / 'eval' / 'results.json'}")
+    typer.echo(f"report: {report_path}")
+
+
+def _close_process_group() -> None:
+    """Under torchrun/accelerate the process group must be closed or the launcher waits forever."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Pipeline run directories; several (e.g. seeds) merge into one report.")],
+    output: Annotated[Optional[Path], typer.Option(help="Report directory (default RUN_DIR/report; required with several run directories).")] = None,
+) -> None:
+    """Self-contained HTML report (and Markdown) built from the artifacts of one or more runs."""
+    from adept.report import build_report
+
+    try:
+        paths = build_report(run_dirs, output)
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo(str(paths["html"]))
+
+
+def _parse_limit(limit: float | None) -> int | float | None:
+    """lm-eval reads a limit below 1 as a fraction of each benchmark, else as a question count."""
+    if limit is None:
+        return None
+    if limit <= 0:
+        raise ValueError(f"--limit must be positive, got {limit}")
+    return limit if limit < 1 else int(limit)
+
+
+@app.command("eval")
+def evaluate(
+    model: Annotated[list[Path], typer.Option(help="Checkpoint directory; repeat, the first is the base the others are compared with.")],
+    output: Annotated[Path, typer.Option(help="Directory for results.json.")],
+    label: Annotated[Optional[list[str]], typer.Option(help="Name of each --model, in order (default: run or checkpoint directory name).")] = None,
+    general: Annotated[Optional[list[Path]], typer.Option(help="General-domain held-out corpus (forgetting); repeatable.")] = None,
+    domain: Annotated[Optional[list[Path]], typer.Option(help="Domain held-out corpus (gain); repeatable.")] = None,
+    general_benchmark: Annotated[
+        Optional[list[str]], typer.Option(help="General multiple-choice JSONL file or lm-eval task name; repeatable.")
+    ] = None,
+    domain_benchmark: Annotated[
+        Optional[list[str]], typer.Option(help="Domain multiple-choice JSONL file or lm-eval task name; repeatable.")
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Tokens per packed held-out block.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Blocks or benchmark requests per forward pass.")] = 8,
+    max_blocks: Annotated[Optional[int], typer.Option(help="Evaluate at most N blocks of each held-out corpus.")] = None,
+    limit: Annotated[Optional[float], typer.Option(help="At most N questions per benchmark (below 1: a fraction).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+) -> None:
+    """Held-out loss and benchmark accuracy of a base model and adapted ones, with a comparison table."""
+    from adept.evaluation import comparison_markdown, default_label, read_results, run_evaluation
+
+    try:
+        if label and len(label) != len(model):
+            raise ValueError(f"give one --label per --model ({len(model)} models, {len(label)} labels)")
+        labels = list(label) if label else [default_label(path) for path in model]
+        path = run_evaluation(
+            list(zip(labels, model)),
+            output,
+            general=general or [],
+            domain=domain or [],
+            general_benchmarks=general_benchmark or [],
+            domain_benchmarks=domain_benchmark or [],
+            block_size=block_size,
+            batch_size=batch_size,
+            max_blocks=max_blocks,
+            limit=_parse_limit(limit),
+            device=device,
+            dtype=dtype,
+        )
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo(comparison_markdown(read_results(path)))
+    typer.echo(f"results: {path}")
+
+
+analyze_app = typer.Typer(help="Analyses of trained models.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("shift")
+def analyze_shift(
+    base: Annotated[Path, typer.Option(help="Base checkpoint directory.")],
+    tuned: Annotated[Path, typer.Option(help="Adapted checkpoint directory (same tokenizer).")],
+    data: Annotated[Path, typer.Option(help="Held-out corpus: .txt, .jsonl, .json or a dataset directory.")],
+    output: Annotated[Path, typer.Option(help="Directory for shift.json and shift.png.")],
+    block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
+    max_blocks: Annotated[int, typer.Option(help="Compare at most N blocks.")] = 64,
+    top_k: Annotated[int, typer.Option(help="How many of the most often shifted tokens to list.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Blocks per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+) -> None:
+    """Where the adapted model's top-1 token ranks in the base model's distribution (paper Fig. 5)."""
+    from adept.shift import run_shift
+
+    try:
+        path = run_shift(
+            base, tuned, data, output, block_size=block_size, max_blocks=max_blocks, top_k=top_k,
+            batch_size=batch_size, device=device, dtype=dtype,
+        )
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"token shift: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,6 +264,7 @@ class TrainConfig:
         method: one of METHODS.
         probe: general-domain probe corpus (needed by adept and adept-no-stage1).
         eval_data: held-out corpora evaluated every ``eval_steps``.
+        eval_max_blocks: evaluate only the first N packed blocks of each held-out corpus.
         importance: importance.json choosing layers for freeze / adept-no-stage1.
         num_layers: how many least-important layers freeze / adept-no-stage1 train.
         layer_metric: layer metric used with ``importance``.
@@ -290,6 +291,7 @@ class TrainConfig:
     method: str = "adept"
     probe: str | None = None
     eval_data: list[str] = field(default_factory=list)
+    eval_max_blocks: int | None = None
     importance: str | None = None
     num_layers: int | None = None
     layer_metric: str = "masking"
@@ -402,7 +404,14 @@ def build_datasets(cfg: TrainConfig, tokenizer):
         train = datasets.interleave_datasets(
             [train, replay], probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio], seed=seed, stopping_strategy="first_exhausted"
         )
-    evals = {Path(p).stem: build_packed_dataset(p, tokenizer, cfg.block_size, cache_dir=cache) for p in cfg.eval_data}
+    stems = [Path(p).stem for p in cfg.eval_data]
+    evals = {}
+    for path, stem in zip(cfg.eval_data, stems):
+        blocks = build_packed_dataset(path, tokenizer, cfg.block_size, cache_dir=cache)
+        if cfg.eval_max_blocks is not None:
+            blocks = blocks.select(range(min(cfg.eval_max_blocks, len(blocks))))
+        # general/heldout.jsonl and domain/heldout.jsonl log as eval_general_heldout_loss, ...
+        evals[f"{Path(path).parent.name}_{stem}" if stems.count(stem) > 1 else stem] = blocks
     return train, evals
 
 
@@ -412,10 +421,65 @@ def _last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def _peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+class PeakMemory:
+    """Peak memory of one training run, comparable between methods run in the same process.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` (weights, gradients, optimizer state,
+    activations). On CPU: the peak resident set size sampled while the block runs, minus the
+    resident size when the monitor was created (before the model was loaded), so the Python and
+    library footprint and earlier runs in the same process do not count.
+    """
+
+    def __init__(self, interval: float = 0.02):
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:  # hand memory freed by an earlier run in this process back to the OS first
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.interval = interval
+        self.baseline = _rss_bytes()
+        self.peak = self.baseline
+        self._stop = None
+        self._thread = None
+        self.device: torch.device | None = None
+
+    def start(self, device: torch.device) -> None:
+        import threading
+
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> int:
+        """Stop sampling; returns the peak in bytes."""
+        if self.device is not None and self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+        return int(self.peak - self.baseline)
+
+
+def _rss_bytes() -> int:
+    """Current resident set size (Linux /proc), else the lifetime peak from getrusage."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -431,6 +495,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     from adept.data import load_probe_batches
     from adept.expansion import MANIFEST_NAME, read_model_config
 
+    memory = PeakMemory()
     output_dir = Path(cfg.output_dir)
     args = make_training_arguments(cfg)
     read_model_config(cfg.model)
@@ -451,7 +516,10 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     trainable, total = count_parameters(model)
     logger.info("method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
-    train_data, eval_data = build_datasets(cfg, tokenizer)
+    # One process per node tokenises and writes the packed cache; the others then load it
+    # (ranks racing to publish the same cache directory would crash).
+    with args.main_process_first(desc="building datasets"):
+        train_data, eval_data = build_datasets(cfg, tokenizer)
     callbacks: list[TrainerCallback] = [NonFiniteLossGuard()]
     adept_callback = None
     if cfg.method in DYNAMIC_METHODS:
@@ -473,7 +541,11 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     if resume_from:
         logger.info("resuming from %s", resume_from)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    memory.start(args.device)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        peak_memory = memory.stop()
     wall = time.perf_counter() - start
 
     final = model.merge_and_unload() if cfg.method == "lora" else model
@@ -496,7 +568,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
             "wall_seconds": wall,
             "tokens_per_second": trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
             * args.world_size * cfg.block_size / wall if wall > 0 else None,
-            "peak_memory_bytes": _peak_memory_bytes(args.device),
+            "peak_memory_bytes": peak_memory,
             "reestimation_seconds": adept_callback.seconds_spent if adept_callback else 0.0,
             "config": _config_dict(cfg),
             "log_history": trainer.state.log_history,

@@ -1,0 +1,417 @@
+"""`adept run`: data -> importance -> expansion -> training -> evaluation -> report, resumable.
+
+Every stage writes into one run directory and is recorded in ``pipeline.json`` with a
+fingerprint of its settings, its input files and the fingerprints of the stages it depends
+on. A stage whose record matches and whose outputs exist is skipped, so rerunning after a
+crash continues where it stopped (training resumes from its newest checkpoint), and changing a
+training key re-runs training and what follows but not importance or expansion.
+
+Run directory::
+
+    config.yaml                     resolved config, written first
+    pipeline.json                   stage records
+    data/data.json                  corpus sizes in documents, tokens and blocks
+    importance/                     importance.json + PNGs (Stage 1)
+    expanded/adept, expanded/uniform   expanded checkpoints (importance-guided, LLaMA-Pro)
+    train/<label>/                  checkpoints, unit_rates.jsonl, training_summary.json, model/
+    eval/<label>/results.json       one model's evaluation
+    eval/results.json               all of them compared with the base model
+    shift/<label>/                  shift.json + shift.png against the base model
+    report/index.html, report.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from adept.artifacts import artifact_header, read_json, write_json
+from adept.config import PipelineConfig, save_config
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAME = "pipeline.json"
+BASE_LABEL = "base"
+IMPORTANCE_METHODS = ("adept", "adept-no-stage2", "adept-no-stage1", "freeze")
+GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
+_HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are identified by size and mtime
+
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+def path_identity(path: str | os.PathLike) -> Any:
+    """Content hash of a file, or (name, size, mtime) of every file under a directory.
+
+    lm-eval task names (not paths) identify themselves.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.stat().st_size > _HASH_LIMIT:
+            stat = path.stat()
+            return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        entries = []
+        for child in sorted(path.rglob("*")):
+            rel = child.relative_to(path)
+            if child.is_file() and not any(part.startswith(".") for part in rel.parts):
+                stat = child.stat()
+                entries.append((str(rel), stat.st_size, stat.st_mtime_ns))
+        return entries
+    return str(path)
+
+
+def fingerprint(**parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StageRecords:
+    """``pipeline.json``: per stage, its fingerprint and whether it finished."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RECORD_NAME
+        self.stages: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            self.stages = read_json(self.path, kind="pipeline")["stages"]
+
+    def is_done(self, stage: str, print_: str, outputs: list[Path]) -> bool:
+        record = self.stages.get(stage)
+        return bool(record and record["fingerprint"] == print_ and record["status"] == "done" and all(p.exists() for p in outputs))
+
+    def previous(self, stage: str) -> dict[str, Any] | None:
+        return self.stages.get(stage)
+
+    def mark(self, stage: str, print_: str, status: str, **extra: Any) -> None:
+        entry = {"fingerprint": print_, "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        self.stages[stage] = entry
+        write_json(self.path, {**artifact_header("pipeline"), "stages": self.stages})
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+class Pipeline:
+    """Runs the stages of one config in ``config.run_dir``; see the module docstring."""
+
+    def __init__(self, config: PipelineConfig, progress: bool = True):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.progress = progress
+        self.records: StageRecords | None = None
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+        self._prints: dict[str, str] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _stage(self, name: str, print_: str, outputs: list[Path], work: Callable[[], Any], clean: list[Path] = ()) -> None:
+        """Run ``work`` unless the stage is up to date; wipe ``clean`` when its inputs changed."""
+        assert self.records is not None
+        self._prints[name] = print_
+        if self.records.is_done(name, print_, outputs):
+            logger.info("stage %s: up to date, skipped", name)
+            self.skipped.append(name)
+            return
+        previous = self.records.previous(name)
+        if previous is not None and previous["fingerprint"] != print_:
+            for path in clean:
+                if path.exists():
+                    logger.info("stage %s: inputs changed, removing %s", name, path)
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        logger.info("stage %s: running", name)
+        self.records.mark(name, print_, "running")
+        start = time.perf_counter()
+        work()
+        self.records.mark(name, print_, "done", seconds=round(time.perf_counter() - start, 2))
+        self.ran.append(name)
+
+    def _identity(self, paths: list[str] | str | None) -> Any:
+        if paths is None:
+            return None
+        if isinstance(paths, str):
+            return path_identity(paths)
+        return [path_identity(p) for p in paths]
+
+    # -- stages --------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run every stage; returns the HTML report's path."""
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        self.records = StageRecords(self.run_dir)
+        self._check_inputs()
+        labels = list(cfg.train.methods)
+        settings = {label: cfg.method_settings(label) for label in labels}
+        methods = {label: s["method"] for label, s in settings.items()}
+
+        self.data_stage()
+        needs_importance = any(m in IMPORTANCE_METHODS for m in methods.values())
+        if cfg.data.general_probe:
+            self.importance_stage()
+        elif needs_importance:  # guarded by config validation too
+            raise ValueError("data.general_probe is required for importance")
+        new_layers = self.expansion_count()
+        if any(m in GUIDED_EXPANSION_METHODS for m in methods.values()):
+            self.expansion_stage("adept", new_layers)
+        if "llama-pro" in methods.values():
+            self.expansion_stage("uniform", new_layers)
+        for label in labels:
+            self.train_stage(label, settings[label], new_layers)
+        for label in [BASE_LABEL, *labels]:
+            self.eval_stage(label)
+        self.compare_stage([BASE_LABEL, *labels])
+        if cfg.evaluation.shift:
+            for label in labels:
+                self.shift_stage(label)
+        return self.report_stage()
+
+    def _check_inputs(self) -> None:
+        cfg = self.config
+        if not (Path(cfg.model) / "config.json").is_file():
+            raise FileNotFoundError(f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)")
+        data = asdict(cfg.data)
+        for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay"):
+            for idx, path in enumerate(data[key]):
+                if not Path(path).exists():
+                    raise FileNotFoundError(f"data.{key}[{idx}]: {path} not found")
+        if cfg.data.general_probe and not Path(cfg.data.general_probe).exists():
+            raise FileNotFoundError(f"data.general_probe: {cfg.data.general_probe} not found")
+        from adept.evaluation import is_benchmark_file, validate_benchmark_file
+
+        for key in ("general_benchmarks", "domain_benchmarks"):
+            for source in data[key]:
+                if is_benchmark_file(source):
+                    validate_benchmark_file(source)
+
+    def data_stage(self) -> None:
+        """Tokenise and pack every corpus once (cached for the later stages) and record sizes."""
+        cfg = self.config
+        corpora = {
+            "domain_train": cfg.data.domain_train,
+            "domain_heldout": cfg.data.domain_heldout,
+            "general_heldout": cfg.data.general_heldout,
+            "general_replay": cfg.data.general_replay,
+        }
+        out = self.run_dir / "data" / "data.json"
+        print_ = fingerprint(model=self._identity(cfg.model), block_size=cfg.data.block_size,
+                             corpora={k: self._identity(v) for k, v in corpora.items()})
+
+        def work() -> None:
+            from transformers import AutoTokenizer
+
+            from adept.data import build_packed_dataset, load_documents
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+            sizes = {}
+            for key, paths in corpora.items():
+                if not paths:
+                    continue
+                blocks = build_packed_dataset(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir)
+                documents = sum(len(load_documents(p)) for p in paths)
+                sizes[key] = {"paths": list(paths), "documents": documents, "blocks": len(blocks),
+                              "tokens": len(blocks) * cfg.data.block_size}
+            write_json(out, {**artifact_header("data"), "block_size": cfg.data.block_size, "corpora": sizes})
+
+        self._stage("data", print_, [out], work)
+
+    @property
+    def cache_dir(self) -> str:
+        return str(self.run_dir / ".cache")
+
+    def importance_stage(self) -> None:
+        from adept.stages import ProbeSettings, run_importance
+
+        cfg = self.config
+        out = self.run_dir / "importance"
+        print_ = fingerprint(model=self._identity(cfg.model), probe=self._identity(cfg.data.general_probe),
+                             settings=asdict(cfg.importance), device=cfg.device, dtype=cfg.dtype)
+        probe = ProbeSettings(max_tokens=cfg.importance.max_tokens, max_length=cfg.importance.max_length,
+                              batch_size=cfg.importance.batch_size, seed=cfg.importance.seed)
+        self._stage(
+            "importance", print_, [out / "importance.json"],
+            lambda: run_importance(cfg.model, cfg.data.general_probe, out, probe=probe, metrics=tuple(cfg.importance.metrics),
+                                   device=cfg.device, dtype=cfg.dtype, progress=self.progress),
+        )
+
+    def expansion_count(self) -> int:
+        """How many layers every expansion-style method adds (the same budget for all)."""
+        from adept.expansion import read_model_config
+        from adept.stages import layer_param_counts
+
+        exp = self.config.expansion
+        num_layers = read_model_config(self.config.model).num_hidden_layers
+        if exp.layers is not None:
+            return len(exp.layers)
+        if exp.num_new_layers is not None:
+            return exp.num_new_layers
+        if exp.trainable_fraction is not None:
+            per_layer, total = layer_param_counts(self.config.model)
+            mean_layer = sum(per_layer) / len(per_layer)
+            count = 0
+            while count + 1 < num_layers and (count + 1) * mean_layer / (total + (count + 1) * mean_layer) <= exp.trainable_fraction:
+                count += 1
+            if count == 0:
+                raise ValueError(f"expansion.trainable_fraction {exp.trainable_fraction} is too small for one layer copy")
+            return count
+        return max(1, num_layers // 4)
+
+    def expansion_stage(self, variant: str, new_layers: int) -> None:
+        from adept.stages import run_expansion
+
+        cfg = self.config
+        out = self.run_dir / "expanded" / variant
+        if variant == "uniform":
+            kwargs: dict[str, Any] = {"uniform": new_layers}
+            upstream = None
+        elif cfg.expansion.layers is not None:
+            kwargs = {"layers": list(cfg.expansion.layers)}
+            upstream = None
+        else:
+            importance = self.run_dir / "importance" / "importance.json"
+            kwargs = {"importance_path": importance, "metric": cfg.expansion.metric}
+            if cfg.expansion.trainable_fraction is not None:
+                kwargs["trainable_fraction"] = cfg.expansion.trainable_fraction
+            else:
+                kwargs["num_new_layers"] = new_layers
+            upstream = self._prints["importance"]
+        print_ = fingerprint(model=self._identity(cfg.model), kwargs=kwargs, upstream=upstream)
+        self._stage(
+            f"expand:{variant}", print_, [out / "expansion.json"],
+            lambda: run_expansion(cfg.model, out, overwrite=True, **kwargs), clean=[out],
+        )
+
+    def train_stage(self, label: str, settings: dict[str, Any], new_layers: int) -> None:
+        from adept.training import EXPANDED_METHODS, FINAL_MODEL_DIR, SUMMARY_NAME, TrainConfig, run_training
+        from adept.tuning import MultiplierRule
+
+        cfg = self.config
+        method = settings["method"]
+        out = self.run_dir / "train" / label
+        if method in EXPANDED_METHODS:
+            variant = "uniform" if method == "llama-pro" else "adept"
+            model = str(self.run_dir / "expanded" / variant)
+            upstream = self._prints[f"expand:{variant}"]
+        else:
+            model = cfg.model
+            upstream = self._identity(cfg.model)
+        importance = None
+        if method in ("freeze", "adept-no-stage1"):
+            importance = str(self.run_dir / "importance" / "importance.json")
+            upstream = [upstream, self._prints["importance"]]
+        training_args = dict(settings["training_args"])
+        if cfg.device == "cpu":
+            training_args.setdefault("use_cpu", True)
+        train_cfg = TrainConfig(
+            model=model,
+            data=list(cfg.data.domain_train),
+            output_dir=str(out),
+            method=method,
+            probe=cfg.data.general_probe,
+            eval_data=[*cfg.data.general_heldout, *cfg.data.domain_heldout],
+            eval_max_blocks=cfg.evaluation.max_blocks,
+            importance=importance,
+            num_layers=new_layers if importance else None,
+            layer_metric=settings["layer_metric"],
+            replay_data=list(cfg.data.general_replay) if settings["replay_ratio"] > 0 else [],
+            replay_ratio=settings["replay_ratio"],
+            block_size=cfg.data.block_size,
+            reestimate_every=settings["reestimate_every"],
+            reestimate_fraction=settings["reestimate_fraction"],
+            rule=MultiplierRule(**settings["rule"]),
+            probe_max_tokens=settings["probe_max_tokens"],
+            probe_max_length=settings["probe_max_length"],
+            probe_batch_size=settings["probe_batch_size"],
+            lora_r=settings["lora_r"],
+            lora_alpha=settings["lora_alpha"],
+            cache_dir=self.cache_dir,
+            resume=True,
+            training_args=training_args,
+        )
+        data_print = self._identity([*cfg.data.domain_train, *train_cfg.replay_data, *train_cfg.eval_data,
+                                     *([cfg.data.general_probe] if cfg.data.general_probe else [])])
+        print_ = fingerprint(settings=settings, data=data_print, block_size=cfg.data.block_size,
+                             eval_max_blocks=cfg.evaluation.max_blocks, upstream=upstream, device=cfg.device)
+        self._stage(
+            f"train:{label}", print_, [out / FINAL_MODEL_DIR / "config.json", out / SUMMARY_NAME],
+            lambda: run_training(train_cfg, progress=self.progress), clean=[out],
+        )
+
+    def model_of(self, label: str) -> str:
+        if label == BASE_LABEL:
+            return self.config.model
+        return str(self.run_dir / "train" / label / "model")
+
+    def _upstream_of(self, label: str) -> Any:
+        return self._identity(self.config.model) if label == BASE_LABEL else self._prints[f"train:{label}"]
+
+    def eval_stage(self, label: str) -> None:
+        from adept.evaluation import run_evaluation
+
+        cfg = self.config
+        ev = cfg.evaluation
+        out = self.run_dir / "eval" / label
+        sets = {k: getattr(cfg.data, k) for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")}
+        print_ = fingerprint(settings=asdict(ev), sets={k: self._identity(v) for k, v in sets.items()},
+                             block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
+        self._stage(
+            f"eval:{label}", print_, [out / "results.json"],
+            lambda: run_evaluation(
+                [(label, self.model_of(label))], out,
+                general=sets["general_heldout"], domain=sets["domain_heldout"],
+                general_benchmarks=sets["general_benchmarks"], domain_benchmarks=sets["domain_benchmarks"],
+                block_size=cfg.data.block_size, batch_size=ev.batch_size, max_blocks=ev.max_blocks, limit=ev.limit,
+                device=cfg.device, dtype=cfg.dtype, summaries={label: None}, progress=self.progress,
+            ),
+        )
+
+    def compare_stage(self, labels: list[str]) -> Path:
+        """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt)."""
+        from adept.evaluation import compare_runs, read_results
+        from adept.training import SUMMARY_NAME
+
+        runs, summaries = [], {}
+        for label in labels:
+            runs.append(read_results(self.run_dir / "eval" / label / "results.json")["runs"][0])
+            summary = self.run_dir / "train" / label / SUMMARY_NAME
+            summaries[label] = read_json(summary, kind="training") if summary.is_file() else None
+        payload = {**artifact_header("evaluation"), "base": labels[0], "runs": runs, "comparison": compare_runs(runs, summaries)}
+        return write_json(self.run_dir / "eval" / "results.json", payload)
+
+    def shift_stage(self, label: str) -> None:
+        from adept.shift import run_shift
+
+        cfg = self.config
+        ev = cfg.evaluation
+        data = cfg.data.general_heldout if ev.shift_data == "general" else cfg.data.domain_heldout
+        if not data:
+            logger.warning("stage shift:%s: no %s held-out corpus, skipped", label, ev.shift_data)
+            return
+        out = self.run_dir / "shift" / label
+        print_ = fingerprint(data=self._identity(data[0]), max_blocks=ev.shift_max_blocks, block_size=cfg.data.block_size,
+                             upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
+        self._stage(
+            f"shift:{label}", print_, [out / "shift.json"],
+            lambda: run_shift(cfg.model, self.model_of(label), data[0], out, block_size=cfg.data.block_size,
+                              max_blocks=ev.shift_max_blocks, batch_size=ev.batch_size, device=cfg.device, dtype=cfg.dtype,
+                              progress=self.progress),
+        )
+
+    def report_stage(self) -> Path:
+        from adept.report import build_report
+
+        return build_report([self.run_dir])["html"]
+
+
+def run_pipeline(config: PipelineConfig, progress: bool = True) -> tuple[Path, Pipeline]:
+    """Run (or resume) the whole method for ``config``; returns the report path and the pipeline."""
+    pipeline = Pipeline(config, progress=progress)
+    report = pipeline.run()
+    return report, pipeline
