@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -316,6 +317,13 @@ def build_packed_dataset(
     if cache_path is not None:
         tmp = cache_path.with_name(cache_path.name + f".tmp-{os.getpid()}")
         dataset.save_to_disk(str(tmp))
-        os.replace(tmp, cache_path)
+        try:
+            os.replace(tmp, cache_path)
+        except OSError:
+            if not cache_path.is_dir():
+                raise
+            # Another process (a rank on another node sharing the filesystem) published the same
+            # cache first; its content is identical, so keep it and drop ours.
+            shutil.rmtree(tmp, ignore_errors=True)
         dataset = datasets.load_from_disk(str(cache_path))
     return dataset

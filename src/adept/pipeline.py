@@ -42,6 +42,8 @@ BASE_LABEL = "base"
 IMPORTANCE_METHODS = ("adept", "adept-no-stage2", "adept-no-stage1", "freeze")
 GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
 _HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are identified by size and mtime
+# Files in a checkpoint or dataset directory that describe it rather than define it.
+_NOT_CONTENT = {"README.md", "measurements.json", "training_summary.json"}
 
 
 # --- fingerprints --------------------------------------------------------------------------
@@ -49,6 +51,9 @@ _HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are i
 
 def path_identity(path: str | os.PathLike) -> Any:
     """Content hash of a file, or (name, size, mtime) of every file under a directory.
+
+    Model cards and measurement files in a checkpoint directory are left out, so editing
+    them does not invalidate every stage.
 
     lm-eval task names (not paths) identify themselves.
     """
@@ -62,7 +67,7 @@ def path_identity(path: str | os.PathLike) -> Any:
         entries = []
         for child in sorted(path.rglob("*")):
             rel = child.relative_to(path)
-            if child.is_file() and not any(part.startswith(".") for part in rel.parts):
+            if child.is_file() and child.name not in _NOT_CONTENT and not any(part.startswith(".") for part in rel.parts):
                 stat = child.stat()
                 entries.append((str(rel), stat.st_size, stat.st_mtime_ns))
         return entries
