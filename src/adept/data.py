@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import random
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
