@@ -34,6 +34,11 @@ demo-check: setup
 
 bench: setup
 	$(BIN)/python benchmarks/expansion_memory.py
+	$(BIN)/python benchmarks/training_cost.py
+
+# Every method, three seeds, on the embedded default: docs/results.md (about an hour on 2 CPU cores).
+compare: setup
+	$(BIN)/python benchmarks/compare_methods.py
 
 clean:
 	rm -rf $(VENV) runs/demo

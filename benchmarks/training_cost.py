@@ -1,0 +1,493 @@
+"""Training cost of ADEPT vs full continual pretraining, and of dynamic re-estimation, side by side.
+
+Builds a random Llama config in code (16 layers, hidden 512, vocab 8192 by default), saves it
+with a byte-level tokenizer, and expands 4 of its layers (LLaMA-Pro's uniform placement, 25% new
+layers). Then runs `adept.training.run_training` unchanged, each run in a fresh process,
+alternating the kinds (order reversed every other round) so machine load hits each alike:
+
+* ``full``     full CPT of the base model (every parameter trains);
+* ``static``   ``adept`` on the expanded model with the default ``reestimate_every`` (500), which
+               never fires within the short run: only the step-0 importance estimate;
+* ``dynamic``  the same ``adept`` run re-estimating every ``--interval`` steps, inside the timed steps.
+
+Step time is the time between consecutive optimizer steps (data, forward, backward, optimizer,
+scheduler, callbacks), the first ``--warmup-steps`` excluded, per token. On CPU the runs are
+single-threaded and both wall and process CPU time are shown; targets are judged on CPU time,
+which is what the wall time is on an idle machine (on a shared one, wall time also counts waiting
+for a core). On CUDA they are judged on wall time.
+
+Peak memory: on CPU the whole-process peak RSS (VmHWM) through the end of training (before the
+final save), also over the RSS after imports (the target is judged on this one: like
+``torch.cuda.max_memory_allocated`` it counts weights, gradients, optimizer state and
+activations, not the Python runtime) and over the RSS with the model loaded (read when training
+starts; fp32 safetensors weights are memory-mapped and only become resident when first touched,
+so this baseline is close to the one after imports); on CUDA ``torch.cuda.max_memory_allocated``.
+The probe batch defaults to the training batch: a larger probe batch holds more activations than
+a training step and then sets adept's peak.
+
+Re-estimation overhead at the default interval = one probe pass / (500 x one adept step), both
+measured (the probe budget and step size scaled linearly in tokens to the defaults, 20000 probe
+tokens and 8 x 256-token steps, when they differ); and measured directly as the extra time of
+the ``dynamic`` run over the ``static`` one, rescaled to one re-estimation per 500 steps.
+
+Runs are instrumented by subclassing the library's own callbacks inside the child process;
+nothing else of the training path changes.
+
+Usage: python benchmarks/training_cost.py [--layers 32 --hidden 1024] [--device cuda --bf16] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_TIME = 0.55
+TARGET_MEMORY = 0.45
+TARGET_OVERHEAD = 0.03
+# The defaults of `adept train` / TrainConfig / DEFAULT_TRAINING_ARGS the overhead is quoted for.
+DEFAULT_INTERVAL = 500
+DEFAULT_PROBE_TOKENS = 20_000
+DEFAULT_STEP_TOKENS = 8 * 256
+RUNS = ("full", "static", "dynamic")
+
+
+# --- workspace ------------------------------------------------------------------------------
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges (ids 0-255, then <s>, </s>, <pad>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: idx for idx, char in enumerate(sorted(alphabet))}
+    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def synthetic_text(num_tokens: int, seed: int, words_per_doc: int = 400) -> str:
+    """Paragraphs of pseudo-words, about ``num_tokens`` bytes (= byte-level tokens) in all."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lexicon = ["".join(rng.choices(letters, k=rng.randint(2, 9))) for _ in range(3000)]
+    docs, size = [], 0
+    while size < num_tokens:
+        doc = " ".join(rng.choices(lexicon, k=words_per_doc)) + "."
+        docs.append(doc)
+        size += len(doc) + 2
+    return "\n\n".join(docs)
+
+
+def model_config(args):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(args.block_size, args.probe_length), tie_word_embeddings=False,
+        bos_token_id=256, eos_token_id=257, pad_token_id=258,
+    )
+
+
+def build_workspace(workdir: Path, args) -> tuple[list[int], dict[str, int]]:
+    """Random base checkpoint, its expansion, and the domain and probe corpora."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adept.expansion import expand_checkpoint, plan_expansion, select_uniform
+    from adept.training import count_parameters
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config(args))
+    model.save_pretrained(workdir / "base")
+    byte_tokenizer().save_pretrained(workdir / "base")
+    _, base_params = count_parameters(model)
+    layer_params = sum(p.numel() for p in model.model.layers[0].parameters())
+    del model
+    source = [int(x) for x in args.source_layers.split(",")] if args.source_layers else select_uniform(args.layers, args.new_layers)
+    expand_checkpoint(workdir / "base", workdir / "expanded", plan_expansion(args.layers, source))
+    steps = args.warmup_steps + args.steps
+    (workdir / "domain.txt").write_text(synthetic_text(2 * steps * args.batch_size * args.block_size + 10_000, seed=1))
+    (workdir / "probe.txt").write_text(synthetic_text(2 * args.probe_tokens + 10_000, seed=2))
+    counts = {"base": base_params, "expanded": base_params + len(source) * layer_params,
+              "trainable_adept": len(source) * layer_params}
+    return source, counts
+
+
+# --- one run, in its own process -------------------------------------------------------------
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(spec_path: str) -> None:
+    """Run one `run_training` with timing and memory probes; write the numbers as JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    import adept.training as training
+
+    cuda = spec["device"] == "cuda"
+    if not cuda:
+        torch.set_num_threads(spec["threads"])
+    record: dict = {"run": spec["run"], "step_ends": [], "step_ends_cpu": [], "estimates": []}
+    record["memory_after_imports"] = 0 if cuda else _rss("VmRSS")
+
+    class Timer(training.NonFiniteLossGuard):
+        """The library's NaN guard, plus step timestamps and memory readings."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            record["memory_loaded"] = torch.cuda.memory_allocated() if cuda else _rss("VmRSS")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            # Runs before AdeptCallback.on_step_end: a re-estimation after step k is inside
+            # the interval that ends at step k + 1.
+            record["step_ends"].append(time.perf_counter())
+            record["step_ends_cpu"].append(time.process_time())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            record["memory_peak"] = torch.cuda.max_memory_allocated() if cuda else _rss("VmHWM")
+
+    class TimedAdeptCallback(training.AdeptCallback):
+        """The library's callback, timing each estimate."""
+
+        def reestimate(self, model, optimizer, scheduler, step, is_main):
+            if cuda:
+                torch.cuda.synchronize()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            super().reestimate(model, optimizer, scheduler, step, is_main)
+            if cuda:
+                torch.cuda.synchronize()
+            # Target tokens, as the probe budget counts them.
+            tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in self.probe_batches)
+            record["estimates"].append({"step": step, "seconds": time.perf_counter() - start,
+                                        "cpu_seconds": time.process_time() - start_cpu, "probe_tokens": tokens})
+
+    training.NonFiniteLossGuard = Timer
+    training.AdeptCallback = TimedAdeptCallback
+    cfg = training.TrainConfig(**spec["config"])
+    training.run_training(cfg, progress=False)
+    summary = json.loads((Path(cfg.output_dir) / training.SUMMARY_NAME).read_text())
+    record["library_peak_memory"] = summary.get("peak_memory_bytes")  # run_training's own measure
+    record["tokens_per_step"] = spec["tokens_per_step"]
+    Path(spec["result"]).write_text(json.dumps(record))
+
+
+def launch(run: str, workdir: Path, args, interval: int, index: int) -> dict:
+    method = "full" if run == "full" else "adept"
+    steps = args.warmup_steps + args.steps
+    out = workdir / f"run-{index}-{run}"
+    training_args = {
+        "max_steps": steps, "per_device_train_batch_size": args.batch_size, "learning_rate": 1e-4,
+        "warmup_steps": 0, "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True,
+        "use_cpu": args.device == "cpu", "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing,
+        "report_to": [],
+    }
+    config = {
+        "model": str(workdir / ("base" if method == "full" else "expanded")), "data": [str(workdir / "domain.txt")],
+        "output_dir": str(out), "method": method, "probe": str(workdir / "probe.txt"),
+        "block_size": args.block_size, "reestimate_every": interval if run == "dynamic" else DEFAULT_INTERVAL,
+        "probe_max_tokens": args.probe_tokens, "probe_max_length": args.probe_length,
+        "probe_batch_size": args.probe_batch_size, "cache_dir": str(workdir / "cache"), "resume": False,
+        "training_args": training_args,
+    }
+    spec = {"run": run, "device": args.device, "config": config, "result": str(workdir / f"result-{index}.json"),
+            "tokens_per_step": args.batch_size * args.block_size, "threads": args.threads}
+    spec_path = workdir / f"spec-{index}.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if args.device == "cpu":
+        env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{run} run failed:\n{done.stderr[-3000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    return json.loads(Path(spec["result"]).read_text())
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def step_seconds(record: dict, warmup: int, clock: str) -> tuple[list[float], list[float]]:
+    """Timed step intervals after warm-up: ``(plain steps, steps that include a re-estimation)``.
+
+    ``clock`` is ``wall`` (perf_counter) or ``cpu`` (this process's CPU time, all threads).
+    """
+    ends = record["step_ends" if clock == "wall" else "step_ends_cpu"]
+    reestimated = {e["step"] + 1 for e in record["estimates"] if e["step"] > 0}
+    plain, with_probe = [], []
+    for step in range(warmup + 1, len(ends) + 1):  # the interval that ends at optimizer step `step`
+        seconds = ends[step - 1] - ends[step - 2]
+        (with_probe if step in reestimated else plain).append(seconds)
+    return plain, with_probe
+
+
+def per_token(record: dict, warmup: int, clock: str) -> float:
+    plain, with_probe = step_seconds(record, warmup, clock)
+    timed = plain + with_probe
+    return sum(timed) / (len(timed) * record["tokens_per_step"])
+
+
+def summarize(records: list[dict], warmup: int) -> dict:
+    """Per-kind medians, paired ratios, and the re-estimation overhead (measured and derived)."""
+    by_run = {run: [r for r in records if r["run"] == run] for run in RUNS}
+    out: dict = {"runs": {}}
+    for run, rows in by_run.items():
+        out["runs"][run] = {
+            "seconds_per_token": [per_token(r, warmup, "wall") for r in rows],
+            "cpu_seconds_per_token": [per_token(r, warmup, "cpu") for r in rows],
+            "memory_peak": [r["memory_peak"] for r in rows],
+            "memory_after_imports": [r["memory_after_imports"] for r in rows],
+            "memory_loaded": [r["memory_loaded"] for r in rows],
+            "library_peak_memory": [r["library_peak_memory"] for r in rows],
+            "estimates": [r["estimates"] for r in rows],
+            "step_seconds": [[b - a for a, b in zip(r["step_ends"], r["step_ends"][1:])] for r in rows],
+            "step_cpu_seconds": [[b - a for a, b in zip(r["step_ends_cpu"], r["step_ends_cpu"][1:])] for r in rows],
+        }
+    # Runs of round i ran next to each other, so ratios are taken within a round.
+    rounds = list(zip(by_run["full"], by_run["static"], by_run["dynamic"]))
+    for clock in ("wall", "cpu"):
+        out[f"time_ratio_{clock}"] = [per_token(s, warmup, clock) / per_token(f, warmup, clock) for f, s, _ in rounds]
+        out[f"direct_overhead_{clock}"] = [per_token(d, warmup, clock) / per_token(s, warmup, clock) - 1 for _, s, d in rounds]
+        # The same, spread per timed step as if one re-estimation came every step: x interval gives it per interval.
+        out[f"direct_overhead_per_reestimation_{clock}"] = [
+            overhead * sum(map(len, step_seconds(d, warmup, clock))) / len(step_seconds(d, warmup, clock)[1])
+            for overhead, (_, _, d) in zip(out[f"direct_overhead_{clock}"], rounds)
+        ]
+        # One re-estimation (a probe pass after step 0, model warm) and one plain adept step.
+        key = "seconds" if clock == "wall" else "cpu_seconds"
+        probes = [e[key] for r in by_run["dynamic"] for e in r["estimates"] if e["step"] > 0]
+        steps = [x for r in by_run["static"] for x in step_seconds(r, warmup, clock)[0]]
+        out[f"probe_seconds_{clock}"] = statistics.median(probes)
+        out[f"adept_step_seconds_{clock}"] = statistics.median(steps)
+    out["probe_count"] = sum(1 for r in by_run["dynamic"] for e in r["estimates"] if e["step"] > 0)
+    out["probe_tokens"] = by_run["dynamic"][0]["estimates"][0]["probe_tokens"]
+    return out
+
+
+def matmul_flops_ratio(args, source: list[int]) -> float:
+    """adept / full matmul FLOPs per token, from the shapes (attention scores and optimizer ignored).
+
+    Full CPT: forward, input gradients and weight gradients of every layer and the LM head
+    (3x forward). adept: forward of every layer; input gradients only from the head down to the
+    lowest inserted copy; weight gradients only of the copies.
+    """
+    from adept.expansion import plan_expansion
+
+    kv = args.kv_heads * (args.hidden // args.heads)
+    layer = 2 * args.hidden * args.hidden + 2 * args.hidden * kv + 3 * args.hidden * args.intermediate
+    head = args.hidden * args.vocab
+    inserted = plan_expansion(args.layers, source).inserted_layer_indices
+    depth = args.layers + len(inserted)
+    full = 3 * (args.layers * layer + head)
+    adept = (depth * layer + head) + (head + (depth - 1 - min(inserted)) * layer) + len(inserted) * layer
+    return adept / full
+
+
+def gib(value: float) -> str:
+    return f"{value / 1024**3:.2f}"
+
+
+def verdict(value: float, target: float) -> str:
+    return "met" if value <= target else "MISSED"
+
+
+def report(result: dict, args, source: list[int]) -> dict:
+    """Print the tables; return the ratios."""
+    med = statistics.median
+    runs = result["runs"]
+    cuda = args.device == "cuda"
+    step_tokens = args.batch_size * args.block_size
+    probe_tokens = result["probe_tokens"]
+
+    def memory(run: str, over: str | None) -> float:
+        peaks = runs[run]["memory_peak"]
+        base = [0] * len(peaks) if over is None else runs[run][over]
+        return med(p - b for p, b in zip(peaks, base))
+
+    print()
+    if cuda:
+        print(f"{'run':<26} {'wall s/token':>13} {'tokens/s':>9} {'max_memory_allocated GiB':>25}")
+    else:
+        print(f"{'run':<26} {'wall s/token':>13} {'tokens/s':>9} {'CPU s/token':>12} "
+              f"{'peak RSS GiB':>13} {'over imports':>13} {'over loaded':>12}")
+    for run, label in (("full", "full CPT, base model"), ("static", "adept, static plan"),
+                       ("dynamic", f"adept, every {args.interval} steps")):
+        wall = med(runs[run]["seconds_per_token"])
+        line = f"{label:<26} {wall * 1e3:>11.3f}ms {1 / wall:>9.0f} "
+        if cuda:
+            line += f"{gib(memory(run, None)):>25}"
+        else:
+            line += (f"{med(runs[run]['cpu_seconds_per_token']) * 1e3:>10.3f}ms {gib(memory(run, None)):>13} "
+                     f"{gib(memory(run, 'memory_after_imports')):>13} {gib(memory(run, 'memory_loaded')):>12}")
+        print(line)
+
+    ratios: dict = {"matmul_flops": matmul_flops_ratio(args, source)}
+    ratios["time_per_token"] = med(result["time_ratio_wall"])
+    ratios["time_per_token_cpu"] = med(result["time_ratio_cpu"])
+    if cuda:
+        ratios["peak_memory"] = memory("static", None) / memory("full", None)
+        memory_measure = "max_memory_allocated"
+    else:
+        ratios["peak_memory"] = memory("static", "memory_after_imports") / memory("full", "memory_after_imports")
+        ratios["peak_memory_whole_process"] = memory("static", None) / memory("full", None)
+        ratios["peak_memory_over_loaded"] = memory("static", "memory_loaded") / memory("full", "memory_loaded")
+        memory_measure = "peak RSS over the RSS after imports"
+    ratios["peak_memory_measure"] = memory_measure
+
+    # Derived: one probe pass / (500 steps), sizes scaled linearly to the defaults if they differ.
+    scale = (DEFAULT_PROBE_TOKENS / probe_tokens) * (step_tokens / DEFAULT_STEP_TOKENS)
+    for clock in ("wall", "cpu"):
+        probe, step = result[f"probe_seconds_{clock}"], result[f"adept_step_seconds_{clock}"]
+        ratios[f"reestimation_overhead_derived_{clock}"] = probe / (DEFAULT_INTERVAL * step) * scale
+        ratios[f"reestimation_overhead_direct_{clock}"] = med(result[f"direct_overhead_{clock}"])
+        ratios[f"reestimation_overhead_direct_scaled_{clock}"] = (
+            med(result[f"direct_overhead_per_reestimation_{clock}"]) / DEFAULT_INTERVAL * scale)
+
+    probe_w, step_w = result["probe_seconds_wall"], result["adept_step_seconds_wall"]
+    print()
+    print(f"measured: one re-estimation (probe pass over {probe_tokens} tokens, median of {result['probe_count']} after "
+          f"step 0) {probe_w:.2f} s; one adept step ({step_tokens} tokens) {step_w:.3f} s: "
+          f"a re-estimation costs {probe_w / step_w:.1f} steps")
+    print(f"measured: dynamic (every {args.interval} steps) vs static, wall time of the timed steps: "
+          + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_wall"])
+          + " (CPU time: " + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_cpu"]) + ")")
+    if scale != 1:
+        print(f"derived: scaled to the defaults ({DEFAULT_PROBE_TOKENS} probe tokens, steps of {DEFAULT_STEP_TOKENS} tokens) "
+              f"linearly in tokens: x{scale:.3f}")
+
+    # Time verdicts: on CPU the runs are single-threaded, so process CPU time is what the wall
+    # time would be on an idle machine; on a shared one wall time also counts waiting for a core.
+    ratios["judged_on"] = "wall time" if cuda else "CPU time"
+    time_key = "time_per_token" if cuda else "time_per_token_cpu"
+    overhead_key = f"reestimation_overhead_derived_{'wall' if cuda else 'cpu'}"
+    print()
+    print(f"{'adept (static plan) / full CPT':<50} {'wall':>7} {'CPU':>7} {'target':>7}  result ({ratios['judged_on']})")
+    rounds = ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(result["time_ratio_wall"], result["time_ratio_cpu"]))
+    print(f"{'time per token, median of ' + str(args.repeats) + ' paired rounds':<50} {ratios['time_per_token']:>6.2f}x "
+          f"{ratios['time_per_token_cpu']:>6.2f}x {TARGET_TIME:>6.2f}x  {verdict(ratios[time_key], TARGET_TIME)} "
+          f"(wall/CPU by round: {rounds})")
+    print(f"{'  expected from matmul FLOPs (derived)':<50} {ratios['matmul_flops']:>6.2f}x")
+    print(f"{'peak memory, ' + memory_measure:<50} {ratios['peak_memory']:>6.2f}x {'':>7} {TARGET_MEMORY:>6.2f}x  "
+          f"{verdict(ratios['peak_memory'], TARGET_MEMORY)}")
+    if not cuda:
+        print(f"{'  whole-process peak RSS':<50} {ratios['peak_memory_whole_process']:>6.2f}x")
+        print(f"{'  peak RSS over the RSS with the model loaded':<50} {ratios['peak_memory_over_loaded']:>6.2f}x")
+        ratios["peak_memory_library"] = med(runs["static"]["library_peak_memory"]) / med(runs["full"]["library_peak_memory"])
+        print(f"{'  run_training peak_memory_bytes (sampled RSS)':<50} {ratios['peak_memory_library']:>6.2f}x")
+    label = f"re-estimation overhead every {DEFAULT_INTERVAL} steps, derived"
+    print(f"{label:<50} {100 * ratios['reestimation_overhead_derived_wall']:>6.2f}% "
+          f"{100 * ratios['reestimation_overhead_derived_cpu']:>6.2f}% {100 * TARGET_OVERHEAD:>6.1f}%  "
+          f"{verdict(ratios[overhead_key], TARGET_OVERHEAD)}")
+    label = f"  from the direct run, rescaled to every {DEFAULT_INTERVAL} steps"
+    print(f"{label:<50} {100 * ratios['reestimation_overhead_direct_scaled_wall']:>6.2f}% "
+          f"{100 * ratios['reestimation_overhead_direct_scaled_cpu']:>6.2f}%")
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=16, help="Decoder layers of the base model.")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--intermediate", type=int, default=1408)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=8192, help="Model vocabulary (the byte tokenizer uses 259 ids of it).")
+    parser.add_argument("--new-layers", type=int, default=4, help="Layers to copy, placed uniformly (LLaMA-Pro).")
+    parser.add_argument("--source-layers", default=None, help="Explicit comma-separated 0-based layers to copy instead.")
+    parser.add_argument("--batch-size", type=int, default=2, help="Per-device training batch (adept default: 8).")
+    parser.add_argument("--block-size", type=int, default=256, help="Tokens per training block (adept default: 256).")
+    parser.add_argument("--steps", type=int, default=8, help="Timed optimizer steps per run.")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="Untimed steps at the start of each run.")
+    parser.add_argument("--interval", type=int, default=4, help="reestimate_every of the dynamic run.")
+    parser.add_argument("--probe-tokens", type=int, default=1024,
+                        help=f"Probe token budget (adept default: {DEFAULT_PROBE_TOKENS}). With the defaults for this, "
+                             "--batch-size and --block-size the overhead needs no scaling (use them on a GPU).")
+    parser.add_argument("--probe-length", type=int, default=256, help="Probe sequence length (adept default: 256).")
+    parser.add_argument("--probe-batch-size", type=int, default=None,
+                        help="Probe batch size (adept default: 8; here default: --batch-size). The probe pass holds the "
+                             "activations of one probe batch, so a probe batch larger than the training batch sets "
+                             "adept's peak memory.")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Gradient checkpointing in both methods.")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each kind; kinds alternate, order reversed every other round.")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per run. On a shared machine keep 1: with 2 OpenMP threads and a busy "
+                             "second core every op waits for a descheduled thread and runs tens of times slower.")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (fp32 master weights).")
+    parser.add_argument("--workdir", type=Path, default=None, help="Where checkpoints go (default: a temp dir, removed).")
+    parser.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
+    args = parser.parse_args()
+    if args.probe_batch_size is None:
+        args.probe_batch_size = args.batch_size
+    if args.child:
+        child(args.child)
+        return
+    if args.warmup_steps < 1:
+        parser.error("--warmup-steps must be at least 1: the first step has no start time")
+    if args.steps < 2 * args.interval:
+        parser.error("--steps must be at least 2 x --interval so the dynamic run re-estimates inside the timed steps")
+
+    import torch
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="adept-cost-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        source, params = build_workspace(workdir, args)
+        device = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} CPU thread(s) per run"
+        print(f"model: random Llama, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+              f"{args.heads} heads ({args.kv_heads} kv), vocab {args.vocab}, untied; {params['base'] / 1e6:.1f}M parameters")
+        print(f"expanded: copies of layers {source} -> {args.layers + len(source)} layers, {params['expanded'] / 1e6:.1f}M "
+              f"parameters, adept trains {params['trainable_adept'] / 1e6:.1f}M "
+              f"({100 * params['trainable_adept'] / params['expanded']:.1f}%)")
+        print(f"training: batch {args.batch_size} x {args.block_size} tokens, AdamW, "
+              f"{'bf16 mixed' if args.bf16 else 'fp32'}{', gradient checkpointing' if args.gradient_checkpointing else ''}, "
+              f"{args.device} ({device}); {args.warmup_steps} warm-up + "
+              f"{args.steps} timed steps per run, {args.repeats} runs of each kind, alternating, each in a fresh process")
+        print(f"probe: {args.probe_tokens} tokens in batches of {args.probe_batch_size} x {args.probe_length}; "
+              f"dynamic run re-estimates every {args.interval} steps, static run keeps the default {DEFAULT_INTERVAL}")
+        records = []
+        for round_idx in range(args.repeats):
+            order = RUNS if round_idx % 2 == 0 else tuple(reversed(RUNS))
+            for run in order:
+                records.append(launch(run, workdir, args, args.interval, len(records)))
+        result = summarize(records, args.warmup_steps)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    ratios = report(result, args, source)
+    print(f"\nbenchmark wall time: {time.perf_counter() - started:.0f} s")
+    if args.json:
+        payload = {
+            "config": {k: v for k, v in vars(args).items() if k not in ("child", "json", "workdir")},
+            "source_layers": source, "parameters": params, "device": device, "measured": result,
+            "ratios": ratios,
+            "targets": {"time_per_token": TARGET_TIME, "peak_memory": TARGET_MEMORY, "reestimation_overhead": TARGET_OVERHEAD},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+if __name__ == "__main__":
+    main()
