@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk; pin it here so setup never pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test test-all demo demo-check bench clean
+.PHONY: setup test test-all demo demo-check bench compare clean
 
 setup: $(STAMP)
 
