@@ -610,6 +610,8 @@ def wordnet_mc(directory: Path, rng: random.Random, n_items: int | None, min_cou
 
 
 # --------------------------------------------------------------------------- README
+MEASURED = "<!-- measured with the demo model; kept when the data is rebuilt -->"
+
 
 
 def sha256(path: Path) -> str:
@@ -655,7 +657,7 @@ EXPRESS OR IMPLIED (full licence: `/usr/share/doc/wordnet-base/copyright`, or th
 {rows}
 | **total** | | {total:,} | |
 
-Token counts: to be added once the project tokenizer exists.
+Token counts and measurements with the demo model: at the end of this file.
 
 * `general/*.jsonl`, `domain/*.jsonl`: one `{{"text": ...}}` per line.
 * Austen: paragraphs unwrapped, `_italics_` markers, chapter and volume headings and front
@@ -748,7 +750,12 @@ def main(argv: list[str] | None = None) -> int:
         write_jsonl(out / rel, items)
         files.append((rel, len(items)))
     info = {"general": ginfo, "domain": dinfo, "max_chars": args.max_chars}
-    (out / "README.md").write_text(readme(out, found, files, info, args.full), encoding="utf-8", newline="\n")
+    text = readme(out, found, files, info, args.full)
+    previous = out / "README.md"
+    if previous.is_file() and MEASURED in previous.read_text(encoding="utf-8"):
+        # Numbers measured with the tokenizer and model (not derivable from the packages) are kept.
+        text = text.rstrip("\n") + "\n\n" + MEASURED + previous.read_text(encoding="utf-8").split(MEASURED, 1)[1]
+    previous.write_text(text, encoding="utf-8", newline="\n")
 
     for rel, n in files:
         print(f"{rel:32s} {n:6d} items {(out / rel).stat().st_size:12,d} bytes")
