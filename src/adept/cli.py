@@ -222,7 +222,13 @@ def run_command(
     typer.echo("")
     if pipeline.skipped:
         typer.echo(f"up to date, skipped: {', '.join(pipeline.skipped)}")
-    typer.echo(f"results: {Path(cfg.run_dir) / 'eval' / 'results.json'}")
+    run = Path(cfg.run_dir)
+    typer.echo(f"run directory: {run}")
+    for name, what in (("importance", "layer and unit importance + plots"), ("expanded", "expanded checkpoints + expansion.json"),
+                       ("train", "per-method checkpoints, unit_rates.jsonl, model/"), ("shift", "token-distribution shift")):
+        if (run / name).is_dir():
+            typer.echo(f"  {run / name}/: {what}")
+    typer.echo(f"results: {run / 'eval' / 'results.json'}")
     typer.echo(f"report: {report_path}")
 
 
