@@ -13,9 +13,10 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,19 @@ def _document_from_record(record: object, where: str) -> Document:
     raise ValueError(f"{where}: expected a 'text' field or 'instruction' and 'output' fields, found keys {keys}")
 
 
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """``(where, record)`` for every non-blank line; ``where`` is ``file:line`` for error messages."""
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+
+
 def load_documents(path: str | os.PathLike, txt_split: str = "paragraph") -> list[Document]:
     """Read documents from a file or a local Hugging Face dataset directory.
 
@@ -71,17 +85,7 @@ def load_documents(path: str | os.PathLike, txt_split: str = "paragraph") -> lis
             raise ValueError(f"txt_split must be one of {TXT_SPLITS}, got '{txt_split}'")
         return _load_txt(path, txt_split)
     if suffix == ".jsonl":
-        docs = []
-        with open(path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-                docs.append(_document_from_record(record, where))
+        docs = [_document_from_record(record, where) for where, record in iter_jsonl(path)]
         return _non_empty(docs, path)
     if suffix == ".json":
         try:

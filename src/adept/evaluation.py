@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, read_json, write_json
+from adept.data import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -117,31 +117,23 @@ def validate_benchmark_file(path: str | os.PathLike) -> int:
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"{path}: benchmark files must be .jsonl with one question per line")
     count = 0
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
-            for key in ("question", "choices", "answer"):
-                if key not in item:
-                    raise ValueError(f"{where}: missing key '{key}' (expected question, choices, answer)")
-            if not isinstance(item["question"], str):
-                raise ValueError(f"{where}: 'question' must be a string")
-            choices = item["choices"]
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
-            answer = item["answer"]
-            if isinstance(answer, bool) or not isinstance(answer, int):
-                raise ValueError(f"{where}: 'answer' must be an integer index into 'choices', got {answer!r}")
-            if not 0 <= answer < len(choices):
-                raise ValueError(f"{where}: 'answer' {answer} is out of range for {len(choices)} choices")
-            count += 1
+    for where, item in iter_jsonl(path):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        for key in ("question", "choices", "answer"):
+            if key not in item:
+                raise ValueError(f"{where}: missing key '{key}' (expected question, choices, answer)")
+        if not isinstance(item["question"], str):
+            raise ValueError(f"{where}: 'question' must be a string")
+        choices = item["choices"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
+        answer = item["answer"]
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise ValueError(f"{where}: 'answer' must be an integer index into 'choices', got {answer!r}")
+        if not 0 <= answer < len(choices):
+            raise ValueError(f"{where}: 'answer' {answer} is out of range for {len(choices)} choices")
+        count += 1
     if count == 0:
         raise ValueError(f"{path}: no questions found")
     return count
