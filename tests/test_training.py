@@ -17,7 +17,6 @@ from adept.training import (
     TrainConfig,
     run_training,
 )
-from adept.tuning import MultiplierRule
 
 from conftest import PROBE_TEXT, save_tiny_checkpoint
 

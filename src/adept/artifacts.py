@@ -67,6 +67,12 @@ def read_json(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any
     return payload
 
 
+def read_artifact(path: str | os.PathLike, name: str, kind: str) -> dict[str, Any]:
+    """Read artifact ``name`` given either its file or the directory holding it."""
+    path = Path(path)
+    return read_json(path / name if path.is_dir() else path, kind=kind)
+
+
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Refuse a non-empty output directory unless the caller allows overwriting."""
     if output_dir.exists() and not output_dir.is_dir():

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from adept.artifacts import artifact_header, read_json, write_json
+from adept.artifacts import artifact_header, read_artifact, read_json, write_json
 from adept.data import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -522,23 +522,20 @@ def run_evaluation(
                 torch.cuda.empty_cache()
         runs.append({"label": label, "model": str(model_path), "seconds": time.perf_counter() - start, **entries})
 
-    payload = {
-        **artifact_header("evaluation"),
-        "base": labels[0],
-        "runs": runs,
-        "comparison": compare_runs(runs, summaries),
-    }
-    path = write_json(output_dir / RESULTS_NAME, payload)
+    path = write_results(runs, summaries, output_dir / RESULTS_NAME)
     logger.info("evaluation written to %s", path)
     return path
 
 
+def write_results(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any] | None], path: str | os.PathLike) -> Path:
+    """``results.json`` for evaluated runs (the first is the base) with their comparison rows."""
+    payload = {**artifact_header("evaluation"), "base": runs[0]["label"], "runs": list(runs), "comparison": compare_runs(runs, summaries)}
+    return write_json(path, payload)
+
+
 def read_results(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``results.json`` (a file or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS_NAME
-    return read_json(path, kind="evaluation")
+    return read_artifact(path, RESULTS_NAME, "evaluation")
 
 
 # --- presentation ----------------------------------------------------------------------------

@@ -379,7 +379,7 @@ class Pipeline:
 
     def compare_stage(self, labels: list[str]) -> Path:
         """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt)."""
-        from adept.evaluation import compare_runs, read_results
+        from adept.evaluation import read_results, write_results
         from adept.training import SUMMARY_NAME
 
         runs, summaries = [], {}
@@ -387,8 +387,7 @@ class Pipeline:
             runs.append(read_results(self.run_dir / "eval" / label / "results.json")["runs"][0])
             summary = self.run_dir / "train" / label / SUMMARY_NAME
             summaries[label] = read_json(summary, kind="training") if summary.is_file() else None
-        payload = {**artifact_header("evaluation"), "base": labels[0], "runs": runs, "comparison": compare_runs(runs, summaries)}
-        return write_json(self.run_dir / "eval" / "results.json", payload)
+        return write_results(runs, summaries, self.run_dir / "eval" / "results.json")
 
     def shift_stage(self, label: str) -> None:
         from adept.shift import run_shift

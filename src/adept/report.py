@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field

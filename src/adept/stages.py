@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adept.artifacts import artifact_header, read_json, write_json
+from adept.artifacts import artifact_header, read_artifact, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,7 @@ def run_importance(
 
 def load_importance(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``importance.json`` (a file or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / IMPORTANCE_NAME
-    return read_json(path, kind="importance")
+    return read_artifact(path, IMPORTANCE_NAME, "importance")
 
 
 def layer_param_counts(model_path: str | os.PathLike) -> tuple[list[int], int]:
