@@ -91,6 +91,12 @@ def test_uniform_expansion_records_its_selection(tmp_path, base):
     assert manifest["selection"]["method"] == "uniform"
 
 
+def test_unknown_option_is_a_usage_error_not_a_traceback(tmp_path, base, capsys):
+    assert main(["expand", "--model", str(base), "--output", str(tmp_path / "o"), "--layrs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option: --layrs" in err and "Traceback" not in err
+
+
 def test_non_empty_output_is_refused_and_missing_model_named(tmp_path, base, capsys):
     out = tmp_path / "out"
     out.mkdir()

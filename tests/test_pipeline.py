@@ -147,3 +147,38 @@ def test_bad_config_gives_one_line_error_naming_the_key(workspace, capsys):
     assert main(["run", str(config), "data.domain_train=missing.txt"]) == 2
     assert "data.domain_train[0]: missing.txt not found" in capsys.readouterr().err
     assert not (tmp_path / "run" / "train").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_rerun_resumes(workspace):
+    """The real thing: SIGKILL the `adept run` process once a checkpoint exists, run it again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp_path, config = workspace
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "adept.cli", "run", str(config), "train.training_args.max_steps=300",
+            "train.training_args.save_steps=20", "train.training_args.eval_steps=1000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while not (run / "train" / "adept" / "checkpoint-20" / "adept_tuning_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "train" / "adept" / "model").exists()
+    importance_mtime = (run / "importance" / "importance.json").stat().st_mtime_ns
+
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage importance: up to date, skipped" in done.stderr
+    assert "resuming from" in done.stderr and "checkpoint-" in done.stderr
+    assert (run / "importance" / "importance.json").stat().st_mtime_ns == importance_mtime
+    summary = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
+    assert summary["global_step"] == 300
+    steps = [json.loads(line)["step"] for line in (run / "train" / "adept" / "unit_rates.jsonl").read_text().splitlines()]
+    assert steps == list(range(0, 300, 2))  # every re-estimation exactly once across the kill

@@ -349,10 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.exit_code
     except SystemExit as exit_:  # click usage errors
         return int(exit_.code or 0)
-    except Exception as err:  # click.UsageError and friends
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:  # usage errors (typer ships its own copy of click's exception classes)
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
             err.show()
             return err.exit_code
         raise
