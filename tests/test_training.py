@@ -230,3 +230,37 @@ def test_config_errors_are_named(workspace, tmp_path):
         make_training_arguments(_config(workspace, tmp_path, training_args={"learnig_rate": 1}))
     with pytest.raises(FileNotFoundError, match="needs an expanded checkpoint"):
         run_training(_config(workspace, tmp_path / "x", model=str(workspace / "base")), progress=False)
+
+
+def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
+    """The README recipe: build_param_groups + AdeptCallback in an unmodified transformers Trainer."""
+    from torch.optim import AdamW
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+
+    from adept.data import build_packed_dataset, load_probe_batches
+    from adept.expansion import load_manifest
+    from adept.training import AdeptCallback, freeze_all_but, layer_parameter_names
+    from adept.tuning import MultiplierRule, build_param_groups
+
+    expanded = workspace / "expanded"
+    model = AutoModelForCausalLM.from_pretrained(expanded)
+    tokenizer = AutoTokenizer.from_pretrained(expanded)
+    new_layers = [layer["layer_idx"] for layer in load_manifest(expanded / "expansion.json")["inserted_layers"]]
+    trainable = layer_parameter_names(model, new_layers)
+    freeze_all_but(model, trainable)
+    optimizer = AdamW(build_param_groups(model, trainable, base_lr=5e-3))
+    probe = load_probe_batches(workspace / "probe.txt", tokenizer, max_length=48, max_tokens=2000, batch_size=2)
+    callback = AdeptCallback(probe, MultiplierRule(), reestimate_every=2, log_path=tmp_path / "unit_rates.jsonl")
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=5e-3,
+                             lr_scheduler_type="constant", report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    train = build_packed_dataset(workspace / "domain.txt", tokenizer, 32, cache_dir=tmp_path / "cache")
+    Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator,
+            optimizers=(optimizer, None), callbacks=[callback]).train()
+
+    assert len(optimizer.param_groups) == len(trainable)
+    rates = {group["unit"]: group["lr"] for group in optimizer.param_groups}
+    for unit, multiplier in callback.multipliers.items():
+        assert rates[unit] == pytest.approx(5e-3 * multiplier)  # constant schedule: lr = base * m exactly
+    assert len(set(callback.multipliers.values())) > 1
+    steps = [json.loads(line)["step"] for line in (tmp_path / "unit_rates.jsonl").read_text().splitlines()]
+    assert steps == [0, 2]
