@@ -138,7 +138,7 @@ def train(
     replay_data: Annotated[Optional[list[Path]], typer.Option(help="General-domain corpus mixed into training.")] = None,
     replay_ratio: Annotated[float, typer.Option(help="Share of replay blocks in the training stream.")] = 0.0,
     block_size: Annotated[int, typer.Option(help="Tokens per packed training block.")] = 256,
-    learning_rate: Annotated[float, typer.Option(help="Base learning rate (multipliers scale it per unit).")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option(help="Base learning rate (multipliers scale it per unit).")] = 3e-4,
     max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Per-device training batch size.")] = 8,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,

@@ -328,7 +328,7 @@ class TrainConfig:
 
 
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "learning_rate": 1e-3,
+    "learning_rate": 3e-4,  # the best forgetting/gain trade-off in docs/results.md (knob sweep)
     "max_steps": 200,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8,
