@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from adept.training import DEFAULT_TRAINING_ARGS, METHODS
+from adept.training import DEFAULT_TRAINING_ARGS, IMPORTANCE_METHODS, METHODS
 from adept.tuning import MultiplierRule
 
 
@@ -326,8 +326,7 @@ def _validate(config: PipelineConfig, source: str) -> None:
         raise ConfigError(f"{source}: 'train.methods' is empty")
     if not config.data.domain_train:
         raise ConfigError(f"{source}: 'data.domain_train' is required (the domain corpora to learn)")
-    needs_probe = any(config.method_settings(label)["method"] in ("adept", "adept-no-stage1", "adept-no-stage2", "freeze")
-                      for label in config.train.methods)
+    needs_probe = any(config.method_settings(label)["method"] in IMPORTANCE_METHODS for label in config.train.methods)
     if needs_probe and not config.data.general_probe:
         raise ConfigError(f"{source}: 'data.general_probe' is required by the importance stage of {', '.join(config.train.methods)}")
     for label in config.train.methods:

@@ -34,13 +34,12 @@ from typing import Any, Callable
 
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.config import PipelineConfig, save_config
+from adept.training import GUIDED_EXPANSION_METHODS
 
 logger = logging.getLogger(__name__)
 
 RECORD_NAME = "pipeline.json"
 BASE_LABEL = "base"
-IMPORTANCE_METHODS = ("adept", "adept-no-stage2", "adept-no-stage1", "freeze")
-GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
 _HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are identified by size and mtime
 # Files in a checkpoint or dataset directory that describe it rather than define it.
 _NOT_CONTENT = {"README.md", "measurements.json", "training_summary.json"}
@@ -115,6 +114,7 @@ class Pipeline:
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self._prints: dict[str, str] = {}
+        self._identities: dict[str, Any] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _stage(self, name: str, print_: str, outputs: list[Path], work: Callable[[], Any], clean: list[Path] = ()) -> None:
@@ -139,11 +139,14 @@ class Pipeline:
         self.ran.append(name)
 
     def _identity(self, paths: list[str] | str | None) -> Any:
+        """Identity of inputs, computed once per path and run (corpora feed many stages)."""
         if paths is None:
             return None
         if isinstance(paths, str):
-            return path_identity(paths)
-        return [path_identity(p) for p in paths]
+            if paths not in self._identities:
+                self._identities[paths] = path_identity(paths)
+            return self._identities[paths]
+        return [self._identity(p) for p in paths]
 
     # -- stages --------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -158,11 +161,8 @@ class Pipeline:
         methods = {label: s["method"] for label, s in settings.items()}
 
         self.data_stage()
-        needs_importance = any(m in IMPORTANCE_METHODS for m in methods.values())
-        if cfg.data.general_probe:
+        if cfg.data.general_probe:  # config validation requires it for every importance-guided method
             self.importance_stage()
-        elif needs_importance:  # guarded by config validation too
-            raise ValueError("data.general_probe is required for importance")
         new_layers = self.expansion_count()
         if any(m in GUIDED_EXPANSION_METHODS for m in methods.values()):
             self.expansion_stage("adept", new_layers)

@@ -42,6 +42,9 @@ METHODS = ("adept", "full", "llama-pro", "adept-no-stage1", "adept-no-stage2", "
 EXPANDED_METHODS = ("adept", "llama-pro", "adept-no-stage2")
 LAYER_SUBSET_METHODS = ("adept-no-stage1", "freeze")
 DYNAMIC_METHODS = ("adept", "adept-no-stage1")
+# Methods whose layers are chosen by Stage 1 importance (so they need a general-domain probe).
+GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
+IMPORTANCE_METHODS = GUIDED_EXPANSION_METHODS + LAYER_SUBSET_METHODS
 STATE_NAME = "adept_tuning_state.json"
 RATES_LOG = "unit_rates.jsonl"
 SUMMARY_NAME = "training_summary.json"
