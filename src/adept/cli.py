@@ -190,7 +190,7 @@ def train(
     typer.echo(f"trained model: {path}")
 
 
-@app.command("run", context_settings={"allow_extra_args": False})
+@app.command("run")
 def run_command(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/demo.yaml.")],
     overrides: Annotated[
