@@ -1,4 +1,4 @@
-"""2-process DDP on CPU (gloo, torchrun): same losses as one process, same multipliers on every rank."""
+"""2 processes on CPU (gloo, torchrun), DDP and FSDP2: same results as one process, same multipliers on every rank."""
 
 from __future__ import annotations
 
@@ -16,19 +16,20 @@ import adept.training as training
 from adept.expansion import expand_checkpoint, plan_expansion
 
 from conftest import PROBE_TEXT, save_tiny_checkpoint
+from workers import fsdp_train
 from workers.ddp_train import Recording, train_config
 
-WORKER = Path(__file__).parent / "workers" / "ddp_train.py"
+WORKERS = Path(__file__).parent / "workers"
 TIMEOUT_S = 300
 
 
-def _torchrun(nproc: int, workdir: Path, out: Path, batch: int) -> None:
+def _torchrun(nproc: int, worker: str, *args) -> None:
     # --standalone lets torchrun pick a free port for its own rendezvous store; a fixed
     # --master_port would collide between concurrent runs, and --master_port 0 is handed to the
     # workers verbatim, so they wait forever to connect to port 0.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(WORKER), str(workdir), str(out), str(batch)]
+           str(WORKERS / worker), *map(str, args)]
     # Own session, so a timeout kills the workers too, not just the launcher.
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
@@ -50,11 +51,15 @@ def _multipliers(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_ddp_matches_single_process(tmp_path, monkeypatch):
+def _workdir(tmp_path: Path) -> None:
     save_tiny_checkpoint(tmp_path / "base", "llama")
     expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1, 2]))
     (tmp_path / "probe.txt").write_text(PROBE_TEXT)
     (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80)))
+
+
+def test_ddp_matches_single_process(tmp_path, monkeypatch):
+    _workdir(tmp_path)
 
     # The reference is one plain process with the global batch (4); DDP splits it 2 x 2. The
     # probe's 3 batches split 2 + 1 over the ranks, so unequal shares are covered too.
@@ -67,7 +72,7 @@ def test_ddp_matches_single_process(tmp_path, monkeypatch):
         training.run_training(train_config(str(tmp_path), str(tmp_path / "single"), 4), progress=False)
     finally:
         torch.set_num_threads(threads)
-    _torchrun(2, tmp_path, tmp_path / "ddp", batch=2)
+    _torchrun(2, "ddp_train.py", tmp_path, tmp_path / "ddp", 2)
 
     single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
     assert len(single) == len(ddp) == 4
@@ -83,3 +88,37 @@ def test_ddp_matches_single_process(tmp_path, monkeypatch):
         for key in want["multipliers"]:
             assert got["multipliers"][key] == pytest.approx(want["multipliers"][key], rel=1e-3, abs=1e-4)
     assert len(set(ranks[0][1]["multipliers"].values())) > 1
+
+
+def test_fsdp2_sharded_importance_matches_single_process(tmp_path):
+    """FSDP2 ``fully_shard``: per-unit scores summed from each rank's shard equal the unsharded ones."""
+    _workdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = fsdp_train.train(str(tmp_path), shard=False)
+    finally:
+        torch.set_num_threads(threads)
+    _torchrun(2, "fsdp_train.py", tmp_path, tmp_path / "fsdp")
+
+    ranks = [json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for result in ranks:  # really sharded: each rank holds about half of every tensor
+        assert result["all_dtensor"]
+        assert result["local_numel"] < 0.6 * result["full_numel"]
+    assert ranks[0]["history"] == ranks[1]["history"]  # identical, not just close
+    history = ranks[0]["history"]
+    assert [e["step"] for e in history] == [e["step"] for e in reference["history"]] == [0, 2]
+    for got, want in zip(history, reference["history"]):
+        assert got["importance"].keys() == want["importance"].keys()
+        for unit, score in want["importance"].items():
+            assert got["importance"][unit] == pytest.approx(score, rel=1e-4, abs=1e-9), unit
+        for unit, multiplier in want["multipliers"].items():
+            assert got["multipliers"][unit] == pytest.approx(multiplier, rel=1e-4, abs=1e-5), unit
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-4, abs=1e-9)
+    assert set(history[0]["multipliers"].values()) == {1.0}  # fresh copies score zero everywhere
+    assert len(set(history[1]["multipliers"].values())) > 1
+    assert ranks[0]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    weights = torch.load(tmp_path / "fsdp" / "weights.pt")
+    assert weights.keys() == reference["weights"].keys()
+    for name, tensor in reference["weights"].items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)

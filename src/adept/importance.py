@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from adept.architectures import get_architecture, get_decoder_layers
 from adept.data import IGNORE_INDEX
@@ -239,6 +240,54 @@ def _probe_mode(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[No
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+def is_sharded(params: Sequence[nn.Parameter]) -> bool:
+    """Whether ``params`` are sharded DTensors (FSDP2 ``fully_shard``), not full replicas."""
+    return any(isinstance(p, DTensor) for p in params)
+
+
+def probe_share(batches: Sequence[dict], params: Sequence[nn.Parameter]) -> list[dict]:
+    """The probe batches this rank scores.
+
+    With replicated parameters (one process, DDP) each rank takes every ``world``-th batch and
+    the sums are added over ranks. With sharded parameters the forward and backward are
+    collectives (all-gather, reduce-scatter), so every rank must run the same batches in the same
+    order: each rank scores all of them and contributes its own shard of every tensor.
+    """
+    if not _dist_ready() or is_sharded(params):
+        return list(batches)
+    return list(batches)[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _sum_over_shards(values: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """Add up per-tensor sums over the ranks that hold disjoint shards of each tensor.
+
+    Only mesh dimensions along which a tensor is sharded are reduced; replicated dimensions (the
+    replicas of HSDP) already hold the full sums of their shard. One all-reduce per mesh layout.
+    """
+    layouts: dict[tuple, list[int]] = {}
+    meshes: dict[tuple, Any] = {}
+    for index, param in enumerate(params):
+        if not isinstance(param, DTensor):
+            continue
+        dims = tuple(d for d, placement in enumerate(param.placements) if placement.is_shard())
+        if not dims:
+            continue
+        key = (id(param.device_mesh), dims)  # insertion order follows params: same on every rank
+        layouts.setdefault(key, []).append(index)
+        meshes[key] = param.device_mesh
+    values = values.clone()
+    for key, indices in layouts.items():
+        part = values[indices]
+        for dim in key[1]:
+            torch.distributed.all_reduce(part, group=meshes[key].get_group(dim))
+        values[indices] = part
+    return values
+
+
 def unit_gradient_scores(
     model: nn.Module,
     batches: Sequence[dict],
@@ -252,24 +301,34 @@ def unit_gradient_scores(
     ``grad_weight[p] = sum_b (n_b / N) * sum_i |w_i * g_b,i|`` and
     ``fisher[p] = sum_b (n_b / N) * sum_i g_b,i ** 2``.
     Accumulation happens in two small device tensors (one entry per parameter), with one
-    foreach reduction per batch and a single host transfer at the end. When ``all_reduce`` is
-    set and torch.distributed is initialised, the sums are summed over ranks (each rank holding
-    its own batches, or its own shard of the parameters).
+    foreach reduction per batch and a single host transfer at the end.
+
+    ``all_reduce`` combines ranks when torch.distributed is initialised, in one of two ways
+    (pass this rank's `probe_share` of the batches):
+
+    * replicated parameters (DDP): each rank scored its own batches on full tensors; every sum,
+      the loss and the token count are summed over ranks.
+    * sharded DTensor parameters (FSDP2): every rank ran the same batches, so the reduce-scattered
+      gradient of each shard is that batch's gradient; each rank sums over its local shard only
+      and the per-tensor sums are all-reduced across the shards. No full gradient is gathered.
 
     Returns ``(grad_weight, fisher, mean_loss, num_tokens)``.
     """
     from tqdm.auto import tqdm
 
     device = _model_device(model)
+    sharded = is_sharded(params)
+    combine_batches = all_reduce and _dist_ready() and not sharded
     counts = torch.tensor([_count_targets(b) for b in batches], dtype=torch.float64)
     total_tokens = counts.sum()
-    if all_reduce and _dist_ready():
+    if combine_batches:
         torch.distributed.all_reduce(total_tokens)
     if float(total_tokens) == 0:
         raise ValueError("probe batches contain no target tokens")
     grad_weight = torch.zeros(len(params), dtype=torch.float32, device=device)
     fisher = torch.zeros(len(params), dtype=torch.float32, device=device)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
+    local_params = [_local(p) for p in params]
     with _probe_mode(model, params):
         for batch, n_tokens in tqdm(
             list(zip(batches, counts.tolist())), desc="probing gradients", unit="batch", disable=not progress
@@ -279,16 +338,18 @@ def unit_gradient_scores(
             loss_sum = batch_loss_sum(model, batch)
             loss_total += loss_sum.detach().double()
             (loss_sum / n_tokens).backward()
-            grads = [p.grad for p in params]
+            grads = [_local(p.grad) for p in params]
             weight = n_tokens / float(total_tokens)
-            products = torch._foreach_mul(grads, params)
+            products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
             fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
             for p in params:
                 p.grad = None
-    if all_reduce and _dist_ready():
+    if combine_batches:
         for tensor in (grad_weight, fisher, loss_total):
             torch.distributed.all_reduce(tensor)
+    elif all_reduce and _dist_ready() and sharded:
+        grad_weight, fisher = _sum_over_shards(grad_weight, params), _sum_over_shards(fisher, params)
     return grad_weight, fisher, float(loss_total) / float(total_tokens), int(total_tokens)
 
 
