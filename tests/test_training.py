@@ -264,3 +264,23 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     assert len(set(callback.multipliers.values())) > 1
     steps = [json.loads(line)["step"] for line in (tmp_path / "unit_rates.jsonl").read_text().splitlines()]
     assert steps == [0, 2]
+
+
+def test_dynamic_rates_refuse_engines_whose_gradients_the_probe_cannot_read():
+    from types import SimpleNamespace
+
+    from torch import nn
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from adept.training import check_engine
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    check_engine(SimpleNamespace(deepspeed=None), model)  # plain model, no engine: accepted
+    with pytest.raises(ValueError, match="do not support DeepSpeed"):
+        check_engine(SimpleNamespace(deepspeed="ds_zero2.json"), model)
+    # FSDP1 only builds on an accelerator; an uninitialised wrapper is enough for the type check.
+    fsdp1 = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    nn.Module.__init__(fsdp1)
+    model.add_module("wrapped", fsdp1)
+    with pytest.raises(ValueError, match='need FSDP2: set "version": 2 in fsdp_config'):
+        check_engine(SimpleNamespace(deepspeed=None), model)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from adept.importance import unit_gradient_scores
+from adept.importance import probe_share, unit_gradient_scores
 from adept.tuning import (
     MultiplierRule,
     build_param_groups,
@@ -55,10 +55,25 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-def _dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def check_engine(args, model) -> None:
+    """Refuse the engines under which the probe cannot read per-unit gradients.
+
+    DDP and FSDP2 are supported. FSDP1 flattens a module's tensors into one parameter, so there
+    are no units to score; DeepSpeed ZeRO manages gradients inside its own engine, which the
+    probe's extra backward pass does not go through.
+    """
+    if getattr(args, "deepspeed", None):
+        raise ValueError(
+            "dynamic per-unit rates do not support DeepSpeed (TrainingArguments.deepspeed is set); "
+            "use FSDP2 (fsdp_config {\"version\": 2}) or DDP, or a method with static rates"
+        )
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
+        raise ValueError(
+            "dynamic per-unit rates need FSDP2: set \"version\": 2 in fsdp_config "
+            "(FSDP1 flattens each wrapped module's tensors, so there are no units to score)"
+        )
 
 
 class AdeptCallback(TrainerCallback):
@@ -71,8 +86,10 @@ class AdeptCallback(TrainerCallback):
     have one group per unit as built by `adept.tuning.build_param_groups`. The probe never
     changes training: gradients, train/eval mode and RNG state are restored around it.
 
-    Under DDP each rank scores its share of the probe batches and the sums are all-reduced, so
-    every rank gets identical multipliers.
+    Under DDP each rank scores its share of the probe batches and the sums are all-reduced; under
+    FSDP2 (``fully_shard``) every rank scores all probe batches on its own parameter shards and the
+    per-tensor sums are all-reduced. Either way every rank gets identical multipliers. FSDP1 and
+    DeepSpeed ZeRO are refused at the start of training (see `check_engine`).
 
     Args:
         probe_batches: padded batches from `adept.data.make_batches`.
@@ -116,12 +133,11 @@ class AdeptCallback(TrainerCallback):
 
     # -- the estimate ----------------------------------------------------------------------------
     def estimate(self, model) -> tuple[dict[str, float], dict[str, float]]:
-        """Importance of every trainable unit on this rank's probe share, summed over ranks."""
+        """Importance of every trainable unit, combined over ranks (see `unit_gradient_scores`)."""
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
-        rank, world = _dist_info()
-        batches = self.probe_batches[rank::world]
-        grad_weight, _, _, _ = unit_gradient_scores(model, batches, params, progress=self.progress, all_reduce=world > 1)
+        batches = probe_share(self.probe_batches, params)
+        grad_weight, _, _, _ = unit_gradient_scores(model, batches, params, progress=self.progress, all_reduce=True)
         scores = unit_scores_from_tensors(names, grad_weight, params, self.rule.unit_score)
         return scores, multipliers_from_importance(scores, self.rule)
 
@@ -143,6 +159,7 @@ class AdeptCallback(TrainerCallback):
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        check_engine(args, model)
         if state.global_step == 0:
             if self.log_path is not None and state.is_world_process_zero and self.log_path.exists():
                 self.log_path.unlink()
@@ -552,9 +569,11 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     wall = time.perf_counter() - start
 
     final = model.merge_and_unload() if cfg.method == "lora" else model
+    # Under FSDP the weights are sharded: every rank takes part in gathering them, rank 0 writes.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:
-            final.save_pretrained(tmp)
+            final.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             if manifest is not None:
                 shutil.copy2(Path(cfg.model) / MANIFEST_NAME, tmp / MANIFEST_NAME)
