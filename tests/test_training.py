@@ -228,6 +228,12 @@ def test_config_errors_are_named(workspace, tmp_path):
         from adept.training import make_training_arguments
 
         make_training_arguments(_config(workspace, tmp_path, training_args={"learnig_rate": 1}))
+    with pytest.raises(ValueError, match="training_args.deepspeed: method 'adept' .* does not support DeepSpeed"):
+        _config(workspace, tmp_path, training_args={"deepspeed": "ds_zero2.json"})
+    with pytest.raises(ValueError, match="training_args.fsdp_config.version: method 'adept-no-stage1' .* needs FSDP2"):
+        _config(workspace, tmp_path, method="adept-no-stage1", importance=str(workspace / "imp"), num_layers=1,
+                training_args={"fsdp": True, "fsdp_config": {"version": 1}})
+    _config(workspace, tmp_path, method="full", training_args={"deepspeed": "ds_zero2.json"})  # static rates: passed on
     with pytest.raises(FileNotFoundError, match="needs an expanded checkpoint"):
         run_training(_config(workspace, tmp_path / "x", model=str(workspace / "base")), progress=False)
 

@@ -343,6 +343,13 @@ class TrainConfig:
             raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
         if self.method in DYNAMIC_METHODS and not self.probe:
             raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
+        if self.method in DYNAMIC_METHODS and self.training_args.get("deepspeed"):
+            raise ValueError(f"training_args.deepspeed: method '{self.method}' (dynamic per-unit rates) does not support "
+                             "DeepSpeed; use FSDP2 (training_args.fsdp=true) or DDP")
+        fsdp_config = self.training_args.get("fsdp_config")
+        if self.method in DYNAMIC_METHODS and isinstance(fsdp_config, dict) and str(fsdp_config.get("version")) == "1":
+            raise ValueError(f"training_args.fsdp_config.version: method '{self.method}' (dynamic per-unit rates) needs "
+                             "FSDP2 (version 2): FSDP1 flattens each module's tensors, so there are no units to score")
         if self.method in LAYER_SUBSET_METHODS and (self.importance is None or not self.num_layers):
             raise ValueError(f"method '{self.method}' needs --importance and --num-layers to choose the layers to train")
 
