@@ -90,8 +90,10 @@ def test_ddp_matches_single_process(tmp_path, monkeypatch):
     assert len(set(ranks[0][1]["multipliers"].values())) > 1
 
 
-def test_fsdp2_sharded_importance_matches_single_process(tmp_path):
-    """FSDP2 ``fully_shard``: per-unit scores summed from each rank's shard equal the unsharded ones."""
+@pytest.mark.parametrize("nproc, replicas", [(2, 1), (4, 2)], ids=["fsdp-2", "hsdp-2x2"])
+def test_fsdp2_sharded_importance_matches_single_process(tmp_path, nproc, replicas):
+    """FSDP2 ``fully_shard`` (and HSDP: 2 replicas x 2 shards): per-unit scores summed from each
+    rank's shard equal the unsharded ones."""
     _workdir(tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -99,13 +101,13 @@ def test_fsdp2_sharded_importance_matches_single_process(tmp_path):
         reference = fsdp_train.train(str(tmp_path), shard=False)
     finally:
         torch.set_num_threads(threads)
-    _torchrun(2, "fsdp_train.py", tmp_path, tmp_path / "fsdp")
+    _torchrun(nproc, "fsdp_train.py", tmp_path, tmp_path / "fsdp", replicas)
 
-    ranks = [json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((tmp_path / "fsdp" / f"rank{r}.json").read_text()) for r in range(nproc)]
     for result in ranks:  # really sharded: each rank holds about half of every tensor
         assert result["all_dtensor"]
         assert result["local_numel"] < 0.6 * result["full_numel"]
-    assert ranks[0]["history"] == ranks[1]["history"]  # identical, not just close
+    assert all(result["history"] == ranks[0]["history"] for result in ranks)  # identical, not just close
     history = ranks[0]["history"]
     assert [e["step"] for e in history] == [e["step"] for e in reference["history"]] == [0, 2]
     for got, want in zip(history, reference["history"]):

@@ -1,6 +1,7 @@
 """Worker for the FSDP2 test: per-unit rates on a model sharded with ``fully_shard`` (gloo, CPU).
 
-Run as ``torchrun --standalone --nproc_per_node 2 tests/workers/fsdp_train.py WORKDIR OUT``. The test
+Run as ``torchrun --standalone --nproc_per_node N tests/workers/fsdp_train.py WORKDIR OUT [REPLICAS]``:
+FSDP over all N ranks, or with REPLICAS, HSDP on a (REPLICAS, N / REPLICAS) mesh. The test
 runs `train` in its own process, unsharded, as the reference. The Trainer only shards on
 accelerators, so this loop drives the library's public pieces (`build_param_groups`,
 `AdeptCallback`) the way the Trainer does: re-estimate at step 0 and every 2 steps.
@@ -14,13 +15,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from adept.data import load_probe_batches
-from adept.training import AdeptCallback, layer_parameter_names, freeze_all_but, trainable_layers, TrainConfig
+from adept.training import AdeptCallback, TrainConfig, freeze_all_but, layer_parameter_names, trainable_layers
 from adept.tuning import build_param_groups
 
 STEPS, GLOBAL_BATCH, BLOCK = 4, 4, 32
 
 
-def train(workdir: str, shard: bool) -> dict:
+def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if shard else (0, 1)
     model = AutoModelForCausalLM.from_pretrained(f"{workdir}/expanded", dtype=torch.float32, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(f"{workdir}/expanded")
@@ -30,11 +31,15 @@ def train(workdir: str, shard: bool) -> dict:
     trainable = layer_parameter_names(model, layers)
     freeze_all_but(model, trainable)
     if shard:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
+        mesh = init_device_mesh("cpu", (replicas, world // replicas), mesh_dim_names=("replicate", "shard"))
+        if replicas == 1:
+            mesh = mesh["shard"]
         for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     model.train()
 
     probe = load_probe_batches(f"{workdir}/probe.txt", tokenizer, max_length=48, batch_size=2, seed=0)
@@ -83,9 +88,10 @@ def train(workdir: str, shard: bool) -> dict:
 
 if __name__ == "__main__":
     workdir, out = sys.argv[1], sys.argv[2]
+    replicas = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     torch.distributed.init_process_group("gloo")
     try:
-        result = train(workdir, shard=True)
+        result = train(workdir, shard=True, replicas=replicas)
         rank = torch.distributed.get_rank()
         weights = result.pop("weights")
         os.makedirs(out, exist_ok=True)
