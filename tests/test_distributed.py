@@ -124,3 +124,11 @@ def test_fsdp2_sharded_importance_matches_single_process(tmp_path, nproc, replic
     assert weights.keys() == reference["weights"].keys()
     for name, tensor in reference["weights"].items():
         torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+    # The gathered checkpoint is an ordinary one: plain class name, same trained weights.
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "model")
+    assert saved.config.architectures == ["LlamaForCausalLM"]
+    saved_params = dict(saved.named_parameters())
+    for name, tensor in reference["weights"].items():
+        torch.testing.assert_close(saved_params[name].detach(), tensor, rtol=1e-4, atol=1e-6, msg=name)

@@ -77,6 +77,12 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
 
     from torch.distributed.tensor import DTensor
 
+    if shard:  # the final save of `run_training` under FSDP: every rank gathers, rank 0 writes
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            model.save_pretrained(f"{workdir}/fsdp/model", state_dict=state_dict)
     params = dict(model.named_parameters())
     local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params.values())
     weights = {name: (params[name].full_tensor() if isinstance(params[name], DTensor) else params[name]).detach()
