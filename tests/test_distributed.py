@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import adept.training as training
 from adept.expansion import expand_checkpoint, plan_expansion
 
 from conftest import PROBE_TEXT, save_tiny_checkpoint
 from workers import fsdp_train
-from workers.ddp_train import Recording, train_config
+from workers.trainer_train import Recording, train_config
 
 WORKERS = Path(__file__).parent / "workers"
 TIMEOUT_S = 300
@@ -58,36 +59,77 @@ def _workdir(tmp_path: Path) -> None:
     (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80)))
 
 
-def test_ddp_matches_single_process(tmp_path, monkeypatch):
-    _workdir(tmp_path)
-
-    # The reference is one plain process with the global batch (4); DDP splits it 2 x 2. The
-    # probe's 3 batches split 2 + 1 over the ranks, so unequal shares are covered too.
+@pytest.fixture(scope="module")
+def trainer_reference(tmp_path_factory):
+    """A workdir and the single-process `run_training` reference with the global batch (4)."""
+    root = tmp_path_factory.mktemp("trainer")
+    _workdir(root)
     # One thread, like the workers: on a busy 2-core machine two OpenMP threads per process
     # make every op wait for a descheduled sibling and run tens of times slower.
-    monkeypatch.setattr(training, "AdeptCallback", Recording)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        training.run_training(train_config(str(tmp_path), str(tmp_path / "single"), 4), progress=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(training, "AdeptCallback", Recording)
+            training.run_training(train_config(str(root), str(root / "single"), 4), progress=False)
     finally:
         torch.set_num_threads(threads)
-    _torchrun(2, "ddp_train.py", tmp_path, tmp_path / "ddp", 2)
+    return root
 
-    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
-    assert len(single) == len(ddp) == 4
-    assert ddp == pytest.approx(single, rel=1e-4)
 
-    ranks = [_multipliers(tmp_path / "ddp" / f"multipliers-rank{r}.jsonl") for r in (0, 1)]
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_trainer_matches_single_process(trainer_reference, engine):
+    """`adept train` under torchrun, 2 ranks x batch 2, equals one process with batch 4.
+
+    The probe's 3 batches split 2 + 1 over the DDP ranks, so unequal shares are covered too;
+    under FSDP2 both ranks score all 3 on their own parameter shards.
+    """
+    root = trainer_reference
+    _torchrun(2, "trainer_train.py", root, root / engine, 2, engine)
+
+    single, multi = _losses(root / "single"), _losses(root / engine)
+    assert len(single) == len(multi) == 4
+    assert multi == pytest.approx(single, rel=1e-4)
+
+    ranks = [_multipliers(root / engine / f"multipliers-rank{r}.jsonl") for r in (0, 1)]
     assert [e["step"] for e in ranks[0]] == [0, 2]
     assert ranks[0] == ranks[1]  # identical, not just close: sums are all-reduced before the rule
-    reference = _multipliers(tmp_path / "single" / "multipliers-rank0.jsonl")
+    assert all(e["sharded"] == (engine == "fsdp2") for e in ranks[0])
+    reference = _multipliers(root / "single" / "multipliers-rank0.jsonl")
     assert [e["step"] for e in reference] == [0, 2]
     for got, want in zip(ranks[0], reference):
         assert got["multipliers"].keys() == want["multipliers"].keys()
         for key in want["multipliers"]:
             assert got["multipliers"][key] == pytest.approx(want["multipliers"][key], rel=1e-3, abs=1e-4)
     assert len(set(ranks[0][1]["multipliers"].values())) > 1
+
+    # The final checkpoint (gathered from the shards under FSDP2) holds the same weights.
+    want, got = (load_file(str(root / run / "model" / "model.safetensors")) for run in ("single", engine))
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fsdp2_resume_is_bit_identical(trainer_reference):
+    """Under FSDP2, resuming from checkpoint-2 ends with the weights and rate log of an unbroken run."""
+    import shutil
+
+    root = trainer_reference
+    _torchrun(2, "trainer_train.py", root, root / "unbroken", 2, "fsdp2", 2)
+    # A run that died after saving checkpoint-2: its checkpoint and its rate log so far.
+    (root / "resumed").mkdir()
+    shutil.copytree(root / "unbroken" / "checkpoint-2", root / "resumed" / "checkpoint-2")
+    lines = (root / "unbroken" / "unit_rates.jsonl").read_text().splitlines()
+    (root / "resumed" / "unit_rates.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
+    _torchrun(2, "trainer_train.py", root, root / "resumed", 2, "fsdp2", 2)
+
+    assert (root / "resumed" / "unit_rates.jsonl").read_text() == (root / "unbroken" / "unit_rates.jsonl").read_text()
+    # The resumed run restored the rates from the checkpoint instead of estimating again.
+    assert not (root / "resumed" / "multipliers-rank0.jsonl").exists()
+    want, got = (load_file(str(root / run / "model" / "model.safetensors")) for run in ("unbroken", "resumed"))
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
 
 
 @pytest.mark.parametrize("nproc, replicas", [(2, 1), (4, 2)], ids=["fsdp-2", "hsdp-2x2"])

@@ -59,8 +59,8 @@ def check_engine(args, model) -> None:
     """Refuse the engines under which the probe cannot read per-unit gradients.
 
     DDP and FSDP2 are supported. FSDP1 flattens a module's tensors into one parameter, so there
-    are no units to score; DeepSpeed ZeRO manages gradients inside its own engine, which the
-    probe's extra backward pass does not go through.
+    are no units to score; DeepSpeed ZeRO manages gradients inside its own engine, and the
+    probe's own backward pass has not been made to work with it.
     """
     if getattr(args, "deepspeed", None):
         raise ValueError(

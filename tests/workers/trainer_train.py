@@ -1,0 +1,80 @@
+"""Worker for the 2-process Trainer tests: trains `adept` and records each rank's multipliers.
+
+Run as ``torchrun --standalone --nproc_per_node 2 tests/workers/trainer_train.py WORKDIR OUT
+PER_DEVICE_BATCH [ddp|fsdp2 [SAVE_STEPS]]``. The tests build their single-process reference from
+the same `train_config`.
+
+``fsdp2`` runs `run_training` with ``fsdp=True`` (FSDP2, transformers' default version). Accelerate
+only turns FSDP on when it finds an accelerator, so `CpuFsdpTrainer` flips its state to FSDP
+right after the accelerator is built; from there the Trainer, Accelerate and torch take their
+real FSDP2 path (``fully_shard``, sharded optimizer, full-state-dict checkpoints) on CPU with gloo.
+"""
+
+import json
+import os
+import sys
+
+from adept.training import AdeptCallback, AdeptTrainer, TrainConfig
+
+
+def train_config(workdir: str, out: str, batch: int) -> TrainConfig:
+    return TrainConfig(
+        model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=out, probe=f"{workdir}/probe.txt",
+        block_size=32, reestimate_every=2, probe_max_length=48, probe_batch_size=2,
+        training_args={
+            "max_steps": 4, "per_device_train_batch_size": batch, "learning_rate": 5e-3, "logging_steps": 1,
+            "save_steps": 100, "disable_tqdm": True, "use_cpu": True, "warmup_steps": 1,
+            "ddp_timeout": 120,  # a collective mismatch fails in 2 minutes instead of hanging for 30
+        },
+    )
+
+
+class Recording(AdeptCallback):
+    """Appends this rank's multipliers to ``OUT/multipliers-rank{RANK}.jsonl`` after every estimate."""
+
+    def reestimate(self, model, optimizer, scheduler, step, is_main):
+        super().reestimate(model, optimizer, scheduler, step, is_main)
+        from torch.distributed.tensor import DTensor
+
+        rank = int(os.environ.get("RANK", "0"))
+        sharded = all(isinstance(p, DTensor) for p in model.parameters())
+        with open(os.path.join(self.log_path.parent, f"multipliers-rank{rank}.jsonl"), "a") as handle:
+            handle.write(json.dumps({"step": step, "multipliers": self.multipliers, "sharded": sharded}) + "\n")
+
+
+class CpuFsdpTrainer(AdeptTrainer):
+    """`AdeptTrainer` with Accelerate's state switched to FSDP on CPU (see the module docstring)."""
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        from accelerate.state import PartialState
+        from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+        state = self.accelerator.state
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        # AcceleratorState copies PartialState's fields whenever it is constructed again.
+        PartialState._shared_state["distributed_type"] = state.distributed_type = DistributedType.FSDP
+        self.is_fsdp_enabled = True
+
+
+if __name__ == "__main__":
+    import torch.distributed as dist
+
+    import adept.training as training
+
+    workdir, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    engine = sys.argv[4] if len(sys.argv) > 4 else "ddp"
+    training.AdeptCallback = Recording
+    cfg = train_config(workdir, out, batch)
+    if len(sys.argv) > 5:
+        cfg.training_args["save_steps"] = int(sys.argv[5])
+    cfg.training_args["ddp_backend"] = "gloo"  # only under the launcher: a plain process has no group
+    if engine == "fsdp2":
+        training.AdeptTrainer = CpuFsdpTrainer
+        cfg.training_args["fsdp"] = True
+    try:
+        training.run_training(cfg, progress=False)
+    finally:
+        # Without this the launcher's workers linger on the open gloo group at exit.
+        if dist.is_initialized():
+            dist.destroy_process_group()
