@@ -28,7 +28,8 @@ def _torchrun(nproc: int, worker: str, *args) -> None:
     # --standalone lets torchrun pick a free port for its own rendezvous store; a fixed
     # --master_port would collide between concurrent runs, and --master_port 0 is handed to the
     # workers verbatim, so they wait forever to connect to port 0.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
+           "DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU accelerator, for the deepspeed engine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(WORKERS / worker), *map(str, args)]
     # Own session, so a timeout kills the workers too, not just the launcher.
@@ -77,13 +78,15 @@ def trainer_reference(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "deepspeed"])
 def test_trainer_matches_single_process(trainer_reference, engine):
     """`adept train` under torchrun, 2 ranks x batch 2, equals one process with batch 4.
 
-    The probe's 3 batches split 2 + 1 over the DDP ranks, so unequal shares are covered too;
-    under FSDP2 both ranks score all 3 on their own parameter shards.
+    The probe's 3 batches split 2 + 1 over the DDP and DeepSpeed ZeRO-2 ranks, so unequal shares
+    are covered too; under FSDP2 both ranks score all 3 on their own parameter shards.
     """
+    if engine == "deepspeed":
+        pytest.importorskip("deepspeed")
     root = trainer_reference
     _torchrun(2, "trainer_train.py", root, root / engine, 2, engine)
 

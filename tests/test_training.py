@@ -228,12 +228,15 @@ def test_config_errors_are_named(workspace, tmp_path):
         from adept.training import make_training_arguments
 
         make_training_arguments(_config(workspace, tmp_path, training_args={"learnig_rate": 1}))
-    with pytest.raises(ValueError, match="training_args.deepspeed: method 'adept' .* does not support DeepSpeed"):
-        _config(workspace, tmp_path, training_args={"deepspeed": "ds_zero2.json"})
+    zero3 = tmp_path / "ds_zero3.json"
+    zero3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ValueError, match="training_args.deepspeed: method 'adept' .* does not support ZeRO stage 3"):
+        _config(workspace, tmp_path, training_args={"deepspeed": str(zero3)})
+    _config(workspace, tmp_path, training_args={"deepspeed": {"zero_optimization": {"stage": 2}}})  # stage 2 runs
     with pytest.raises(ValueError, match="training_args.fsdp_config.version: method 'adept-no-stage1' .* needs FSDP2"):
         _config(workspace, tmp_path, method="adept-no-stage1", importance=str(workspace / "imp"), num_layers=1,
                 training_args={"fsdp": True, "fsdp_config": {"version": 1}})
-    _config(workspace, tmp_path, method="full", training_args={"deepspeed": "ds_zero2.json"})  # static rates: passed on
+    _config(workspace, tmp_path, method="full", training_args={"deepspeed": str(zero3)})  # static rates: passed on
     with pytest.raises(FileNotFoundError, match="needs an expanded checkpoint"):
         run_training(_config(workspace, tmp_path / "x", model=str(workspace / "base")), progress=False)
 
@@ -280,13 +283,17 @@ def test_dynamic_rates_refuse_engines_whose_gradients_the_probe_cannot_read():
 
     from adept.training import check_engine
 
+    args = SimpleNamespace(deepspeed=None)
     model = nn.Sequential(nn.Linear(4, 4))
-    check_engine(SimpleNamespace(deepspeed=None), model)  # plain model, no engine: accepted
-    with pytest.raises(ValueError, match="do not support DeepSpeed"):
-        check_engine(SimpleNamespace(deepspeed="ds_zero2.json"), model)
+    check_engine(args, model)  # plain model, no engine: accepted
+    # ZeRO stage 3 marks each partitioned parameter with its DeepSpeed id.
+    model[0].weight.ds_id = 0
+    with pytest.raises(ValueError, match="do not support DeepSpeed ZeRO stage 3"):
+        check_engine(args, model)
+    del model[0].weight.ds_id
     # FSDP1 only builds on an accelerator; an uninitialised wrapper is enough for the type check.
     fsdp1 = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
     nn.Module.__init__(fsdp1)
     model.add_module("wrapped", fsdp1)
     with pytest.raises(ValueError, match='need FSDP2: set "version": 2 in fsdp_config'):
-        check_engine(SimpleNamespace(deepspeed=None), model)
+        check_engine(args, model)

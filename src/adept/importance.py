@@ -288,6 +288,21 @@ def _sum_over_shards(values: torch.Tensor, params: Sequence[nn.Parameter]) -> to
     return values
 
 
+def _probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter], sharded: bool) -> list[torch.Tensor]:
+    """d loss / d params, without disturbing the training engine.
+
+    Replicated parameters: `torch.autograd.grad` returns the gradients without accumulating into
+    ``.grad``, so the gradient hooks of DDP and DeepSpeed ZeRO (which reduce whatever reaches
+    ``.grad``) never see the probe. Sharded parameters (FSDP2): the gradient only exists after
+    FSDP's own reduce-scatter, so a plain backward is needed; the caller clears ``.grad``.
+    """
+    if sharded:
+        loss.backward()
+        return [_local(p.grad) for p in params]
+    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+
 def unit_gradient_scores(
     model: nn.Module,
     batches: Sequence[dict],
@@ -337,14 +352,14 @@ def unit_gradient_scores(
                 continue
             loss_sum = batch_loss_sum(model, batch)
             loss_total += loss_sum.detach().double()
-            (loss_sum / n_tokens).backward()
-            grads = [_local(p.grad) for p in params]
+            grads = _probe_gradients(loss_sum / n_tokens, params, sharded)
             weight = n_tokens / float(total_tokens)
             products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
             fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
-            for p in params:
-                p.grad = None
+            if sharded:
+                for p in params:
+                    p.grad = None
     if combine_batches:
         for tensor in (grad_weight, fisher, loss_total):
             torch.distributed.all_reduce(tensor)

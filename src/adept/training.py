@@ -58,14 +58,14 @@ class NonFiniteLossError(RuntimeError):
 def check_engine(args, model) -> None:
     """Refuse the engines under which the probe cannot read per-unit gradients.
 
-    DDP and FSDP2 are supported. FSDP1 flattens a module's tensors into one parameter, so there
-    are no units to score; DeepSpeed ZeRO manages gradients inside its own engine, and the
-    probe's own backward pass has not been made to work with it.
+    DDP, FSDP2 and DeepSpeed ZeRO stages 1-2 are supported. FSDP1 flattens a module's tensors
+    into one parameter, so there are no units to score; ZeRO stage 3 partitions the weights
+    themselves outside its engine's forward, where the probe cannot reach them.
     """
-    if getattr(args, "deepspeed", None):
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
         raise ValueError(
-            "dynamic per-unit rates do not support DeepSpeed (TrainingArguments.deepspeed is set); "
-            "use FSDP2 (fsdp_config {\"version\": 2}) or DDP, or a method with static rates"
+            "dynamic per-unit rates do not support DeepSpeed ZeRO stage 3 (it partitions the weights); "
+            "use ZeRO stage 1 or 2, or FSDP2"
         )
     from torch.distributed.fsdp import FullyShardedDataParallel
 
@@ -74,6 +74,19 @@ def check_engine(args, model) -> None:
             "dynamic per-unit rates need FSDP2: set \"version\": 2 in fsdp_config "
             "(FSDP1 flattens each wrapped module's tensors, so there are no units to score)"
         )
+
+
+def _zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (dict or JSON path); None when it cannot be read here."""
+    if isinstance(deepspeed, (str, os.PathLike)):
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text())
+        except (OSError, ValueError):
+            return None  # DeepSpeed names the file itself when it loads it
+    if not isinstance(deepspeed, dict):
+        return None
+    stage = deepspeed.get("zero_optimization", {}).get("stage", 0)
+    return stage if isinstance(stage, int) else None
 
 
 class AdeptCallback(TrainerCallback):
@@ -88,8 +101,9 @@ class AdeptCallback(TrainerCallback):
 
     Under DDP each rank scores its share of the probe batches and the sums are all-reduced; under
     FSDP2 (``fully_shard``) every rank scores all probe batches on its own parameter shards and the
-    per-tensor sums are all-reduced. Either way every rank gets identical multipliers. FSDP1 and
-    DeepSpeed ZeRO are refused at the start of training (see `check_engine`).
+    per-tensor sums are all-reduced; under DeepSpeed ZeRO 1-2 (replicated weights) as under DDP.
+    Every rank gets identical multipliers. FSDP1 and ZeRO stage 3 are refused at the start of
+    training (see `check_engine`).
 
     Args:
         probe_batches: padded batches from `adept.data.make_batches`.
@@ -343,9 +357,10 @@ class TrainConfig:
             raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
         if self.method in DYNAMIC_METHODS and not self.probe:
             raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
-        if self.method in DYNAMIC_METHODS and self.training_args.get("deepspeed"):
+        deepspeed = self.training_args.get("deepspeed")
+        if self.method in DYNAMIC_METHODS and deepspeed and _zero_stage(deepspeed) == 3:
             raise ValueError(f"training_args.deepspeed: method '{self.method}' (dynamic per-unit rates) does not support "
-                             "DeepSpeed; use FSDP2 (training_args.fsdp=true) or DDP")
+                             "ZeRO stage 3 (it partitions the weights); use stage 1 or 2, or FSDP2 (training_args.fsdp=true)")
         fsdp_config = self.training_args.get("fsdp_config")
         if self.method in DYNAMIC_METHODS and isinstance(fsdp_config, dict) and str(fsdp_config.get("version")) == "1":
             raise ValueError(f"training_args.fsdp_config.version: method '{self.method}' (dynamic per-unit rates) needs "

@@ -1,13 +1,16 @@
 """Worker for the 2-process Trainer tests: trains `adept` and records each rank's multipliers.
 
 Run as ``torchrun --standalone --nproc_per_node 2 tests/workers/trainer_train.py WORKDIR OUT
-PER_DEVICE_BATCH [ddp|fsdp2 [SAVE_STEPS]]``. The tests build their single-process reference from
-the same `train_config`.
+PER_DEVICE_BATCH [ddp|fsdp2|deepspeed [SAVE_STEPS]]``. The tests build their single-process
+reference from the same `train_config`.
 
-``fsdp2`` runs `run_training` with ``fsdp=True`` (FSDP2, transformers' default version). Accelerate
-only turns FSDP on when it finds an accelerator, so `CpuFsdpTrainer` flips its state to FSDP
-right after the accelerator is built; from there the Trainer, Accelerate and torch take their
-real FSDP2 path (``fully_shard``, sharded optimizer, full-state-dict checkpoints) on CPU with gloo.
+Accelerate turns FSDP and DeepSpeed on only when it finds an accelerator; two small stand-ins
+let the Trainer, Accelerate and the engine take their real paths on CPU with gloo:
+
+* ``fsdp2`` runs `run_training` with ``fsdp=True`` (FSDP2, transformers' default version);
+  `CpuFsdpTrainer` flips Accelerate's state to FSDP right after the accelerator is built.
+* ``deepspeed`` runs it with a ZeRO stage 2 config; `cpu_backend` reports gloo instead of "no
+  accelerator" to Accelerate, and DeepSpeed runs on its CPU accelerator (``DS_ACCELERATOR=cpu``).
 """
 
 import json
@@ -42,6 +45,29 @@ class Recording(AdeptCallback):
             handle.write(json.dumps({"step": step, "multipliers": self.multipliers, "sharded": sharded}) + "\n")
 
 
+ZERO2 = {
+    "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,  # the Trainer's AdamW
+    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+    "gradient_clipping": "auto",
+}
+
+
+def use_cpu_backend_for_deepspeed() -> None:
+    """Let Accelerate initialise DeepSpeed over gloo: its backend probe finds no accelerator."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    probe = PartialState._prepare_backend
+
+    def cpu_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        backend, kind = probe(self, cpu, sagemaker_dp, backend)
+        if kind in (None, DistributedType.NO) and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            return "gloo", DistributedType.MULTI_CPU
+        return backend, kind
+
+    PartialState._prepare_backend = cpu_backend
+
+
 class CpuFsdpTrainer(AdeptTrainer):
     """`AdeptTrainer` with Accelerate's state switched to FSDP on CPU (see the module docstring)."""
 
@@ -72,6 +98,11 @@ if __name__ == "__main__":
     if engine == "fsdp2":
         training.AdeptTrainer = CpuFsdpTrainer
         cfg.training_args["fsdp"] = True
+    elif engine == "deepspeed":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        use_cpu_backend_for_deepspeed()
+        del cfg.training_args["use_cpu"]  # Accelerate never runs DeepSpeed on a `cpu` state
+        cfg.training_args["deepspeed"] = ZERO2
     try:
         training.run_training(cfg, progress=False)
     finally:
