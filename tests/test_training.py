@@ -297,3 +297,21 @@ def test_dynamic_rates_refuse_engines_whose_gradients_the_probe_cannot_read():
     model.add_module("wrapped", fsdp1)
     with pytest.raises(ValueError, match='need FSDP2: set "version": 2 in fsdp_config'):
         check_engine(args, model)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(workspace, tmp_path):
+    """With checkpointing on, the probe (eval mode, autograd.grad) and training give the same run."""
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        run_training(_config(workspace, out, training_args={"gradient_checkpointing": checkpointing}), progress=False)
+        summary = json.loads((out / "training_summary.json").read_text())
+        rates = [json.loads(line) for line in (out / "unit_rates.jsonl").read_text().splitlines()]
+        runs[checkpointing] = ([e["loss"] for e in summary["log_history"] if "loss" in e], rates)
+    (plain_losses, plain_rates), (ckpt_losses, ckpt_rates) = runs[False], runs[True]
+    assert len(ckpt_losses) == 6
+    assert ckpt_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert [r["step"] for r in ckpt_rates] == [r["step"] for r in plain_rates] == [0, 2, 4]
+    for got, want in zip(ckpt_rates, plain_rates):
+        assert got["multipliers"] == pytest.approx(want["multipliers"], rel=1e-4, abs=1e-5)
+    assert len(set(ckpt_rates[-1]["multipliers"].values())) > 1
