@@ -276,27 +276,24 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
 
 
 def test_dynamic_rates_refuse_engines_whose_gradients_the_probe_cannot_read():
-    from types import SimpleNamespace
-
     from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     from adept.training import check_engine
 
-    args = SimpleNamespace(deepspeed=None)
     model = nn.Sequential(nn.Linear(4, 4))
-    check_engine(args, model)  # plain model, no engine: accepted
+    check_engine(model)  # plain model, no engine: accepted
     # ZeRO stage 3 marks each partitioned parameter with its DeepSpeed id.
     model[0].weight.ds_id = 0
     with pytest.raises(ValueError, match="do not support DeepSpeed ZeRO stage 3"):
-        check_engine(args, model)
+        check_engine(model)
     del model[0].weight.ds_id
     # FSDP1 only builds on an accelerator; an uninitialised wrapper is enough for the type check.
     fsdp1 = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
     nn.Module.__init__(fsdp1)
     model.add_module("wrapped", fsdp1)
     with pytest.raises(ValueError, match='need FSDP2: set "version": 2 in fsdp_config'):
-        check_engine(args, model)
+        check_engine(model)
 
 
 def test_gradient_checkpointing_changes_memory_not_results(workspace, tmp_path):

@@ -55,7 +55,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-def check_engine(args, model) -> None:
+def check_engine(model) -> None:
     """Refuse the engines under which the probe cannot read per-unit gradients.
 
     DDP, FSDP2 and DeepSpeed ZeRO stages 1-2 are supported. FSDP1 flattens a module's tensors
@@ -173,7 +173,7 @@ class AdeptCallback(TrainerCallback):
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        check_engine(args, model)
+        check_engine(model)
         if state.global_step == 0:
             if self.log_path is not None and state.is_world_process_zero and self.log_path.exists():
                 self.log_path.unlink()
