@@ -129,3 +129,17 @@ def test_console_script_runs(tmp_path, base):
     with torch.no_grad():
         assert torch.equal(original(ids).logits, expanded(ids).logits)
     assert subprocess.run([str(script), "--help"], capture_output=True, timeout=60).returncode == 0
+
+
+def test_train_command_with_tokenize_workers(base, tmp_path):
+    """`adept train` end to end on the CLI, tokenising in 2 processes; errors stay one line."""
+    domain = tmp_path / "domain.txt"
+    domain.write_text("\n\n".join(f"Theorem {i}: the sum of two even numbers is even." for i in range(40)))
+    argv = ["train", "--model", str(base), "--data", str(domain), "--method", "full", "--block-size", "32",
+            "--max-steps", "2", "--batch-size", "2", "--tokenize-workers", "2", "--set", "use_cpu=true",
+            "--set", "disable_tqdm=true"]
+    assert main(argv + ["--output", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["config"]["tokenize_workers"] == 2
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    assert main(argv + ["--output", str(tmp_path / "bad"), "--set", "learnig_rate=1"]) == 2

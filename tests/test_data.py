@@ -89,3 +89,17 @@ def test_budget_seed_and_padding(probe_file, tokenizer):
 def test_load_probe_batches(probe_file, tokenizer):
     batches = load_probe_batches(probe_file, tokenizer, max_length=40, max_tokens=None, batch_size=4)
     assert batches[0]["input_ids"].shape[0] == 4
+
+
+def test_parallel_tokenisation_packs_the_same_blocks(tmp_path, tokenizer):
+    """Workers tokenise; packing stays in one process, so block boundaries never move (2500
+    documents cross the 2000-document packing batch)."""
+    from adept.data import build_packed_dataset
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Document {i} says {'abc ' * (i % 7)}."}) + "\n" for i in range(2500)))
+    serial = build_packed_dataset(path, tokenizer, 16)
+    parallel = build_packed_dataset(path, tokenizer, 16, num_proc=2)
+    assert len(serial) > 2000 // 16
+    assert parallel["input_ids"] == serial["input_ids"]
+    assert parallel["labels"] == serial["labels"]

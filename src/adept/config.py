@@ -37,6 +37,8 @@ class DataSection:
         general_benchmarks: multiple-choice JSONL files, or lm-eval task names, for general ability.
         domain_benchmarks: the same for the domain.
         block_size: tokens per packed block, for training and held-out evaluation.
+        tokenize_workers: processes that tokenise the corpora (None: one); the blocks are the
+            same for any number.
     """
 
     domain_train: list[str] = field(default_factory=list)
@@ -47,6 +49,7 @@ class DataSection:
     general_benchmarks: list[str] = field(default_factory=list)
     domain_benchmarks: list[str] = field(default_factory=list)
     block_size: int = 256
+    tokenize_workers: int | None = None
 
 
 @dataclass

@@ -283,7 +283,8 @@ def build_packed_dataset(
     Returns a ``datasets.Dataset`` with ``input_ids`` and ``labels`` columns (labels equal
     inputs; the model shifts them). With ``cache_dir``, the packed Arrow table is stored under a
     fingerprint of the sources, tokenizer and block size, so a large corpus is tokenised once.
-    The remainder shorter than a block at the end of each map batch is dropped.
+    ``num_proc`` processes tokenise; packing runs in one, so the blocks never depend on it.
+    The remainder shorter than a block at the end of each 2000-document batch is dropped.
     """
     import datasets
 
@@ -315,7 +316,7 @@ def build_packed_dataset(
 
     dataset = datasets.Dataset.from_dict({"text": texts})
     dataset = dataset.map(tokenize, batched=True, remove_columns=["text"], num_proc=num_proc, desc="tokenising")
-    dataset = dataset.map(pack, batched=True, batch_size=2000, num_proc=num_proc, desc=f"packing into {block_size}-token blocks")
+    dataset = dataset.map(pack, batched=True, batch_size=2000, desc=f"packing into {block_size}-token blocks")
     if len(dataset) == 0:
         raise ValueError(f"{', '.join(map(str, path_list))}: fewer tokens than one block of {block_size}")
     if cache_path is not None:

@@ -219,7 +219,8 @@ class Pipeline:
             for key, paths in corpora.items():
                 if not paths:
                     continue
-                blocks = build_packed_dataset(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir)
+                blocks = build_packed_dataset(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir,
+                                              num_proc=cfg.data.tokenize_workers)
                 documents = sum(len(load_documents(p)) for p in paths)
                 sizes[key] = {"paths": list(paths), "documents": documents, "blocks": len(blocks),
                               "tokens": len(blocks) * cfg.data.block_size}
@@ -337,6 +338,7 @@ class Pipeline:
             lora_r=settings["lora_r"],
             lora_alpha=settings["lora_alpha"],
             cache_dir=self.cache_dir,
+            tokenize_workers=cfg.data.tokenize_workers,
             resume=True,
             training_args=training_args,
         )

@@ -314,6 +314,8 @@ class TrainConfig:
         lora_r: LoRA rank.
         lora_alpha: LoRA alpha.
         cache_dir: tokenised-corpus cache.
+        tokenize_workers: processes that tokenise the corpora (None: this one); the packed blocks
+            are the same for any number.
         resume: resume from the newest checkpoint in ``output_dir`` when there is one.
         training_args: Hugging Face ``TrainingArguments`` fields (learning_rate, max_steps,
             per_device_train_batch_size, bf16, gradient_checkpointing, report_to...).
@@ -341,6 +343,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     cache_dir: str | None = None
+    tokenize_workers: int | None = None
     resume: bool = True
     training_args: dict[str, Any] = field(default_factory=dict)
 
@@ -439,9 +442,10 @@ def build_datasets(cfg: TrainConfig, tokenizer):
     from adept.data import build_packed_dataset
 
     cache = cfg.cache_dir or str(Path(cfg.output_dir) / ".cache")
-    train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, cache_dir=cache)
+    workers = cfg.tokenize_workers
+    train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
     if cfg.replay_ratio > 0:
-        replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, cache_dir=cache)
+        replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
         seed = int(cfg.training_args.get("seed", DEFAULT_TRAINING_ARGS["seed"]))
         train = datasets.interleave_datasets(
             [train, replay], probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio], seed=seed, stopping_strategy="first_exhausted"
@@ -449,7 +453,7 @@ def build_datasets(cfg: TrainConfig, tokenizer):
     stems = [Path(p).stem for p in cfg.eval_data]
     evals = {}
     for path, stem in zip(cfg.eval_data, stems):
-        blocks = build_packed_dataset(path, tokenizer, cfg.block_size, cache_dir=cache)
+        blocks = build_packed_dataset(path, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
         if cfg.eval_max_blocks is not None:
             blocks = blocks.select(range(min(cfg.eval_max_blocks, len(blocks))))
         # general/heldout.jsonl and domain/heldout.jsonl log as eval_general_heldout_loss, ...
