@@ -78,14 +78,14 @@ def trainer_reference(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "deepspeed"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "zero2", "zero3"])
 def test_trainer_matches_single_process(trainer_reference, engine):
     """`adept train` under torchrun, 2 ranks x batch 2, equals one process with batch 4.
 
-    The probe's 3 batches split 2 + 1 over the DDP and DeepSpeed ZeRO-2 ranks, so unequal shares
-    are covered too; under FSDP2 both ranks score all 3 on their own parameter shards.
+    The probe's 3 batches split 2 + 1 over the DDP and ZeRO-2 ranks, so unequal shares are
+    covered too; under FSDP2 and ZeRO-3 both ranks score all 3 on their own parameter shards.
     """
-    if engine == "deepspeed":
+    if engine.startswith("zero"):
         pytest.importorskip("deepspeed")
     root = trainer_reference
     _torchrun(2, "trainer_train.py", root, root / engine, 2, engine)
@@ -97,7 +97,7 @@ def test_trainer_matches_single_process(trainer_reference, engine):
     ranks = [_multipliers(root / engine / f"multipliers-rank{r}.jsonl") for r in (0, 1)]
     assert [e["step"] for e in ranks[0]] == [0, 2]
     assert ranks[0] == ranks[1]  # identical, not just close: sums are all-reduced before the rule
-    assert all(e["sharded"] == (engine == "fsdp2") for e in ranks[0])
+    assert all(e["sharded"] == (engine in ("fsdp2", "zero3")) for e in ranks[0])
     reference = _multipliers(root / "single" / "multipliers-rank0.jsonl")
     assert [e["step"] for e in reference] == [0, 2]
     for got, want in zip(ranks[0], reference):
@@ -113,23 +113,27 @@ def test_trainer_matches_single_process(trainer_reference, engine):
         torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_fsdp2_resume_is_bit_identical(trainer_reference):
-    """Under FSDP2, resuming from checkpoint-2 ends with the weights and rate log of an unbroken run."""
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_sharded_resume_is_bit_identical(trainer_reference, engine):
+    """Resuming from checkpoint-2 ends with the weights and rate log of an unbroken run."""
     import shutil
 
+    if engine == "zero3":
+        pytest.importorskip("deepspeed")
     root = trainer_reference
-    _torchrun(2, "trainer_train.py", root, root / "unbroken", 2, "fsdp2", 2)
+    unbroken, resumed = root / f"{engine}-unbroken", root / f"{engine}-resumed"
+    _torchrun(2, "trainer_train.py", root, unbroken, 2, engine, 2)
     # A run that died after saving checkpoint-2: its checkpoint and its rate log so far.
-    (root / "resumed").mkdir()
-    shutil.copytree(root / "unbroken" / "checkpoint-2", root / "resumed" / "checkpoint-2")
-    lines = (root / "unbroken" / "unit_rates.jsonl").read_text().splitlines()
-    (root / "resumed" / "unit_rates.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
-    _torchrun(2, "trainer_train.py", root, root / "resumed", 2, "fsdp2", 2)
+    resumed.mkdir()
+    shutil.copytree(unbroken / "checkpoint-2", resumed / "checkpoint-2")
+    lines = (unbroken / "unit_rates.jsonl").read_text().splitlines()
+    (resumed / "unit_rates.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
+    _torchrun(2, "trainer_train.py", root, resumed, 2, engine, 2)
 
-    assert (root / "resumed" / "unit_rates.jsonl").read_text() == (root / "unbroken" / "unit_rates.jsonl").read_text()
+    assert (resumed / "unit_rates.jsonl").read_text() == (unbroken / "unit_rates.jsonl").read_text()
     # The resumed run restored the rates from the checkpoint instead of estimating again.
-    assert not (root / "resumed" / "multipliers-rank0.jsonl").exists()
-    want, got = (load_file(str(root / run / "model" / "model.safetensors")) for run in ("unbroken", "resumed"))
+    assert not (resumed / "multipliers-rank0.jsonl").exists()
+    want, got = (load_file(str(run / "model" / "model.safetensors")) for run in (unbroken, resumed))
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name

@@ -240,17 +240,22 @@ def _probe_mode(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[No
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
+def _zero3(param: nn.Parameter) -> bool:
+    """A parameter partitioned by DeepSpeed ZeRO stage 3 (its data is empty outside forward)."""
+    return hasattr(param, "ds_tensor")
+
+
 def is_sharded(params: Sequence[nn.Parameter]) -> bool:
-    """Whether ``params`` are sharded DTensors (FSDP2 ``fully_shard``), not full replicas."""
-    return any(isinstance(p, DTensor) for p in params)
+    """Whether ``params`` are sharded (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions), not full replicas."""
+    return any(isinstance(p, DTensor) or _zero3(p) for p in params)
 
 
 def probe_share(batches: Sequence[dict], params: Sequence[nn.Parameter]) -> list[dict]:
     """The probe batches this rank scores.
 
-    With replicated parameters (one process, DDP) each rank takes every ``world``-th batch and
-    the sums are added over ranks. With sharded parameters the forward and backward are
-    collectives (all-gather, reduce-scatter), so every rank must run the same batches in the same
+    With replicated parameters (one process, DDP, ZeRO 1-2) each rank takes every ``world``-th
+    batch and the sums are added over ranks. With sharded parameters the forward and backward are
+    collectives (parameter all-gathers), so every rank must run the same batches in the same
     order: each rank scores all of them and contributes its own shard of every tensor.
     """
     if not _dist_ready() or is_sharded(params):
@@ -258,49 +263,74 @@ def probe_share(batches: Sequence[dict], params: Sequence[nn.Parameter]) -> list
     return list(batches)[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+def _shard_of(param: nn.Parameter):
+    """This rank's elements of ``param`` and a function cutting the same elements from its gradient.
+
+    DTensor (FSDP2): the local shard; the gradient is a DTensor sharded alike. ZeRO-3: the rank's
+    slice ``ds_tensor`` of the flattened tensor; the gradient, taken with `torch.autograd.grad`,
+    is full-size and cut to the same slice. Replicated: everything.
+    """
+    if isinstance(param, DTensor):
+        return param.to_local(), lambda grad: grad.to_local()
+    if _zero3(param):
+        size = param.ds_tensor.numel()
+        start = torch.distributed.get_rank(group=param.ds_process_group) * size
+        count = max(0, min(size, param.ds_numel - start))
+        return param.ds_tensor.view(-1)[:count], lambda grad: grad.reshape(-1)[start : start + count]
+    return param, lambda grad: grad
+
+
+def _shard_groups(param: nn.Parameter) -> list:
+    """The process groups over which ``param``'s per-shard sums must be added (none if replicated).
+
+    Only mesh dimensions along which a DTensor is sharded count: the replicas of HSDP already hold
+    the full sums of their shard.
+    """
+    if isinstance(param, DTensor):
+        return [param.device_mesh.get_group(d) for d, placement in enumerate(param.placements) if placement.is_shard()]
+    if _zero3(param):
+        return [param.ds_process_group]
+    return []
 
 
 def _sum_over_shards(values: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
     """Add up per-tensor sums over the ranks that hold disjoint shards of each tensor.
 
-    Only mesh dimensions along which a tensor is sharded are reduced; replicated dimensions (the
-    replicas of HSDP) already hold the full sums of their shard. One all-reduce per mesh layout.
+    One all-reduce per distinct set of groups; their order follows ``params``, so it is the same
+    on every rank.
     """
     layouts: dict[tuple, list[int]] = {}
-    meshes: dict[tuple, Any] = {}
+    groups: dict[tuple, list] = {}
     for index, param in enumerate(params):
-        if not isinstance(param, DTensor):
-            continue
-        dims = tuple(d for d, placement in enumerate(param.placements) if placement.is_shard())
-        if not dims:
-            continue
-        key = (id(param.device_mesh), dims)  # insertion order follows params: same on every rank
-        layouts.setdefault(key, []).append(index)
-        meshes[key] = param.device_mesh
+        param_groups = _shard_groups(param)
+        if param_groups:
+            key = tuple(id(group) for group in param_groups)
+            layouts.setdefault(key, []).append(index)
+            groups[key] = param_groups
     values = values.clone()
     for key, indices in layouts.items():
         part = values[indices]
-        for dim in key[1]:
-            torch.distributed.all_reduce(part, group=meshes[key].get_group(dim))
+        for group in groups[key]:
+            torch.distributed.all_reduce(part, group=group)
         values[indices] = part
     return values
 
 
-def _probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter], sharded: bool) -> list[torch.Tensor]:
+def _probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
     """d loss / d params, without disturbing the training engine.
 
-    Replicated parameters: `torch.autograd.grad` returns the gradients without accumulating into
-    ``.grad``, so the gradient hooks of DDP and DeepSpeed ZeRO (which reduce whatever reaches
-    ``.grad``) never see the probe. Sharded parameters (FSDP2): the gradient only exists after
-    FSDP's own reduce-scatter, so a plain backward is needed; the caller clears ``.grad``.
+    `torch.autograd.grad` returns the gradients without accumulating into ``.grad``, so the
+    gradient hooks of DDP and DeepSpeed ZeRO (which reduce whatever reaches ``.grad``) never see
+    the probe; under ZeRO-3 it returns full-size gradients (`_shard_of` keeps this rank's slice).
+    FSDP2 parameters only get their gradient from FSDP's own reduce-scatter, so they take a plain
+    backward; the caller clears their ``.grad``.
     """
-    if sharded:
+    if any(isinstance(p, DTensor) for p in params):
         loss.backward()
-        return [_local(p.grad) for p in params]
+        return [p.grad for p in params]
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+    return [torch.zeros(p.ds_shape if _zero3(p) else p.shape, dtype=p.dtype, device=p.device) if g is None else g
+            for g, p in zip(grads, params)]
 
 
 def unit_gradient_scores(
@@ -323,9 +353,10 @@ def unit_gradient_scores(
 
     * replicated parameters (DDP): each rank scored its own batches on full tensors; every sum,
       the loss and the token count are summed over ranks.
-    * sharded DTensor parameters (FSDP2): every rank ran the same batches, so the reduce-scattered
-      gradient of each shard is that batch's gradient; each rank sums over its local shard only
-      and the per-tensor sums are all-reduced across the shards. No full gradient is gathered.
+    * sharded parameters: every rank ran the same batches and sums over its own shard of each
+      tensor (`_shard_of`); the per-tensor sums are all-reduced across the shards. Under FSDP2
+      the reduce-scattered gradient of a shard is that batch's gradient and no full gradient is
+      gathered; under ZeRO-3 each rank's gradient is full-size for one batch at a time.
 
     Returns ``(grad_weight, fisher, mean_loss, num_tokens)``.
     """
@@ -343,7 +374,8 @@ def unit_gradient_scores(
     grad_weight = torch.zeros(len(params), dtype=torch.float32, device=device)
     fisher = torch.zeros(len(params), dtype=torch.float32, device=device)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
-    local_params = [_local(p) for p in params]
+    shards = [_shard_of(p) for p in params]
+    local_params = [weight for weight, _ in shards]
     with _probe_mode(model, params):
         for batch, n_tokens in tqdm(
             list(zip(batches, counts.tolist())), desc="probing gradients", unit="batch", disable=not progress
@@ -352,14 +384,13 @@ def unit_gradient_scores(
                 continue
             loss_sum = batch_loss_sum(model, batch)
             loss_total += loss_sum.detach().double()
-            grads = _probe_gradients(loss_sum / n_tokens, params, sharded)
+            grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / n_tokens, params), shards)]
             weight = n_tokens / float(total_tokens)
             products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
             fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
-            if sharded:
-                for p in params:
-                    p.grad = None
+            for p in params:
+                p.grad = None
     if combine_batches:
         for tensor in (grad_weight, fisher, loss_total):
             torch.distributed.all_reduce(tensor)

@@ -58,15 +58,9 @@ class NonFiniteLossError(RuntimeError):
 def check_engine(model) -> None:
     """Refuse the engines under which the probe cannot read per-unit gradients.
 
-    DDP, FSDP2 and DeepSpeed ZeRO stages 1-2 are supported. FSDP1 flattens a module's tensors
-    into one parameter, so there are no units to score; ZeRO stage 3 partitions the weights
-    themselves outside its engine's forward, where the probe cannot reach them.
+    DDP, FSDP2 and DeepSpeed ZeRO 1-3 are supported. FSDP1 flattens a module's tensors into one
+    parameter, so there are no units to score.
     """
-    if any(hasattr(p, "ds_id") for p in model.parameters()):
-        raise ValueError(
-            "dynamic per-unit rates do not support DeepSpeed ZeRO stage 3 (it partitions the weights); "
-            "use ZeRO stage 1 or 2, or FSDP2"
-        )
     from torch.distributed.fsdp import FullyShardedDataParallel
 
     if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
@@ -76,17 +70,14 @@ def check_engine(model) -> None:
         )
 
 
-def _zero_stage(deepspeed: Any) -> int | None:
-    """The ZeRO stage of a DeepSpeed config (dict or JSON path); None when it cannot be read here."""
-    if isinstance(deepspeed, (str, os.PathLike)):
+def _deepspeed_config(value: Any) -> dict:
+    """A DeepSpeed config given as a dict or a JSON path; empty when absent or unreadable here."""
+    if isinstance(value, (str, os.PathLike)):
         try:
-            deepspeed = json.loads(Path(deepspeed).read_text())
+            value = json.loads(Path(value).read_text())
         except (OSError, ValueError):
-            return None  # DeepSpeed names the file itself when it loads it
-    if not isinstance(deepspeed, dict):
-        return None
-    stage = deepspeed.get("zero_optimization", {}).get("stage", 0)
-    return stage if isinstance(stage, int) else None
+            return {}  # DeepSpeed names the file itself when it loads it
+    return value if isinstance(value, dict) else {}
 
 
 class AdeptCallback(TrainerCallback):
@@ -101,9 +92,9 @@ class AdeptCallback(TrainerCallback):
 
     Under DDP each rank scores its share of the probe batches and the sums are all-reduced; under
     FSDP2 (``fully_shard``) every rank scores all probe batches on its own parameter shards and the
-    per-tensor sums are all-reduced; under DeepSpeed ZeRO 1-2 (replicated weights) as under DDP.
-    Every rank gets identical multipliers. FSDP1 and ZeRO stage 3 are refused at the start of
-    training (see `check_engine`).
+    per-tensor sums are all-reduced; under DeepSpeed ZeRO 1-2 (replicated weights) as under DDP,
+    under ZeRO-3 as under FSDP2. Every rank gets identical multipliers. FSDP1 is refused at the
+    start of training (see `check_engine`).
 
     Args:
         probe_batches: padded batches from `adept.data.make_batches`.
@@ -273,16 +264,17 @@ def freeze_all_but(model, trainable: Sequence[str]) -> None:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """``(trainable, total)``; tied weights counted once."""
+    """``(trainable, total)``; tied weights counted once; ZeRO-3 partitions at their full size."""
     seen: set[int] = set()
     total = trainable = 0
     for param in model.parameters():
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
+        size = getattr(param, "ds_numel", param.numel())
+        total += size
         if param.requires_grad:
-            trainable += param.numel()
+            trainable += size
     return trainable, total
 
 
@@ -360,10 +352,10 @@ class TrainConfig:
             raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
         if self.method in DYNAMIC_METHODS and not self.probe:
             raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
-        deepspeed = self.training_args.get("deepspeed")
-        if self.method in DYNAMIC_METHODS and deepspeed and _zero_stage(deepspeed) == 3:
-            raise ValueError(f"training_args.deepspeed: method '{self.method}' (dynamic per-unit rates) does not support "
-                             "ZeRO stage 3 (it partitions the weights); use stage 1 or 2, or FSDP2 (training_args.fsdp=true)")
+        zero = _deepspeed_config(self.training_args.get("deepspeed")).get("zero_optimization", {})
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+            raise ValueError("training_args.deepspeed: ZeRO stage 3 needs zero_optimization."
+                             "stage3_gather_16bit_weights_on_model_save: true to write the final model")
         fsdp_config = self.training_args.get("fsdp_config")
         if self.method in DYNAMIC_METHODS and isinstance(fsdp_config, dict) and str(fsdp_config.get("version")) == "1":
             raise ValueError(f"training_args.fsdp_config.version: method '{self.method}' (dynamic per-unit rates) needs "
@@ -595,8 +587,13 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     wall = time.perf_counter() - start
 
     final = model.merge_and_unload() if cfg.method == "lora" else model
-    # Under FSDP the weights are sharded: every rank takes part in gathering them, rank 0 writes.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+    # Under FSDP and ZeRO-3 the weights are sharded: every rank takes part in gathering them,
+    # rank 0 writes.
+    state_dict = None
+    if trainer.is_fsdp_enabled:
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    elif trainer.is_deepspeed_enabled and any(hasattr(p, "ds_tensor") for p in model.parameters()):
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:
             final.save_pretrained(tmp, state_dict=state_dict)

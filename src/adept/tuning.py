@@ -200,6 +200,6 @@ def unit_scores_from_tensors(
 ) -> dict[str, float]:
     """Turn the per-tensor |w * g| sums of `importance.unit_gradient_scores` into unit scores."""
     values = grad_weight.tolist()
-    if unit_score == "mean":
-        values = [v / p.numel() for v, p in zip(values, params)]
+    if unit_score == "mean":  # ZeRO-3 parameters are empty outside forward; ds_numel is their size
+        values = [v / getattr(p, "ds_numel", p.numel()) for v, p in zip(values, params)]
     return dict(zip(names, values))

@@ -1,7 +1,7 @@
 """Worker for the 2-process Trainer tests: trains `adept` and records each rank's multipliers.
 
 Run as ``torchrun --standalone --nproc_per_node 2 tests/workers/trainer_train.py WORKDIR OUT
-PER_DEVICE_BATCH [ddp|fsdp2|deepspeed [SAVE_STEPS]]``. The tests build their single-process
+PER_DEVICE_BATCH [ddp|fsdp2|zero2|zero3 [SAVE_STEPS]]``. The tests build their single-process
 reference from the same `train_config`.
 
 Accelerate turns FSDP and DeepSpeed on only when it finds an accelerator; two small stand-ins
@@ -9,8 +9,9 @@ let the Trainer, Accelerate and the engine take their real paths on CPU with glo
 
 * ``fsdp2`` runs `run_training` with ``fsdp=True`` (FSDP2, transformers' default version);
   `CpuFsdpTrainer` flips Accelerate's state to FSDP right after the accelerator is built.
-* ``deepspeed`` runs it with a ZeRO stage 2 config; `cpu_backend` reports gloo instead of "no
-  accelerator" to Accelerate, and DeepSpeed runs on its CPU accelerator (``DS_ACCELERATOR=cpu``).
+* ``zero2`` / ``zero3`` run it with a DeepSpeed ZeRO stage 2 / 3 config; `cpu_backend` reports
+  gloo instead of "no accelerator" to Accelerate, and DeepSpeed runs on its CPU accelerator
+  (``DS_ACCELERATOR=cpu``).
 """
 
 import json
@@ -40,7 +41,7 @@ class Recording(AdeptCallback):
         from torch.distributed.tensor import DTensor
 
         rank = int(os.environ.get("RANK", "0"))
-        sharded = all(isinstance(p, DTensor) for p in model.parameters())
+        sharded = all(isinstance(p, DTensor) or hasattr(p, "ds_tensor") for p in model.parameters())
         with open(os.path.join(self.log_path.parent, f"multipliers-rank{rank}.jsonl"), "a") as handle:
             handle.write(json.dumps({"step": step, "multipliers": self.multipliers, "sharded": sharded}) + "\n")
 
@@ -50,6 +51,8 @@ ZERO2 = {
     "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
     "gradient_clipping": "auto",
 }
+# The final save gathers the partitioned weights (in the model's dtype: fp32 here).
+ZERO3 = {**ZERO2, "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}
 
 
 def use_cpu_backend_for_deepspeed() -> None:
@@ -98,11 +101,11 @@ if __name__ == "__main__":
     if engine == "fsdp2":
         training.AdeptTrainer = CpuFsdpTrainer
         cfg.training_args["fsdp"] = True
-    elif engine == "deepspeed":
+    elif engine in ("zero2", "zero3"):
         os.environ["DS_ACCELERATOR"] = "cpu"
         use_cpu_backend_for_deepspeed()
         del cfg.training_args["use_cpu"]  # Accelerate never runs DeepSpeed on a `cpu` state
-        cfg.training_args["deepspeed"] = ZERO2
+        cfg.training_args["deepspeed"] = ZERO2 if engine == "zero2" else ZERO3
     try:
         training.run_training(cfg, progress=False)
     finally:
