@@ -245,6 +245,11 @@ def _zero3(param: nn.Parameter) -> bool:
     return hasattr(param, "ds_tensor")
 
 
+def full_numel(param: nn.Parameter) -> int:
+    """Elements of the whole tensor, also for a ZeRO-3 partition (whose data is empty)."""
+    return param.ds_numel if _zero3(param) else param.numel()
+
+
 def is_sharded(params: Sequence[nn.Parameter]) -> bool:
     """Whether ``params`` are sharded (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions), not full replicas."""
     return any(isinstance(p, DTensor) or _zero3(p) for p in params)
@@ -323,11 +328,14 @@ def _probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list
     gradient hooks of DDP and DeepSpeed ZeRO (which reduce whatever reaches ``.grad``) never see
     the probe; under ZeRO-3 it returns full-size gradients (`_shard_of` keeps this rank's slice).
     FSDP2 parameters only get their gradient from FSDP's own reduce-scatter, so they take a plain
-    backward; the caller clears their ``.grad``.
+    backward, and their ``.grad`` is cleared again before the next batch.
     """
     if any(isinstance(p, DTensor) for p in params):
         loss.backward()
-        return [p.grad for p in params]
+        grads = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        return grads
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     return [torch.zeros(p.ds_shape if _zero3(p) else p.shape, dtype=p.dtype, device=p.device) if g is None else g
             for g, p in zip(grads, params)]
@@ -389,8 +397,6 @@ def unit_gradient_scores(
             products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
             fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
-            for p in params:
-                p.grad = None
     if combine_batches:
         for tensor in (grad_weight, fisher, loss_total):
             torch.distributed.all_reduce(tensor)

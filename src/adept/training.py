@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from adept.importance import probe_share, unit_gradient_scores
+from adept.importance import full_numel, is_sharded, probe_share, unit_gradient_scores
 from adept.tuning import (
     MultiplierRule,
     build_param_groups,
@@ -271,7 +271,7 @@ def count_parameters(model) -> tuple[int, int]:
         if id(param) in seen:
             continue
         seen.add(id(param))
-        size = getattr(param, "ds_numel", param.numel())
+        size = full_numel(param)
         total += size
         if param.requires_grad:
             trainable += size
@@ -592,7 +592,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     state_dict = None
     if trainer.is_fsdp_enabled:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
-    elif trainer.is_deepspeed_enabled and any(hasattr(p, "ds_tensor") for p in model.parameters()):
+    elif trainer.is_deepspeed_enabled and is_sharded(list(model.parameters())):  # ZeRO-3
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adept.importance import full_numel
+
 NORMALIZATIONS = ("minmax", "rank", "none")
 RULES = ("linear", "inverse")
 UNIT_SCORES = ("sum", "mean")
@@ -200,6 +202,6 @@ def unit_scores_from_tensors(
 ) -> dict[str, float]:
     """Turn the per-tensor |w * g| sums of `importance.unit_gradient_scores` into unit scores."""
     values = grad_weight.tolist()
-    if unit_score == "mean":  # ZeRO-3 parameters are empty outside forward; ds_numel is their size
-        values = [v / getattr(p, "ds_numel", p.numel()) for v, p in zip(values, params)]
+    if unit_score == "mean":
+        values = [v / full_numel(p) for v, p in zip(values, params)]
     return dict(zip(names, values))
