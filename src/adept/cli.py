@@ -29,6 +29,13 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _model_path(path: Path) -> Path:
+    """A checkpoint folder for a model option: a ``.gguf`` file is converted once (cached) and its folder used."""
+    from adept.checkpoints import is_gguf, resolve_model_path
+
+    return resolve_model_path(path) if is_gguf(path) else path
+
+
 def _parse_layers(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -45,7 +52,7 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
 
 @app.command()
 def importance(
-    model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory.")],
+    model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory or .gguf file.")],
     probe: Annotated[Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")],
     output: Annotated[Path, typer.Option(help="Directory for importance.json and the PNG plots.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated: masking, grad_weight, rank, fisher.")] = "masking,grad_weight,rank,fisher",
@@ -62,7 +69,7 @@ def importance(
 
     try:
         path = run_importance(
-            model,
+            _model_path(model),
             probe,
             output,
             probe=ProbeSettings(max_tokens=max_tokens, max_length=max_length, batch_size=batch_size, seed=seed, txt_split=txt_split),
@@ -77,7 +84,7 @@ def importance(
 
 @app.command()
 def expand(
-    model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory (safetensors).")],
+    model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory (safetensors) or .gguf file.")],
     output: Annotated[Path, typer.Option(help="Directory for the expanded checkpoint.")],
     layers: Annotated[Optional[str], typer.Option(help="0-based source layers to duplicate, e.g. 3,7.")] = None,
     importance: Annotated[Optional[Path], typer.Option(help="importance.json used to pick layers.")] = None,
@@ -96,7 +103,7 @@ def expand(
 
     try:
         path = run_expansion(
-            model,
+            _model_path(model),
             output,
             layers=_parse_layers(layers) if layers is not None else None,
             importance_path=importance,
@@ -126,7 +133,7 @@ def _parse_assignments(items: list[str] | None, option: str) -> dict:
 
 @app.command()
 def train(
-    model: Annotated[Path, typer.Option(help="Expanded checkpoint (adept, llama-pro, adept-no-stage2) or base model.")],
+    model: Annotated[Path, typer.Option(help="Expanded checkpoint (adept, llama-pro, adept-no-stage2) or base model (folder or .gguf).")],
     data: Annotated[list[Path], typer.Option(help="Domain corpus; repeat for several.")],
     output: Annotated[Path, typer.Option(help="Run directory: checkpoints, unit_rates.jsonl, model/, training_summary.json.")],
     method: Annotated[str, typer.Option(help="adept, full, llama-pro, adept-no-stage1, adept-no-stage2, freeze or lora.")] = "adept",
@@ -175,7 +182,7 @@ def train(
             **_parse_assignments(set_, "--set"),
         }
         cfg = TrainConfig(
-            model=str(model), data=[str(p) for p in data], output_dir=str(output), method=method,
+            model=str(_model_path(model)), data=[str(p) for p in data], output_dir=str(output), method=method,
             probe=str(probe) if probe else None, eval_data=[str(p) for p in eval_data or []],
             importance=str(importance) if importance else None, num_layers=num_layers, layer_metric=layer_metric,
             replay_data=[str(p) for p in replay_data or []], replay_ratio=replay_ratio, block_size=block_size,
@@ -268,7 +275,7 @@ def _parse_limit(limit: float | None) -> int | float | None:
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[list[Path], typer.Option(help="Checkpoint directory; repeat, the first is the base the others are compared with.")],
+    model: Annotated[list[Path], typer.Option(help="Checkpoint directory or .gguf file; repeat, the first is the base the others are compared with.")],
     output: Annotated[Path, typer.Option(help="Directory for results.json.")],
     label: Annotated[Optional[list[str]], typer.Option(help="Name of each --model, in order (default: run or checkpoint directory name).")] = None,
     general: Annotated[Optional[list[Path]], typer.Option(help="General-domain held-out corpus (forgetting); repeatable.")] = None,
@@ -292,9 +299,9 @@ def evaluate(
     try:
         if label and len(label) != len(model):
             raise ValueError(f"give one --label per --model ({len(model)} models, {len(label)} labels)")
-        labels = list(label) if label else [default_label(path) for path in model]
+        labels = list(label) if label else [path.stem if path.suffix.lower() == ".gguf" else default_label(path) for path in model]
         path = run_evaluation(
-            list(zip(labels, model)),
+            list(zip(labels, [_model_path(path) for path in model])),
             output,
             general=general or [],
             domain=domain or [],
@@ -313,14 +320,31 @@ def evaluate(
     typer.echo(f"results: {path}")
 
 
+@app.command()
+def convert(
+    gguf_file: Annotated[Path, typer.Argument(metavar="MODEL.gguf", help="GGUF file (any quantization transformers reads).")],
+    output: Annotated[Path, typer.Option(help="Directory for the checkpoint (safetensors, tokenizer, conversion.json).")],
+    dtype: Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")] = "float32",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Dequantize a GGUF file into an ordinary Hugging Face checkpoint folder."""
+    from adept.checkpoints import convert_gguf
+
+    try:
+        path = convert_gguf(gguf_file, output, dtype=dtype, overwrite=overwrite)
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"checkpoint: {path}")
+
+
 analyze_app = typer.Typer(help="Analyses of trained models.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
 
 @analyze_app.command("shift")
 def analyze_shift(
-    base: Annotated[Path, typer.Option(help="Base checkpoint directory.")],
-    tuned: Annotated[Path, typer.Option(help="Adapted checkpoint directory (same tokenizer).")],
+    base: Annotated[Path, typer.Option(help="Base checkpoint directory or .gguf file.")],
+    tuned: Annotated[Path, typer.Option(help="Adapted checkpoint directory or .gguf file (same tokenizer).")],
     data: Annotated[Path, typer.Option(help="Held-out corpus: .txt, .jsonl, .json or a dataset directory.")],
     output: Annotated[Path, typer.Option(help="Directory for shift.json and shift.png.")],
     block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 256,
@@ -335,7 +359,7 @@ def analyze_shift(
 
     try:
         path = run_shift(
-            base, tuned, data, output, block_size=block_size, max_blocks=max_blocks, top_k=top_k,
+            _model_path(base), _model_path(tuned), data, output, block_size=block_size, max_blocks=max_blocks, top_k=top_k,
             batch_size=batch_size, device=device, dtype=dtype,
         )
     except _USER_ERRORS as err:

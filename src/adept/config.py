@@ -293,7 +293,7 @@ def _validate(config: PipelineConfig, source: str) -> None:
     import transformers
 
     if not config.model:
-        raise ConfigError(f"{source}: 'model' is required (a local Hugging Face checkpoint directory)")
+        raise ConfigError(f"{source}: 'model' is required (a local Hugging Face checkpoint directory or .gguf file)")
     given = [config.expansion.num_new_layers, config.expansion.trainable_fraction, config.expansion.layers]
     if sum(value is not None for value in given) > 1:
         raise ConfigError(f"{source}: 'expansion': give at most one of num_new_layers, trainable_fraction, layers")

@@ -28,11 +28,12 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from adept.artifacts import artifact_header, read_json, write_json
+from adept.checkpoints import is_gguf, resolve_model_path
 from adept.config import PipelineConfig, save_config
 from adept.training import GUIDED_EXPANSION_METHODS
 
@@ -154,6 +155,8 @@ class Pipeline:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
+        if is_gguf(cfg.model):  # every stage then reads the cached plain checkpoint
+            self.config = cfg = replace(cfg, model=str(resolve_model_path(cfg.model)))
         self.records = StageRecords(self.run_dir)
         self._check_inputs()
         labels = list(cfg.train.methods)

@@ -1,0 +1,157 @@
+"""Model paths: GGUF files in, ordinary Hugging Face checkpoints out.
+
+A ``.gguf`` file given wherever a model is expected (``--model``, ``model:`` in a config) is
+dequantized once through transformers' GGUF loading into a safetensors folder with its
+tokenizer and a ``conversion.json`` (``convert_gguf``). Conversions are cached under
+``$ADEPT_CACHE_DIR/checkpoints`` (default ``~/.cache/adept``), keyed by the file's SHA-256, and
+reused (``resolve_model_path``); `adept convert` writes one to a folder of your choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from adept.artifacts import artifact_header, atomic_directory, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+CONVERSION_NAME = "conversion.json"
+GGUF_SUFFIX = ".gguf"
+CONVERT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def is_gguf(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a GGUF file (by its suffix)."""
+    return Path(path).suffix.lower() == GGUF_SUFFIX
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 2**22) -> str:
+    """SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where converted GGUF checkpoints are kept: ``$ADEPT_CACHE_DIR`` or ``~/.cache/adept``."""
+    return Path(os.environ.get("ADEPT_CACHE_DIR") or Path.home() / ".cache" / "adept") / "checkpoints"
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: GGUF file not found")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
+    """Dequantize a GGUF file into a transformers model and tokenizer (in memory).
+
+    The model comes back as an ordinary model: transformers' GGUF quantizer marker and the
+    ``quantization_config`` it leaves on the config are removed, so ``save_pretrained`` writes
+    plain safetensors that load without the ``gguf`` package.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adept.architectures import get_architecture
+
+    path = Path(path)
+    _check_gguf(path)
+    if dtype not in CONVERT_DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(CONVERT_DTYPES)}, got '{dtype}'")
+    try:
+        import gguf  # noqa: F401  (transformers needs it; say so in our words)
+    except ImportError:
+        raise ValueError(f"{path}: reading GGUF files needs the 'gguf' package (pip install 'adept-cpt[real]')") from None
+    folder, name = str(path.parent.resolve()), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True)
+    get_architecture(model.config.model_type)  # fail early, naming the model type, if we cannot expand it
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = path.stem
+    return model.eval(), tokenizer
+
+
+def convert_gguf(
+    gguf_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    sha256: str | None = None,
+) -> Path:
+    """Write a GGUF file as a Hugging Face checkpoint folder (safetensors + tokenizer).
+
+    Args:
+        gguf_path: the ``.gguf`` file (any quantization transformers can dequantize).
+        output_dir: the checkpoint folder; written atomically (temporary sibling, then renamed).
+        dtype: dtype of the saved weights.
+        overwrite: replace a non-empty ``output_dir``.
+        sha256: the file's hash when the caller has it already.
+
+    Returns:
+        ``output_dir``, holding ``config.json``, ``model.safetensors``, the tokenizer files and
+        ``conversion.json`` (source file, its SHA-256, dtype, parameter count, seconds).
+    """
+    gguf_path = Path(gguf_path)
+    _check_gguf(gguf_path)
+    output_dir = Path(output_dir)
+    start = time.perf_counter()
+    sha256 = sha256 or file_sha256(gguf_path)
+    logger.info("dequantizing %s (%s) to %s", gguf_path, dtype, output_dir)
+    model, tokenizer = load_gguf(gguf_path, dtype=dtype)
+    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(
+            tmp / CONVERSION_NAME,
+            {
+                **artifact_header("conversion"),
+                "source": str(gguf_path.resolve()),
+                "source_sha256": sha256,
+                "source_bytes": gguf_path.stat().st_size,
+                "dtype": dtype,
+                "model_type": model.config.model_type,
+                "num_hidden_layers": model.config.num_hidden_layers,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "seconds": round(time.perf_counter() - start, 2),
+            },
+        )
+    logger.info("converted %s in %.1f s", gguf_path.name, time.perf_counter() - start)
+    return output_dir
+
+
+def read_conversion(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """``conversion.json`` of a converted checkpoint, or None for any other folder."""
+    path = Path(checkpoint) / CONVERSION_NAME
+    return read_json(path, kind="conversion") if path.is_file() else None
+
+
+def resolve_model_path(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A checkpoint folder for ``path``: itself, or for a ``.gguf`` file its cached fp32 conversion.
+
+    The cache entry is named after the file and the first 16 hex digits of its SHA-256, so an
+    edited or replaced file is converted again and an unchanged one never is.
+    """
+    path = Path(path)
+    if not is_gguf(path):
+        return path
+    _check_gguf(path)
+    sha256 = file_sha256(path)
+    target = Path(cache_dir) if cache_dir is not None else cache_root()
+    target = target / f"{path.stem}-{sha256[:16]}"
+    done = read_conversion(target) if (target / "config.json").is_file() else None
+    if done is not None and done.get("source_sha256") == sha256:
+        logger.info("%s: using the converted checkpoint %s", path, target)
+        return target
+    return convert_gguf(path, target, dtype="float32", overwrite=True, sha256=sha256)
