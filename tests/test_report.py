@@ -57,7 +57,7 @@ def write_expansion(run: Path) -> None:
         "source_num_layers": 4, "num_hidden_layers": 6, "source_layers": [1, 2],
         "inserted_layers": [{"layer_idx": 2, "source_layer_idx": 1}, {"layer_idx": 4, "source_layer_idx": 2}],
         "layer_map": {"0": 0, "1": 1, "2": 3, "3": 5},
-        "zero_initialized": [f"model.layers.{i}.{n}.weight" for i in (2, 4) for n in ("self_attn.o_proj", "mlp.down_proj")],
+        "initialized_tensors": {f"model.layers.{i}.{n}.weight": 0.0 for i in (2, 4) for n in ("self_attn.o_proj", "mlp.down_proj")},
         "selection": {"method": "num_new_layers", "metric": "masking", "num_new_layers": 2},
     })
 

@@ -139,7 +139,9 @@ def train(
     method: Annotated[str, typer.Option(help="adept, full, llama-pro, adept-no-stage1, adept-no-stage2, freeze or lora.")] = "adept",
     probe: Annotated[Optional[Path], typer.Option(help="General-domain probe corpus for importance (adept, adept-no-stage1).")] = None,
     eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out corpus evaluated during training; repeatable.")] = None,
-    importance: Annotated[Optional[Path], typer.Option(help="importance.json choosing layers for freeze / adept-no-stage1.")] = None,
+    importance: Annotated[
+        Optional[Path], typer.Option(help="importance.json: layers for freeze / adept-no-stage1; adept's step-0 rates (default: the one named in expansion.json).")
+    ] = None,
     num_layers: Annotated[Optional[int], typer.Option(help="Number of least important layers freeze / adept-no-stage1 train.")] = None,
     layer_metric: Annotated[str, typer.Option(help="Layer metric used with --importance.")] = "masking",
     replay_data: Annotated[Optional[list[Path]], typer.Option(help="General-domain corpus mixed into training.")] = None,
@@ -150,12 +152,14 @@ def train(
     max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Per-device training batch size.")] = 8,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    reestimate_every: Annotated[int, typer.Option(help="Refresh importance every N steps (0: only at step 0).")] = 500,
+    reestimate_every: Annotated[
+        Optional[int], typer.Option(help="Refresh importance every N steps (0: only at step 0; default: 10 refreshes per run).")
+    ] = None,
     reestimate_fraction: Annotated[Optional[float], typer.Option(help="Refresh interval as a fraction of max steps.")] = None,
     rule: Annotated[str, typer.Option(help="Multiplier rule: linear (m = scale*(1-I)) or inverse.")] = "linear",
     scale: Annotated[float, typer.Option(help="Multiplier scale (2.0 in the paper).")] = 2.0,
     normalization: Annotated[str, typer.Option(help="Importance normalisation over all units: minmax, rank, none.")] = "minmax",
-    unit_score: Annotated[str, typer.Option(help="Unit score: sum or mean of |w*dL/dw| over the tensor.")] = "sum",
+    unit_score: Annotated[str, typer.Option(help="Unit score: mean (the paper's) or sum of |w*dL/dw| over the tensor.")] = "mean",
     floor: Annotated[float, typer.Option(help="Smallest multiplier.")] = 0.05,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     bf16: Annotated[bool, typer.Option(help="bf16 mixed precision.")] = False,

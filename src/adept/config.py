@@ -89,7 +89,7 @@ class TrainSection:
     """
 
     methods: list[str] = field(default_factory=lambda: ["adept"])
-    reestimate_every: int = 500
+    reestimate_every: int | None = None
     reestimate_fraction: float | None = None
     rule: MultiplierRule = field(default_factory=MultiplierRule)
     replay_ratio: float = 0.0

@@ -1,9 +1,10 @@
 """Stage 1b: function-preserving selective layer expansion (paper Sec. 3.2).
 
 Duplicates chosen decoder layers, inserting each copy right after its source, with the copy's
-attention and MLP output projections (weight and bias) set to zero so the expanded model
-computes exactly what the original did. Reads a safetensors checkpoint, writes an ordinary
-Hugging Face checkpoint plus the manifest ``expansion.json`` that later stages read.
+attention and MLP output projections (weight and bias) set to zero -- or, where a norm follows
+them (Gemma2/3, OLMo2), that norm's gain set to its zero -- so the expanded model computes
+exactly what the original did. Reads a safetensors checkpoint, writes an ordinary Hugging Face
+checkpoint with its own model card plus the manifest ``expansion.json`` that later stages read.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from adept.artifacts import artifact_header, atomic_directory, write_json
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "expansion.json"
+MODEL_CARD_NAME = "README.md"
 _INDEX_NAME = "model.safetensors.index.json"
 _SINGLE_NAME = "model.safetensors"
 _COPY_CHUNK = 16 * 1024 * 1024
@@ -190,11 +192,11 @@ def _check_no_unhandled_per_layer_lists(config, spec: ArchitectureSpec, num_laye
 
 @dataclass(frozen=True)
 class TensorCopy:
-    """One tensor of the expanded checkpoint: where it comes from and whether it is zeroed."""
+    """One tensor of the expanded checkpoint: where it comes from, or the constant it is set to."""
 
     target_key: str
     source_key: str
-    zero: bool = False
+    fill: float | None = None
 
 
 def _map_keys(keys: Sequence[str], plan: ExpansionPlan, spec: ArchitectureSpec) -> list[TensorCopy]:
@@ -211,7 +213,7 @@ def _map_keys(keys: Sequence[str], plan: ExpansionPlan, spec: ArchitectureSpec) 
             raise ValueError(f"tensor '{key}' belongs to layer {old}, beyond the {plan.source_num_layers} layers of the config")
         copies.append(TensorCopy(spec.layer_key(plan.layer_map[old], unit), key))
         if old in chosen:
-            copies.append(TensorCopy(spec.layer_key(chosen[old], unit), key, zero=spec.is_output_projection(unit)))
+            copies.append(TensorCopy(spec.layer_key(chosen[old], unit), key, fill=spec.copy_init_value(unit)))
     return copies
 
 
@@ -227,10 +229,11 @@ def plan_tensor_copies(keys: Sequence[str], plan: ExpansionPlan, spec: Architect
     if missing:
         raise ValueError(f"checkpoint has no tensors for layers {missing}")
     for old in plan.source_layers:
-        zeroed = {unit.rsplit(".", 1)[0] for unit in units_per_layer[old] if spec.is_output_projection(unit)}
-        if zeroed != set(spec.output_projections):
+        modules = {unit.rsplit(".", 1)[0] for unit in units_per_layer[old]}
+        needed = set(spec.output_projections) | set(spec.identity_units())
+        if not needed <= modules:
             raise ValueError(
-                f"layer {old} lacks the output projections {list(spec.output_projections)}; "
+                f"layer {old} lacks {sorted(needed - modules)} (output projections and the norms after them); "
                 f"cannot make its copy an identity"
             )
     targets = [c.target_key for c in copies]
@@ -240,11 +243,11 @@ def plan_tensor_copies(keys: Sequence[str], plan: ExpansionPlan, spec: Architect
 
 
 def expand_state_dict(state_dict: Mapping[str, Any], plan: ExpansionPlan, spec: ArchitectureSpec) -> dict[str, Any]:
-    """In-memory expansion of a state dict (tensors are cloned; copies' output projections zeroed)."""
+    """In-memory expansion of a state dict (tensors cloned; each copy's identity tensors set)."""
     expanded: dict[str, Any] = {}
     for item in plan_tensor_copies(list(state_dict), plan, spec):
-        tensor = state_dict[item.source_key]
-        expanded[item.target_key] = tensor.detach().new_zeros(tensor.shape) if item.zero else tensor.detach().clone()
+        tensor = state_dict[item.source_key].detach()
+        expanded[item.target_key] = tensor.clone() if item.fill is None else tensor.new_full(tensor.shape, item.fill)
     return expanded
 
 
@@ -281,8 +284,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + header_len
 
 
+def _fill_bytes(dtype: str, value: float) -> bytes:
+    """One element of safetensors dtype ``dtype`` holding ``value``."""
+    import torch
+
+    dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"cannot set a {dtype} tensor to {value}: only floating-point tensors can be initialised")
+    return torch.tensor([value], dtype=dtypes[dtype]).view(torch.uint8).numpy().tobytes()
+
+
 def _write_expanded_shard(source: Path, target: Path, copies: list[TensorCopy]) -> int:
-    """Stream one shard: copy tensor bytes range by range, write zeros for zeroed tensors.
+    """Stream one shard: copy tensor bytes range by range, write constants for the set tensors.
 
     Memory stays at one copy buffer whatever the shard size. Returns bytes of tensor data.
     """
@@ -310,10 +323,12 @@ def _write_expanded_shard(source: Path, target: Path, copies: list[TensorCopy]) 
         for item in copies:
             begin, end = header[item.source_key]["data_offsets"]
             remaining = end - begin
-            if item.zero:
+            if item.fill is not None:
+                element = _fill_bytes(header[item.source_key]["dtype"], item.fill)
+                chunk = element * (_COPY_CHUNK // len(element))
                 while remaining > 0:
-                    step = min(remaining, _COPY_CHUNK)
-                    dst.write(bytes(step))
+                    step = min(remaining, len(chunk))
+                    dst.write(chunk[:step])
                     remaining -= step
                 continue
             src.seek(data_start + begin)
@@ -386,7 +401,7 @@ def expand_checkpoint(
     all_keys = [key for keys in shards.values() for key in keys]
     plan_tensor_copies(all_keys, plan, spec)  # validates the whole checkpoint before writing anything
 
-    zeroed: list[str] = []
+    initialized: dict[str, float] = {}
     weight_map: dict[str, str] = {}
     total_size = 0
     with atomic_directory(output_dir, overwrite=overwrite) as tmp_dir:
@@ -395,28 +410,54 @@ def expand_checkpoint(
             total_size += _write_expanded_shard(model_dir / shard, tmp_dir / shard, copies)
             for item in copies:
                 weight_map[item.target_key] = shard
-                if item.zero:
-                    zeroed.append(item.target_key)
+                if item.fill is not None:
+                    initialized[item.target_key] = item.fill
         if (model_dir / _INDEX_NAME).is_file():
             index = json.loads((model_dir / _INDEX_NAME).read_text())
             index["metadata"] = {**index.get("metadata", {}), "total_size": total_size}
             index["weight_map"] = dict(sorted(weight_map.items()))
             (tmp_dir / _INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         new_config.save_pretrained(tmp_dir)
+        skipped = []
         for item in sorted(model_dir.iterdir()):
-            if item.is_file() and item.name not in shards and item.name not in (_INDEX_NAME, "config.json", MANIFEST_NAME):
-                if item.suffix in (".safetensors", ".bin", ".pt", ".pth") or item.name.startswith("."):
-                    continue
-                shutil.copy2(item, tmp_dir / item.name)
-        write_json(tmp_dir / MANIFEST_NAME, build_manifest(model_dir, config, plan, sorted(zeroed), selection))
+            if item.is_file() and item.name not in shards and item.name not in (_INDEX_NAME, "config.json"):
+                if _describes_the_model(item.name):
+                    skipped.append(item.name)
+                else:
+                    shutil.copy2(item, tmp_dir / item.name)
+        if skipped:
+            logger.info("not copied (they describe %s, not the expanded model): %s", model_dir, ", ".join(skipped))
+        manifest = build_manifest(model_dir, config, plan, dict(sorted(initialized.items())), selection)
+        write_json(tmp_dir / MANIFEST_NAME, manifest)
+        (tmp_dir / MODEL_CARD_NAME).write_text(model_card(manifest))
     logger.info("expanded %s -> %s (%d -> %d layers)", model_dir, output_dir, plan.source_num_layers, plan.num_hidden_layers)
     return output_dir
 
 
+# Files of the source folder that go with its tokenizer and generation settings, not its weights.
+_CARRIED_FILES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "generation_config",
+                  "chat_template", "preprocessor_config", "spiece", "sentencepiece")
+
+
+def _describes_the_model(name: str) -> bool:
+    """True for files that describe the source weights (model card, measurements, summaries, weights).
+
+    Only tokenizer and generation files are carried over; everything else (README.md,
+    measurements.json, training_summary.json, .bin weights, ...) would describe another model.
+    """
+    if name.startswith(".") or name.endswith((".safetensors", ".bin", ".pt", ".pth", ".gguf")):
+        return True
+    return not name.lower().startswith(_CARRIED_FILES)
+
+
 def build_manifest(
-    model_dir: Path, config, plan: ExpansionPlan, zeroed: list[str], selection: dict[str, Any] | None
+    model_dir: Path, config, plan: ExpansionPlan, initialized: dict[str, float], selection: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The manifest training reads to know which layers are new (never guessed from weights)."""
+    """The manifest training reads to know which layers are new (never guessed from weights).
+
+    ``initialized_tensors`` maps every tensor of a copy that was set rather than copied to the
+    constant it holds (0 for output projections, the norm's zero gain on post-norm models).
+    """
     return {
         **artifact_header("expansion"),
         "source_model": str(model_dir),
@@ -426,9 +467,52 @@ def build_manifest(
         "source_layers": list(plan.source_layers),
         "inserted_layers": [asdict(layer) for layer in plan.inserted],
         "layer_map": {str(old): new for old, new in enumerate(plan.layer_map)},
-        "zero_initialized": zeroed,
+        "initialized_tensors": initialized,
         "selection": selection or {"method": "layers"},
     }
+
+
+def model_card(manifest: Mapping[str, Any]) -> str:
+    """README.md of an expanded checkpoint: where it comes from and what was inserted, and why."""
+    selection = manifest["selection"]
+    how = {
+        "layers": "given explicitly",
+        "uniform": f"spread uniformly ({selection.get('num_new_layers')} copies, LLaMA-Pro style; importance plays no part)",
+        "importance": f"the {selection.get('num_new_layers')} layers least important for general competence "
+        f"by `{selection.get('metric')}` in `{selection.get('importance')}`",
+        "trainable_fraction": f"the least important layers by `{selection.get('metric')}` in `{selection.get('importance')}` "
+        f"that fit in {selection.get('trainable_fraction')} of the expanded model",
+    }.get(selection.get("method"), str(selection.get("method")))
+    rows = "\n".join(f"| {layer['layer_idx']} | {layer['source_layer_idx']} |" for layer in manifest["inserted_layers"])
+    values = sorted(set(manifest["initialized_tensors"].values()))
+    modules = sorted({key.split(".", 3)[-1].rsplit(".", 1)[0] for key in manifest["initialized_tensors"]})
+    return f"""---
+library_name: transformers
+tags: [adept-cpt, layer-expansion]
+---
+
+# Expanded checkpoint
+
+Made by `adept expand` from `{manifest['source_model']}` ({manifest['model_type']}): {manifest['source_num_layers']}
+decoder layers became {manifest['num_hidden_layers']}. Each inserted layer is a copy of its source layer placed right
+after it; source layers were chosen {how}.
+
+| inserted layer_idx | copy of source layer |
+|---:|---:|
+{rows}
+
+In every copy, {', '.join(f'`{m}`' for m in modules)} {'were' if len(modules) > 1 else 'was'} set to
+{' / '.join(str(v) for v in values)} so that the copy adds nothing to the residual stream: this model computes
+the same function as its source until it is trained. `expansion.json` lists every set tensor and its value; it is
+what `adept train` reads to know which layers are new. Load it as any checkpoint:
+
+```python
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
+```
+
+The source model's own card and measurements are not copied here: they describe other weights.
+"""
 
 
 def load_manifest(path: str | os.PathLike) -> dict[str, Any]:

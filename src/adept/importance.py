@@ -3,7 +3,8 @@
 Scores, on a general-domain probe corpus, how much each decoder layer and each unit (one
 parameter tensor of a layer) matters: loss increase when a layer is skipped ("masking out",
 the paper's layer criterion), gradient x weight |w * dL/dw| per unit (the paper's unit
-criterion), Fisher (sum of squared gradients), and layer scores aggregated from units.
+criterion), the empirical Fisher (per-example squared gradients), and layer scores aggregated
+from units.
 The same code runs offline (`adept importance`) and inside training (Stage 2 re-estimation).
 """
 
@@ -30,7 +31,7 @@ METRIC_HELP = {
     "masking": "loss increase when the layer is skipped",
     "grad_weight": "sum over the layer's units of |w * dL/dw|",
     "rank": "mean over unit types of the layer's rank by |w * dL/dw| (rank aggregation)",
-    "fisher": "sum over the layer's units of squared gradients",
+    "fisher": "sum over the layer's units of the empirical Fisher (per-sequence squared gradients)",
 }
 
 
@@ -67,6 +68,8 @@ class ImportanceResult:
         if metric == "grad_weight":
             return [_nansum(row) for row in self.unit_grad_weight]
         if metric == "fisher":
+            if not self.unit_fisher:
+                raise ValueError("fisher scores were not computed (add 'fisher' to the metrics)")
             return [_nansum(row) for row in self.unit_fisher]
         return rank_aggregate(self.unit_grad_weight)
 
@@ -81,6 +84,8 @@ class ImportanceResult:
         available = [m for m in METRICS if m != "masking" or self.layer_masking is not None]
         if not self.unit_grad_weight:
             available = [m for m in available if m == "masking"]
+        if not self.unit_fisher:
+            available = [m for m in available if m != "fisher"]
         payload["layer_scores"] = {m: self.layer_scores(m) for m in available}
         payload["layer_ranking"] = {m: self.ranking(m) for m in available}
         payload["metric_descriptions"] = {m: METRIC_HELP[m] for m in available}
@@ -347,14 +352,18 @@ def unit_gradient_scores(
     params: Sequence[nn.Parameter],
     progress: bool = True,
     all_reduce: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, float, int]:
-    """Per-parameter |w * g| sums and squared-gradient sums, token-weighted over batches.
+    fisher: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, float, int]:
+    """Per-parameter |w * g| sums, token-weighted over batches, and optionally the empirical Fisher.
 
     For each batch b with mean loss L_b over its n_b target tokens, with g_b = dL_b/dw:
-    ``grad_weight[p] = sum_b (n_b / N) * sum_i |w_i * g_b,i|`` and
-    ``fisher[p] = sum_b (n_b / N) * sum_i g_b,i ** 2``.
-    Accumulation happens in two small device tensors (one entry per parameter), with one
-    foreach reduction per batch and a single host transfer at the end.
+    ``grad_weight[p] = sum_b (n_b / N) * sum_i |w_i * g_b,i|``.
+    With ``fisher``, every sequence s of a batch gets its own backward (g_s = dL_s/dw of its
+    mean loss over its n_s tokens): ``fisher[p] = sum_s (n_s / N) * sum_i g_s,i ** 2``, the
+    empirical Fisher (squaring a batch's mean gradient instead would not be), and g_b is
+    assembled from the g_s, so ``grad_weight`` is the same either way.
+    Accumulation happens in small device tensors (one entry per parameter), with one foreach
+    reduction per batch and a single host transfer at the end.
 
     ``all_reduce`` combines ranks when torch.distributed is initialised, in one of two ways
     (pass this rank's `probe_share` of the batches):
@@ -366,7 +375,7 @@ def unit_gradient_scores(
       the reduce-scattered gradient of a shard is that batch's gradient and no full gradient is
       gathered; under ZeRO-3 each rank's gradient is full-size for one batch at a time.
 
-    Returns ``(grad_weight, fisher, mean_loss, num_tokens)``.
+    Returns ``(grad_weight, fisher or None, mean_loss, num_tokens)``.
     """
     from tqdm.auto import tqdm
 
@@ -380,7 +389,7 @@ def unit_gradient_scores(
     if float(total_tokens) == 0:
         raise ValueError("probe batches contain no target tokens")
     grad_weight = torch.zeros(len(params), dtype=torch.float32, device=device)
-    fisher = torch.zeros(len(params), dtype=torch.float32, device=device)
+    fisher_sums = torch.zeros(len(params), dtype=torch.float32, device=device)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
     shards = [_shard_of(p) for p in params]
     local_params = [weight for weight, _ in shards]
@@ -390,19 +399,40 @@ def unit_gradient_scores(
         ):
             if n_tokens == 0:
                 continue
-            loss_sum = batch_loss_sum(model, batch)
-            loss_total += loss_sum.detach().double()
-            grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / n_tokens, params), shards)]
+            if fisher:
+                grads = None
+                for row in _sequences(batch):
+                    row_tokens = _count_targets(row)
+                    if row_tokens == 0:
+                        continue
+                    loss_sum = batch_loss_sum(model, row)
+                    loss_total += loss_sum.detach().double()
+                    row_grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / row_tokens, params), shards)]
+                    fisher_sums += row_tokens / float(total_tokens) * torch.stack(torch._foreach_norm(row_grads, 2)).float().pow(2)
+                    share = row_tokens / n_tokens  # g_b = sum_s (n_s / n_b) g_s
+                    if grads is None:
+                        grads = torch._foreach_mul(row_grads, share)
+                    else:
+                        torch._foreach_add_(grads, row_grads, alpha=share)
+            else:
+                loss_sum = batch_loss_sum(model, batch)
+                loss_total += loss_sum.detach().double()
+                grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / n_tokens, params), shards)]
             weight = n_tokens / float(total_tokens)
             products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
-            fisher += weight * torch.stack(torch._foreach_norm(grads, 2)).float().pow(2)
     if combine_batches:
-        for tensor in (grad_weight, fisher, loss_total):
+        for tensor in (grad_weight, fisher_sums, loss_total):
             torch.distributed.all_reduce(tensor)
     elif all_reduce and _dist_ready() and sharded:
-        grad_weight, fisher = _sum_over_shards(grad_weight, params), _sum_over_shards(fisher, params)
-    return grad_weight, fisher, float(loss_total) / float(total_tokens), int(total_tokens)
+        grad_weight, fisher_sums = _sum_over_shards(grad_weight, params), _sum_over_shards(fisher_sums, params)
+    return grad_weight, fisher_sums if fisher else None, float(loss_total) / float(total_tokens), int(total_tokens)
+
+
+def _sequences(batch: dict) -> Iterator[dict]:
+    """The batch one sequence at a time (for per-example gradients)."""
+    for row in range(batch["input_ids"].shape[0]):
+        yield {key: value[row : row + 1] for key, value in batch.items()}
 
 
 def _dist_ready() -> bool:
@@ -436,8 +466,10 @@ def compute_importance(
     result = ImportanceResult(num_layers=num_layers, layers=layers, unit_names=names, num_tokens=0, base_loss=float("nan"))
     if set(metrics) & {"grad_weight", "rank", "fisher"}:
         flat = [p for row in grid for p in row if p is not None]
-        grad_weight, fisher, loss, tokens = unit_gradient_scores(model, batches, flat, progress=progress)
-        gw_list, fi_list = grad_weight.tolist(), fisher.tolist()
+        with_fisher = "fisher" in metrics
+        grad_weight, fisher, loss, tokens = unit_gradient_scores(model, batches, flat, progress=progress, fisher=with_fisher)
+        gw_list = grad_weight.tolist()
+        fi_list = fisher.tolist() if with_fisher else [math.nan] * len(gw_list)
         result.base_loss, result.num_tokens = loss, tokens
         position = 0
         for row in grid:
@@ -452,7 +484,8 @@ def compute_importance(
                 position += 1
             result.unit_grad_weight.append(gw_row)
             result.unit_grad_weight_mean.append(gw_mean_row)
-            result.unit_fisher.append(fi_row)
+            if with_fisher:
+                result.unit_fisher.append(fi_row)
     if "masking" in metrics:
         was_training = model.training
         model.eval()

@@ -312,7 +312,10 @@ class Pipeline:
             model = cfg.model
             upstream = self._identity(cfg.model)
         importance = None
-        if method in ("freeze", "adept-no-stage1"):
+        unit_scores = bool(set(cfg.importance.metrics) & {"grad_weight", "rank", "fisher"})
+        if method in ("freeze", "adept-no-stage1") or (method == "adept" and unit_scores):
+            # freeze / adept-no-stage1 choose their layers from it; adept's copies start from
+            # their source layers' unit scores in it at step 0.
             importance = str(self.run_dir / "importance" / "importance.json")
             upstream = [upstream, self._prints["importance"]]
         training_args = dict(settings["training_args"])
@@ -327,7 +330,7 @@ class Pipeline:
             eval_data=[*cfg.data.general_heldout, *cfg.data.domain_heldout],
             eval_max_blocks=cfg.evaluation.max_blocks,
             importance=importance,
-            num_layers=new_layers if importance else None,
+            num_layers=new_layers if method in ("freeze", "adept-no-stage1") else None,
             layer_metric=settings["layer_metric"],
             replay_data=list(cfg.data.general_replay) if settings["replay_ratio"] > 0 else [],
             replay_ratio=settings["replay_ratio"],

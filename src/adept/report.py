@@ -19,7 +19,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,6 +543,14 @@ def _importance_blocks(run: RunArtifacts, image_name) -> list[Any]:
     return blocks
 
 
+def _initialized_summary(manifest: Mapping[str, Any]) -> str:
+    """``o_proj, down_proj = 0`` style: which modules of the copies were set, and to what."""
+    by_value: dict[float, set[str]] = {}
+    for key, value in (manifest.get("initialized_tensors") or {}).items():
+        by_value.setdefault(value, set()).add(key.split(".", 3)[-1].rsplit(".", 1)[0].rsplit(".", 1)[-1])
+    return "; ".join(f"{', '.join(sorted(names))} = {value:g}" for value, names in sorted(by_value.items())) or "-"
+
+
 def _expansion_blocks(run: RunArtifacts) -> list[Any]:
     if not run.expansions:
         return [_none_found("expanded/*/expansion.json")]
@@ -555,7 +563,8 @@ def _expansion_blocks(run: RunArtifacts) -> list[Any]:
             f"{name}: {manifest.get('source_model', '-')} ({manifest.get('model_type', '-')}), "
             f"{manifest.get('source_num_layers', '-')} → {manifest.get('num_hidden_layers', '-')} layers; "
             f"{len(inserted)} copies inserted; selection: {chosen or '-'}; "
-            f"{len(manifest.get('zero_initialized') or [])} output-projection tensors zero-initialised."
+            f"{len(manifest.get('initialized_tensors') or {})} tensors of the copies set so they start as identities "
+            f"({_initialized_summary(manifest)})."
         ))
         layer_map = manifest.get("layer_map") or {}
         rows = []

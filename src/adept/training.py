@@ -17,7 +17,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from adept.tuning import (
     build_param_groups,
     current_learning_rates,
     multipliers_from_importance,
+    schedule_factors,
     set_unit_multipliers,
     unit_scores_from_tensors,
 )
@@ -46,6 +47,9 @@ DYNAMIC_METHODS = ("adept", "adept-no-stage1")
 GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
 IMPORTANCE_METHODS = GUIDED_EXPANSION_METHODS + LAYER_SUBSET_METHODS
 STATE_NAME = "adept_tuning_state.json"
+TIMING_NAME = "adept_timing.json"
+# Refreshes of the unit rates per run when no interval is set.
+DEFAULT_REFRESHES = 10
 RATES_LOG = "unit_rates.jsonl"
 SUMMARY_NAME = "training_summary.json"
 FINAL_MODEL_DIR = "model"
@@ -90,6 +94,12 @@ class AdeptCallback(TrainerCallback):
     have one group per unit as built by `adept.tuning.build_param_groups`. The probe never
     changes training: gradients, train/eval mode and RNG state are restored around it.
 
+    A freshly inserted copy scores 0 everywhere at step 0 (its output is zeroed, so every
+    gradient but the zeroed tensors' is 0), which would give every unit the same rate. Pass
+    ``initial_scores`` (the source layers' scores, see `initial_copy_scores`) to start from
+    differentiated rates; later refreshes score the copies themselves. Every line of the rate
+    log says where its scores came from (``source``).
+
     Under DDP each rank scores its share of the probe batches and the sums are all-reduced; under
     FSDP2 (``fully_shard``) every rank scores all probe batches on its own parameter shards and the
     per-tensor sums are all-reduced; under DeepSpeed ZeRO 1-2 (replicated weights) as under DDP,
@@ -99,33 +109,47 @@ class AdeptCallback(TrainerCallback):
     Args:
         probe_batches: padded batches from `adept.data.make_batches`.
         rule: how importance becomes multipliers.
-        reestimate_every: refresh interval in optimizer steps (0: only at step 0).
+        reestimate_every: refresh interval in optimizer steps (0: only at step 0; None: follows
+            the run's length, see `resolve_reestimate_every`).
         log_path: JSONL file for the rates (rank 0 writes it); ``None`` to skip.
         progress: show probe progress bars.
+        initial_scores: unit scores to use at step 0 instead of probing the units themselves.
+        initial_source: where ``initial_scores`` come from, recorded in the rate log.
+        reestimate_fraction: refresh interval as a fraction of the run's steps (with
+            ``reestimate_every`` None).
     """
 
     def __init__(
         self,
         probe_batches: Sequence[dict],
         rule: MultiplierRule | None = None,
-        reestimate_every: int = 500,
+        reestimate_every: int | None = None,
         log_path: str | os.PathLike | None = None,
         progress: bool = False,
+        initial_scores: Mapping[str, float] | None = None,
+        initial_source: str = "initial scores",
+        reestimate_fraction: float | None = None,
     ):
-        if reestimate_every < 0:
+        if reestimate_every is not None and reestimate_every < 0:
             raise ValueError(f"reestimate_every must be >= 0, got {reestimate_every}")
         self.probe_batches = list(probe_batches)
         self.rule = rule or MultiplierRule()
         self.reestimate_every = reestimate_every
+        self.reestimate_fraction = reestimate_fraction
+        self.interval = reestimate_every
         self.log_path = Path(log_path) if log_path is not None else None
         self.progress = progress
+        self.initial_scores = dict(initial_scores) if initial_scores is not None else None
+        self.initial_source = initial_source
         self.history: list[dict[str, Any]] = []
         self.multipliers: dict[str, float] = {}
         self.seconds_spent = 0.0
+        self.source = "probe"
+        self._pending_initial: dict[str, float] | None = None
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"multipliers": self.multipliers, "history": self.history, "reestimate_every": self.reestimate_every,
+        return {"multipliers": self.multipliers, "history": self.history, "reestimate_every": self.interval,
                 "rule": asdict(self.rule), "seconds_spent": self.seconds_spent}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,16 +158,25 @@ class AdeptCallback(TrainerCallback):
         self.seconds_spent = float(state.get("seconds_spent", 0.0))
 
     def due(self, step: int, max_steps: int) -> bool:
-        return self.reestimate_every > 0 and step % self.reestimate_every == 0 and step < max_steps
+        every = self.interval if self.interval is not None else resolve_reestimate_every(None, self.reestimate_fraction, max_steps)
+        return every > 0 and step % every == 0 and step < max_steps
 
     # -- the estimate ----------------------------------------------------------------------------
     def estimate(self, model) -> tuple[dict[str, float], dict[str, float]]:
-        """Importance of every trainable unit, combined over ranks (see `unit_gradient_scores`)."""
+        """Importance of every trainable unit, combined over ranks (see `unit_gradient_scores`).
+
+        At step 0 of a run given ``initial_scores``, those are returned instead of a probe.
+        """
+        if self._pending_initial is not None:
+            scores, self._pending_initial = self._pending_initial, None
+            self.source = self.initial_source
+            return scores, multipliers_from_importance(scores, self.rule)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
         batches = probe_share(self.probe_batches, params)
         grad_weight, _, _, _ = unit_gradient_scores(model, batches, params, progress=self.progress, all_reduce=True)
         scores = unit_scores_from_tensors(names, grad_weight, params, self.rule.unit_score)
+        self.source = "probe"
         return scores, multipliers_from_importance(scores, self.rule)
 
     def reestimate(self, model, optimizer, scheduler, step: int, is_main: bool) -> None:
@@ -151,23 +184,25 @@ class AdeptCallback(TrainerCallback):
         scores, multipliers = self.estimate(model)
         set_unit_multipliers(optimizer, scheduler, multipliers)
         self.multipliers = multipliers
-        entry = {"step": step, "importance": scores, "multipliers": multipliers,
+        entry = {"step": step, "source": self.source, "importance": scores, "multipliers": multipliers,
                  "lr": current_learning_rates(optimizer)}
-        self.history.append({"step": step, "importance": scores, "multipliers": multipliers})
+        self.history.append({"step": step, "source": self.source, "importance": scores, "multipliers": multipliers})
         self.seconds_spent += time.perf_counter() - start
         if is_main and self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        logger.info("step %d: re-assigned %d unit rates (multipliers %.3f-%.3f)", step, len(multipliers),
-                    min(multipliers.values()), max(multipliers.values()))
+        logger.info("step %d: re-assigned %d unit rates from %s (multipliers %.3f-%.3f)", step, len(multipliers),
+                    self.source, min(multipliers.values()), max(multipliers.values()))
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         check_engine(model)
+        self.interval = resolve_reestimate_every(self.reestimate_every, self.reestimate_fraction, state.max_steps)
         if state.global_step == 0:
             if self.log_path is not None and state.is_world_process_zero and self.log_path.exists():
                 self.log_path.unlink()
+            self._pending_initial = self.initial_scores
             self.reestimate(model, optimizer, lr_scheduler, 0, state.is_world_process_zero)
             return
         saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_NAME
@@ -193,6 +228,78 @@ class AdeptCallback(TrainerCallback):
                 (folder / STATE_NAME).write_text(json.dumps(self.state_dict()) + "\n")
 
 
+def resolve_reestimate_every(every: int | None, fraction: float | None, max_steps: int) -> int:
+    """The refresh interval in optimizer steps: explicit, a fraction of the run, or by default
+    ``DEFAULT_REFRESHES`` refreshes per run, so a short run is not left with step 0 alone.
+
+    Warns (once per run) when the rates would never be refreshed after step 0.
+    """
+    if every is None:
+        share = fraction if fraction is not None else 1.0 / DEFAULT_REFRESHES
+        every = max(1, int(round(share * max_steps))) if max_steps > 0 else 0
+    if max_steps > 0 and (every == 0 or every >= max_steps):
+        logger.warning(
+            "reestimate_every=%d with max_steps=%d: importance is estimated at step 0 only and never refreshed "
+            "(lower train.reestimate_every / --reestimate-every, or leave it unset for %d refreshes per run)",
+            every, max_steps, DEFAULT_REFRESHES,
+        )
+    return every
+
+
+def initial_copy_scores(
+    model, manifest: Mapping[str, Any], rule: MultiplierRule, probe_batches: Sequence[dict] | None = None,
+    importance: str | os.PathLike | None = None, progress: bool = False,
+) -> tuple[dict[str, float], str]:
+    """Step-0 scores for the units of freshly inserted copies: their source layers' scores.
+
+    A copy's tensors equal its source's except the ones set to make it an identity, and those
+    get the score of the source tensor they were copied from. The scores come from Stage 1's
+    ``importance.json`` when given (its per-element mean or sum, as ``rule.unit_score`` says),
+    otherwise from scoring the source layers (frozen, unchanged by expansion) on the probe.
+
+    Returns ``(scores by trainable parameter name, source description)``.
+    """
+    from adept.architectures import get_architecture
+
+    spec = get_architecture(model.config.model_type)
+    source_of = {layer["layer_idx"]: layer["source_layer_idx"] for layer in manifest["inserted_layers"]}
+    layer_map = {int(old): new for old, new in manifest["layer_map"].items()}
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    units = {}
+    for name in names:
+        parts = spec.split_layer_key(name)
+        if parts is None or parts[0] not in source_of:
+            raise ValueError(f"trainable parameter '{name}' is not in a layer the manifest lists as inserted")
+        units[name] = (source_of[parts[0]], parts[1])
+    if importance is not None:
+        from adept.importance import ImportanceResult
+        from adept.stages import load_importance
+
+        result = ImportanceResult.from_dict(load_importance(importance))
+        if result.num_layers != manifest["source_num_layers"]:
+            raise ValueError(f"{importance}: scores for a {result.num_layers}-layer model, but the expanded model "
+                             f"was made from {manifest['source_num_layers']} layers")
+        grid = result.unit_grad_weight_mean if rule.unit_score == "mean" else result.unit_grad_weight
+        if not grid:
+            raise ValueError(f"{importance}: has no unit scores (compute it with the grad_weight metric)")
+        scores = {}
+        for name, (source, unit) in units.items():
+            if source not in result.layers or unit not in result.unit_names:
+                raise ValueError(f"{importance}: no score for unit '{unit}' of layer {source}")
+            scores[name] = float(grid[result.layers.index(source)][result.unit_names.index(unit)])
+        return scores, f"importance.json of the source layers ({importance})"
+    if probe_batches is None:
+        raise ValueError("initial_copy_scores needs probe batches or an importance.json")
+    params_by_name = dict(model.named_parameters())
+    source_params = [params_by_name[spec.layer_key(layer_map[source], unit)] for source, unit in units.values()]
+    if is_sharded(source_params):
+        raise ValueError("under DeepSpeed ZeRO-3 the step-0 rates need Stage 1's scores: pass --importance "
+                         "importance.json (train.importance) for the source layers")
+    batches = probe_share(probe_batches, source_params)
+    grad_weight, _, _, _ = unit_gradient_scores(model, batches, source_params, progress=progress, all_reduce=True)
+    return unit_scores_from_tensors(names, grad_weight, source_params, rule.unit_score), "source layers on the probe"
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` (by a run that died before its next checkpoint)."""
     if not path.exists():
@@ -213,8 +320,73 @@ class NonFiniteLossGuard(TrainerCallback):
             )
 
 
-class _FiniteLossMixin:
-    """Raises `NonFiniteLossError` before a NaN/inf loss can reach the weights."""
+class StepTimer(TrainerCallback):
+    """Seconds spent in optimizer steps only: forward, backward, clipping, optimizer and scheduler.
+
+    Evaluation, checkpoint saves and importance probes run outside the timed span (this
+    callback must come before `AdeptCallback`, whose refresh runs in ``on_step_end``). The
+    totals are saved in every checkpoint, so a resumed run reports the time of all its steps.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.steps = 0
+        self._start: float | None = None
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / TIMING_NAME
+        if state.global_step > 0 and saved.is_file():
+            timing = json.loads(saved.read_text())
+            self.seconds, self.steps = float(timing["seconds"]), int(timing["steps"])
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.seconds += self._now() - self._start
+            self.steps += 1
+            self._start = None
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / TIMING_NAME).write_text(json.dumps({"seconds": self.seconds, "steps": self.steps}) + "\n")
+
+
+class FrozenPrefixCallback(TrainerCallback):
+    """Keeps backward out of the frozen layers below the lowest trainable one.
+
+    With activation checkpointing, transformers hooks the input embeddings so their output
+    requires grad; autograd then runs backward through every frozen layer down to the
+    embeddings. Non-reentrant checkpointing does not need that (only reentrant checkpointing,
+    and LoRA under it, do), so the hook is removed once training has set checkpointing up.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not (getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing):
+            return
+        options = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+        if options.get("use_reentrant", False):
+            return
+        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if hasattr(target, "disable_input_require_grads"):
+            target.disable_input_require_grads()
+
+
+class _AdeptTrainerBase(Trainer):
+    """The Trainer plus a NaN/inf guard and the time spent in evaluation and checkpoint saves."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_seconds = 0.0
+        self.save_seconds = 0.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -225,9 +397,27 @@ class _FiniteLossMixin:
             )
         return loss
 
+    def evaluate(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.perf_counter() - start
 
-class AdeptTrainer(_FiniteLossMixin, Trainer):
-    """A Trainer whose optimizer has one group per trainable unit, and that refuses NaN/inf loss."""
+    def _save_checkpoint(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super()._save_checkpoint(*args, **kwargs)
+        finally:
+            self.save_seconds += time.perf_counter() - start
+
+
+class AdeptTrainer(_AdeptTrainerBase):
+    """A Trainer whose optimizer has one group per trainable unit, and that refuses NaN/inf loss.
+
+    Logs the base learning rate (the schedule applied to ``learning_rate``; each unit trains at
+    it times its multiplier) and the smallest, mean and largest multiplier.
+    """
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -238,6 +428,19 @@ class AdeptTrainer(_FiniteLossMixin, Trainer):
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _get_learning_rate(self) -> float:
+        group = self.optimizer.param_groups[0]
+        if "base_lr" not in group:
+            return super()._get_learning_rate()
+        return group["base_lr"] * schedule_factors(self.optimizer, self.lr_scheduler)[0]
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "learning_rate" in logs and self.optimizer is not None:
+            multipliers = [group.get("multiplier", 1.0) for group in self.optimizer.param_groups]
+            logs = {**logs, "lr_multiplier_min": min(multipliers), "lr_multiplier_mean": sum(multipliers) / len(multipliers),
+                    "lr_multiplier_max": max(multipliers)}
+        super().log(logs, *args, **kwargs)
 
 
 # --- which parameters train ----------------------------------------------------------------
@@ -291,14 +494,19 @@ class TrainConfig:
         probe: general-domain probe corpus (needed by adept and adept-no-stage1).
         eval_data: held-out corpora evaluated every ``eval_steps``.
         eval_max_blocks: evaluate only the first N packed blocks of each held-out corpus.
-        importance: importance.json choosing layers for freeze / adept-no-stage1.
+        importance: importance.json choosing layers for freeze / adept-no-stage1; for adept, Stage 1's
+            scores of the source layers, which its copies start from at step 0 (default: the
+            importance.json named in the expansion manifest, else the source layers are scored
+            on the probe).
         num_layers: how many least-important layers freeze / adept-no-stage1 train.
         layer_metric: layer metric used with ``importance``.
         replay_data: general-domain corpora mixed into the training stream.
         replay_ratio: share of replay blocks in the stream (0 disables replay).
         block_size: tokens per packed training block.
-        reestimate_every: importance refresh interval in steps (0: only at step 0).
-        reestimate_fraction: alternative interval as a fraction of ``max_steps`` (overrides).
+        reestimate_every: importance refresh interval in steps (0: only at step 0; None: the
+            run's length / DEFAULT_REFRESHES).
+        reestimate_fraction: the interval as a fraction of ``max_steps`` instead (not with
+            ``reestimate_every``).
         rule: multiplier rule.
         probe_max_tokens: probe token budget.
         probe_max_length: probe sequence length.
@@ -326,7 +534,7 @@ class TrainConfig:
     replay_data: list[str] = field(default_factory=list)
     replay_ratio: float = 0.0
     block_size: int = 256
-    reestimate_every: int = 500
+    reestimate_every: int | None = None
     reestimate_fraction: float | None = None
     rule: MultiplierRule = field(default_factory=MultiplierRule)
     probe_max_tokens: int = 20_000
@@ -350,6 +558,10 @@ class TrainConfig:
             raise ValueError(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
         if self.replay_ratio > 0 and not self.replay_data:
             raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
+        if self.reestimate_every is not None and self.reestimate_fraction is not None:
+            raise ValueError("set reestimate_every or reestimate_fraction, not both")
+        if self.reestimate_fraction is not None and not 0 < self.reestimate_fraction <= 1:
+            raise ValueError(f"reestimate_fraction must be in (0, 1], got {self.reestimate_fraction}")
         if self.method in DYNAMIC_METHODS and not self.probe:
             raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
         zero = _deepspeed_config(self.training_args.get("deepspeed")).get("zero_optimization", {})
@@ -453,6 +665,20 @@ def build_datasets(cfg: TrainConfig, tokenizer):
     return train, evals
 
 
+def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
+    """The importance.json the expansion chose its layers from, if it is still there with unit scores."""
+    from adept.stages import load_importance
+
+    path = (manifest.get("selection") or {}).get("importance")
+    if not path:
+        return None
+    try:
+        payload = load_importance(path)
+    except (OSError, ValueError):
+        return None
+    return path if payload.get("unit_grad_weight") else None
+
+
 def _last_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -520,12 +746,13 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
+def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[TrainerCallback] = ()) -> Path:
     """Train with ``cfg.method`` and write the final model and ``training_summary.json``.
 
     Resumes from the newest ``checkpoint-N`` in ``output_dir`` when ``cfg.resume`` is set. The
     final model goes to ``output_dir/model`` atomically, with the expansion manifest copied
-    next to it so later stages know which layers are new.
+    next to it so later stages know which layers are new. ``callbacks`` are added to the
+    Trainer's, after ours.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
 
@@ -549,8 +776,6 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
     elif layers is not None:
         freeze_all_but(model, layer_parameter_names(model, layers))
-    if args.gradient_checkpointing:
-        model.enable_input_require_grads()
     trainable, total = count_parameters(model)
     logger.info("method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
@@ -558,24 +783,33 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     # (ranks racing to publish the same cache directory would crash).
     with args.main_process_first(desc="building datasets"):
         train_data, eval_data = build_datasets(cfg, tokenizer)
-    callbacks: list[TrainerCallback] = [NonFiniteLossGuard()]
+    resume_from = _last_checkpoint(output_dir) if cfg.resume else None
+    timer = StepTimer()
+    all_callbacks: list[TrainerCallback] = [timer, NonFiniteLossGuard()]
+    if cfg.method != "lora":
+        all_callbacks.append(FrozenPrefixCallback())
     adept_callback = None
     if cfg.method in DYNAMIC_METHODS:
-        every = cfg.reestimate_every
-        if cfg.reestimate_fraction is not None:
-            every = max(1, int(round(cfg.reestimate_fraction * args.max_steps)))
         probe = load_probe_batches(
             cfg.probe, tokenizer, max_length=cfg.probe_max_length, max_tokens=cfg.probe_max_tokens,
             batch_size=cfg.probe_batch_size, seed=args.seed,
         )
-        adept_callback = AdeptCallback(probe, cfg.rule, every, log_path=output_dir / RATES_LOG)
-        callbacks.append(adept_callback)
+        initial, source = None, "initial scores"
+        if manifest is not None and resume_from is None:
+            importance = cfg.importance or _manifest_importance(manifest)
+            if importance is None:
+                model.to(args.device)
+            initial, source = initial_copy_scores(model, manifest, cfg.rule, probe, importance, progress=progress)
+        adept_callback = AdeptCallback(probe, cfg.rule, cfg.reestimate_every, log_path=output_dir / RATES_LOG,
+                                       initial_scores=initial, initial_source=source,
+                                       reestimate_fraction=cfg.reestimate_fraction)
+        all_callbacks.append(adept_callback)
+    all_callbacks.extend(callbacks)
     trainer_cls = AdeptTrainer if cfg.method in DYNAMIC_METHODS else _GuardedTrainer
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data or None,
-        data_collator=default_data_collator, callbacks=callbacks,
+        data_collator=default_data_collator, callbacks=all_callbacks,
     )
-    resume_from = _last_checkpoint(output_dir) if cfg.resume else None
     if resume_from:
         logger.info("resuming from %s", resume_from)
     start = time.perf_counter()
@@ -594,6 +828,7 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
     elif trainer.is_deepspeed_enabled and is_sharded(list(model.parameters())):  # ZeRO-3
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * cfg.block_size
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:
             final.save_pretrained(tmp, state_dict=state_dict)
@@ -611,8 +846,12 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
             "train_loss": result.training_loss,
             "global_step": trainer.state.global_step,
             "wall_seconds": wall,
-            "tokens_per_second": trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps
-            * args.world_size * cfg.block_size / wall if wall > 0 else None,
+            # Optimizer steps only (all of them, before and after a resume); evaluation, saves and
+            # importance probes are reported on their own lines.
+            "train_seconds": timer.seconds,
+            "tokens_per_second": timer.steps * tokens_per_step / timer.seconds if timer.seconds > 0 else None,
+            "eval_seconds": trainer.eval_seconds,
+            "save_seconds": trainer.save_seconds,
             "peak_memory_bytes": peak_memory,
             "reestimation_seconds": adept_callback.seconds_spent if adept_callback else 0.0,
             "config": _config_dict(cfg),
@@ -622,8 +861,8 @@ def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
     return output_dir / FINAL_MODEL_DIR
 
 
-class _GuardedTrainer(_FiniteLossMixin, Trainer):
-    """The plain Trainer plus the NaN/inf guard, for uniform-rate methods."""
+class _GuardedTrainer(_AdeptTrainerBase):
+    """The plain Trainer plus the NaN/inf guard and timings, for uniform-rate methods."""
 
 
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from adept.importance import full_numel
 
 NORMALIZATIONS = ("minmax", "rank", "none")
 RULES = ("linear", "inverse")
-UNIT_SCORES = ("sum", "mean")
+UNIT_SCORES = ("mean", "sum")
 
 
 @dataclass
@@ -31,15 +31,17 @@ class MultiplierRule:
     trainable units together* (not per layer, not per unit type): ``minmax`` maps the least
     important unit to 0 and the most important to 1, ``rank`` uses the normalised rank, ``none``
     uses raw scores (only sensible when they already lie in [0, 1]). Multipliers are clamped to
-    ``[floor, ceiling]`` so no unit is frozen by accident. When every unit has the same importance
-    (a freshly expanded copy scores 0 everywhere), every multiplier is 1.
+    ``[floor, ceiling]`` so no unit is frozen by accident. When every unit has the same importance,
+    every multiplier is 1 (training gives a fresh copy its source layer's scores at step 0, since
+    its own zeroed output makes every |w * dL/dw| of the copy 0 there).
 
     Attributes:
         rule: ``linear`` or ``inverse``.
         scale: the factor in front (2.0 in the paper, so the mean multiplier is about 1).
         normalization: ``minmax``, ``rank`` or ``none``.
-        unit_score: ``sum`` (|w * dL/dw| summed over the tensor, the paper's unit score) or
-            ``mean`` (per element, so large and small tensors compare fairly).
+        unit_score: ``mean`` (|w * dL/dw| averaged over the tensor's elements: the paper's unit
+            score and its reference code's) or ``sum`` (over the tensor, which with min-max over
+            all units mostly ranks tensors by size).
         floor: smallest multiplier.
         ceiling: largest multiplier.
     """
@@ -47,7 +49,7 @@ class MultiplierRule:
     rule: str = "linear"
     scale: float = 2.0
     normalization: str = "minmax"
-    unit_score: str = "sum"
+    unit_score: str = "mean"
     floor: float = 0.05
     ceiling: float = 10.0
 
@@ -167,7 +169,7 @@ def set_unit_multipliers(optimizer: torch.optim.Optimizer, scheduler, multiplier
     absent = [g.get("unit") for g in groups if g.get("unit") not in multipliers]
     if absent:
         raise ValueError(f"no multiplier for optimizer groups {absent[:5]}")
-    factors = _schedule_factors(optimizer, scheduler)
+    factors = schedule_factors(optimizer, scheduler)
     for idx, group in enumerate(groups):
         m = float(multipliers[group["unit"]])
         group["multiplier"] = m
@@ -179,7 +181,7 @@ def set_unit_multipliers(optimizer: torch.optim.Optimizer, scheduler, multiplier
         scheduler._last_lr = [group["lr"] for group in groups]
 
 
-def _schedule_factors(optimizer: torch.optim.Optimizer, scheduler) -> list[float]:
+def schedule_factors(optimizer: torch.optim.Optimizer, scheduler) -> list[float]:
     """The factor the scheduler applies to each group's base LR right now."""
     groups = optimizer.param_groups
     if scheduler is None:
