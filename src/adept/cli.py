@@ -216,7 +216,7 @@ def run_command(
 ) -> None:
     """Importance -> expansion -> training -> evaluation -> report in one run directory, resumable."""
     from adept.config import load_config
-    from adept.evaluation import comparison_markdown, read_results
+    from adept.evaluation import benchmark_markdown, comparison_markdown, read_results
     from adept.pipeline import run_pipeline
 
     try:
@@ -233,6 +233,8 @@ def run_command(
     typer.echo("")
     typer.echo(comparison_markdown(results))
     typer.echo("")
+    if any(entry.get("acc_ci") for run in results["runs"] for entry in run["benchmarks"].values()):
+        typer.echo(benchmark_markdown(results))
     if pipeline.skipped:
         typer.echo(f"up to date, skipped: {', '.join(pipeline.skipped)}")
     run = Path(cfg.run_dir)

@@ -105,11 +105,17 @@ class TrainSection:
 
 @dataclass
 class EvaluationSection:
-    """Held-out perplexity, benchmarks and the token-shift analysis after training."""
+    """Held-out perplexity, benchmarks and the token-shift analysis after training.
+
+    ``limit`` caps the questions per benchmark: the first ones of a JSONL file, a subset of a
+    named benchmark (arc_easy, hellaswag, ...) drawn with ``benchmark_seed``, the same items
+    for every model.
+    """
 
     batch_size: int = 8
     max_blocks: int | None = None
     limit: int | None = None
+    benchmark_seed: int = 1234
     shift: bool = True
     shift_data: str = "general"
     shift_max_blocks: int | None = 32

@@ -192,12 +192,15 @@ class Pipeline:
                     raise FileNotFoundError(f"data.{key}[{idx}]: {path} not found")
         if cfg.data.general_probe and not Path(cfg.data.general_probe).exists():
             raise FileNotFoundError(f"data.general_probe: {cfg.data.general_probe} not found")
+        from adept.benchmarks import benchmark_files, is_named_benchmark
         from adept.evaluation import is_benchmark_file, validate_benchmark_file
 
         for key in ("general_benchmarks", "domain_benchmarks"):
             for source in data[key]:
                 if is_benchmark_file(source):
                     validate_benchmark_file(source)
+                elif is_named_benchmark(source):
+                    benchmark_files(source)  # the data is installed (make real-setup)
 
     def data_stage(self) -> None:
         """Tokenise and pack every corpus once (cached for the later stages) and record sizes."""
@@ -381,7 +384,7 @@ class Pipeline:
                 general=sets["general_heldout"], domain=sets["domain_heldout"],
                 general_benchmarks=sets["general_benchmarks"], domain_benchmarks=sets["domain_benchmarks"],
                 block_size=cfg.data.block_size, batch_size=ev.batch_size, max_blocks=ev.max_blocks, limit=ev.limit,
-                device=cfg.device, dtype=cfg.dtype, summaries={label: None}, progress=self.progress,
+                device=cfg.device, dtype=cfg.dtype, summaries={label: None}, progress=self.progress, seed=ev.benchmark_seed,
             ),
         )
 
