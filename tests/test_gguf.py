@@ -244,3 +244,37 @@ def test_gguf_model_accepted_by_expand_and_eval(tmp_path, monkeypatch):
     assert runs[0]["label"] == "tiny"
     # The expanded copy computes the same function, so the held-out loss is the same.
     assert abs(runs[0]["perplexity"]["heldout"]["loss"] - runs[1]["perplexity"]["heldout"]["loss"]) < 1e-5
+
+
+def test_pipeline_takes_a_gguf_model(tmp_path, monkeypatch):
+    """`model: x.gguf` in a config: the saved config keeps the file, every stage reads its conversion."""
+    import yaml
+
+    from adept.config import load_config
+    from adept.pipeline import run_pipeline
+
+    from conftest import PROBE_TEXT
+
+    monkeypatch.setenv("ADEPT_CACHE_DIR", str(tmp_path / "cache"))
+    gguf_path = tmp_path / "tiny.gguf"
+    write_gguf(_model("llama"), gguf_path, "llama")
+    (tmp_path / "probe.txt").write_text(PROBE_TEXT)
+    (tmp_path / "domain.txt").write_text("\n\n".join(f"Lemma {i}: the integral of x to the {i} is x to the {i + 1}." for i in range(30)))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(gguf_path), "run_dir": str(tmp_path / "run"), "device": "cpu",
+        "data": {"domain_train": str(tmp_path / "domain.txt"), "domain_heldout": str(tmp_path / "domain.txt"),
+                 "general_probe": str(tmp_path / "probe.txt"), "general_heldout": str(tmp_path / "probe.txt"), "block_size": 32},
+        "importance": {"max_tokens": 500, "max_length": 48, "batch_size": 2, "metrics": ["masking"]},
+        "expansion": {"num_new_layers": 1},
+        "train": {"methods": ["llama-pro"], "training_args": {"max_steps": 1, "per_device_train_batch_size": 2, "save_steps": 1,
+                                                                "eval_steps": 1, "disable_tqdm": True}},
+        "evaluation": {"max_blocks": 2, "shift": False},
+    }))
+    run_pipeline(load_config(config), progress=False)
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == str(gguf_path)
+    (converted,) = (tmp_path / "cache" / "checkpoints").iterdir()
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["runs"][0]["model"] == str(converted)
+    assert json.loads((run / "expanded" / "uniform" / "expansion.json").read_text())["inserted_layers"]
