@@ -176,6 +176,11 @@ class AdeptCallback(TrainerCallback):
         batches = probe_share(self.probe_batches, params)
         grad_weight, _, _, _ = unit_gradient_scores(model, batches, params, progress=self.progress, all_reduce=True)
         scores = unit_scores_from_tensors(names, grad_weight, params, self.rule.unit_score)
+        if self.multipliers and len(set(scores.values())) == 1:
+            # Copies that have not moved yet (e.g. a zero learning rate during warmup) all still
+            # score 0: that says nothing about the units, so the current rates stay.
+            self.source = "probe (all scores equal: rates kept)"
+            return scores, dict(self.multipliers)
         self.source = "probe"
         return scores, multipliers_from_importance(scores, self.rule)
 
@@ -849,6 +854,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
             # Optimizer steps only (all of them, before and after a resume); evaluation, saves and
             # importance probes are reported on their own lines.
             "train_seconds": timer.seconds,
+            "train_steps": timer.steps,
             "tokens_per_second": timer.steps * tokens_per_step / timer.seconds if timer.seconds > 0 else None,
             "eval_seconds": trainer.eval_seconds,
             "save_seconds": trainer.save_seconds,

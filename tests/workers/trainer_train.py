@@ -106,6 +106,8 @@ if __name__ == "__main__":
         use_cpu_backend_for_deepspeed()
         del cfg.training_args["use_cpu"]  # Accelerate never runs DeepSpeed on a `cpu` state
         cfg.training_args["deepspeed"] = ZERO2 if engine == "zero2" else ZERO3
+        if engine == "zero3":  # weights are partitioned at load: the copies' step-0 scores come from Stage 1
+            cfg.importance = f"{workdir}/importance"
     try:
         training.run_training(cfg, progress=False)
     finally:
