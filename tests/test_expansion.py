@@ -257,3 +257,56 @@ def test_state_dict_missing_output_projection_is_refused():
     keys = [f"model.layers.{i}.{name}.weight" for i in range(2) for name in ("self_attn.o_proj", "mlp.down_proj")]
     copies = plan_tensor_copies(keys, plan_expansion(2, [1]), spec)
     assert [c.target_key for c in copies if c.fill == 0.0] == ["model.layers.2.self_attn.o_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+
+
+def test_expanded_checkpoint_has_its_own_card_and_not_the_sources_files(tmp_path):
+    """The source folder's model card and measurements describe other weights: they stay behind,
+    the tokenizer comes along, and a card says where the copies came from."""
+    save_tiny_checkpoint(tmp_path / "base", "llama")
+    (tmp_path / "base" / "README.md").write_text("# The base model\nTrained on Austen.\n")
+    (tmp_path / "base" / "measurements.json").write_text('{"general_loss": 4.7}\n')
+    (tmp_path / "base" / "training_summary.json").write_text('{"method": "full"}\n')
+    selection = {"method": "importance", "importance": "runs/x/importance.json", "metric": "masking", "num_new_layers": 2}
+    expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1, 3]), selection=selection)
+    names = {path.name for path in (tmp_path / "expanded").iterdir()}
+    assert not {"measurements.json", "training_summary.json"} & names
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", "expansion.json", "README.md"} <= names
+    card = (tmp_path / "expanded" / "README.md").read_text()
+    assert "Austen" not in card
+    assert "| 2 | 1 |" in card and "| 5 | 3 |" in card
+    assert "least important for general competence by `masking` in `runs/x/importance.json`" in card
+    assert "`mlp.down_proj`, `self_attn.o_proj` were set to\n0.0" in card
+
+
+@pytest.mark.parametrize("model_type, gain", [("gemma2", -1.0), ("gemma3_text", -1.0), ("olmo2", 0.0)])
+def test_post_norm_copies_zero_the_norm_gain_and_keep_the_projections(tmp_path, model_type, gain):
+    """Where a norm follows o_proj / down_proj, the copy's zero is that norm's gain; the
+    projections are copied (zeroing both would leave the copy without a gradient)."""
+    original = save_tiny_checkpoint(tmp_path / "base", model_type)
+    expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1]))
+    manifest = load_manifest(tmp_path / "expanded")
+    assert manifest["initialized_tensors"] == {
+        "model.layers.2.post_attention_layernorm.weight": gain, "model.layers.2.post_feedforward_layernorm.weight": gain,
+    }
+    expanded = AutoModelForCausalLM.from_pretrained(tmp_path / "expanded", attn_implementation="eager").eval()
+    copy, source = expanded.model.layers[2], original.model.layers[1]
+    assert torch.equal(copy.self_attn.o_proj.weight, source.self_attn.o_proj.weight)
+    assert torch.equal(copy.mlp.down_proj.weight, source.mlp.down_proj.weight)
+    assert torch.all(copy.post_attention_layernorm.weight == gain)
+    ids = _inputs()
+    with torch.no_grad():
+        assert (original(ids).logits - expanded(ids).logits).abs().max().item() == 0.0
+        copy.post_feedforward_layernorm.weight.add_(0.05)  # a perturbed gain makes the copy act
+        assert (original(ids).logits - expanded(ids).logits).abs().max().item() > 1e-3
+
+
+def test_set_tensors_keep_their_dtype_when_streamed(tmp_path):
+    """A bf16 Gemma checkpoint: the copies' norm gains are written as bf16 -1.0, byte for byte."""
+    model = save_tiny_checkpoint(tmp_path / "fp32", "gemma2")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    expand_checkpoint(tmp_path / "bf16", tmp_path / "expanded", plan_expansion(4, [0]))
+    with safe_open(tmp_path / "expanded" / "model.safetensors", "pt") as handle:
+        gain = handle.get_tensor("model.layers.1.post_attention_layernorm.weight")
+        source = handle.get_tensor("model.layers.0.post_attention_layernorm.weight")
+    assert gain.dtype == source.dtype == torch.bfloat16
+    assert torch.equal(gain, torch.full_like(source, -1.0))
