@@ -6,12 +6,12 @@ layers). Then runs `adept.training.run_training` unchanged, each run in a fresh 
 alternating the kinds (order reversed every other round) so machine load hits each alike:
 
 * ``full``     full CPT of the base model (every parameter trains);
-* ``static``   ``adept`` on the expanded model with the default ``reestimate_every`` (500), which
-               never fires within the short run: only the step-0 importance estimate;
-* ``dynamic``  the same ``adept`` run re-estimating every ``--interval`` steps, inside the timed steps.
+* ``static``   ``adept`` on the expanded model with ``reestimate_every`` 0: only the step-0 rates;
+* ``dynamic``  the same ``adept`` run re-estimating every ``--interval`` steps.
 
-Step time is the time between consecutive optimizer steps (data, forward, backward, optimizer,
-scheduler, callbacks), the first ``--warmup-steps`` excluded, per token. On CPU the runs are
+Step time is the time of optimizer steps only, as `adept train` reports it (`StepTimer`: forward,
+backward, clipping, optimizer and scheduler; not data loading, evaluation, saves or probes), the
+first ``--warmup-steps`` excluded, per token; the probes are timed on their own. On CPU the runs are
 single-threaded and both wall and process CPU time are shown; targets are judged on CPU time,
 which is what the wall time is on an idle machine (on a shared one, wall time also counts waiting
 for a core). On CUDA they are judged on wall time.
@@ -25,10 +25,11 @@ so this baseline is close to the one after imports); on CUDA ``torch.cuda.max_me
 The probe batch defaults to the training batch: a larger probe batch holds more activations than
 a training step and then sets adept's peak.
 
-Re-estimation overhead at the default interval = one probe pass / (500 x one adept step), both
-measured (the probe budget and step size scaled linearly in tokens to the defaults, 20000 probe
-tokens and 8 x 256-token steps, when they differ); and measured directly as the extra time of
-the ``dynamic`` run over the ``static`` one, rescaled to one re-estimation per 500 steps.
+Re-estimation overhead at the default schedule (ten refreshes per run) = one probe pass /
+(interval x one adept step), both measured, quoted for a run of the default 200 steps (interval
+20) and of 10,000 steps (interval 1,000), with the probe budget and step size scaled linearly in
+tokens to the defaults (20000 probe tokens, 8 x 256-token steps) when they differ; and measured
+directly as the probe time of the ``dynamic`` run over its optimizer-step time, rescaled alike.
 
 Runs are instrumented by subclassing the library's own callbacks inside the child process;
 nothing else of the training path changes.
@@ -53,8 +54,10 @@ from pathlib import Path
 TARGET_TIME = 0.55
 TARGET_MEMORY = 0.45
 TARGET_OVERHEAD = 0.03
-# The defaults of `adept train` / TrainConfig / DEFAULT_TRAINING_ARGS the overhead is quoted for.
-DEFAULT_INTERVAL = 500
+# The defaults of `adept train` / TrainConfig / DEFAULT_TRAINING_ARGS the overhead is quoted for:
+# ten refreshes per run, for a run of the default 200 steps and for a long one.
+QUOTED_RUNS = (200, 10_000)
+DEFAULT_REFRESHES = 10
 DEFAULT_PROBE_TOKENS = 20_000
 DEFAULT_STEP_TOKENS = 8 * 256
 RUNS = ("full", "static", "dynamic")
@@ -147,7 +150,8 @@ def child(spec_path: str) -> None:
     cuda = spec["device"] == "cuda"
     if not cuda:
         torch.set_num_threads(spec["threads"])
-    record: dict = {"run": spec["run"], "step_ends": [], "step_ends_cpu": [], "estimates": []}
+    record: dict = {"run": spec["run"], "step_begins": [], "step_begins_cpu": [], "step_ends": [], "step_ends_cpu": [],
+                    "estimates": []}
     record["memory_after_imports"] = 0 if cuda else _rss("VmRSS")
 
     class Timer(training.NonFiniteLossGuard):
@@ -156,11 +160,16 @@ def child(spec_path: str) -> None:
         def on_train_begin(self, args, state, control, **kwargs):
             record["memory_loaded"] = torch.cuda.memory_allocated() if cuda else _rss("VmRSS")
 
+        def on_step_begin(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            record["step_begins"].append(time.perf_counter())
+            record["step_begins_cpu"].append(time.process_time())
+
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
-            # Runs before AdeptCallback.on_step_end: a re-estimation after step k is inside
-            # the interval that ends at step k + 1.
+            # Runs before AdeptCallback.on_step_end, so a re-estimation is outside the step.
             record["step_ends"].append(time.perf_counter())
             record["step_ends_cpu"].append(time.process_time())
 
@@ -205,7 +214,7 @@ def launch(run: str, workdir: Path, args, interval: int, index: int) -> dict:
     config = {
         "model": str(workdir / ("base" if method == "full" else "expanded")), "data": [str(workdir / "domain.txt")],
         "output_dir": str(out), "method": method, "probe": str(workdir / "probe.txt"),
-        "block_size": args.block_size, "reestimate_every": interval if run == "dynamic" else DEFAULT_INTERVAL,
+        "block_size": args.block_size, "reestimate_every": interval if run == "dynamic" else 0,
         "probe_max_tokens": args.probe_tokens, "probe_max_length": args.probe_length,
         "probe_batch_size": args.probe_batch_size, "cache_dir": str(workdir / "cache"), "resume": False,
         "training_args": training_args,
@@ -227,23 +236,21 @@ def launch(run: str, workdir: Path, args, interval: int, index: int) -> dict:
 # --- analysis ---------------------------------------------------------------------------------
 
 
-def step_seconds(record: dict, warmup: int, clock: str) -> tuple[list[float], list[float]]:
-    """Timed step intervals after warm-up: ``(plain steps, steps that include a re-estimation)``.
+def step_seconds(record: dict, warmup: int, clock: str) -> list[float]:
+    """Optimizer-step times after warm-up (``wall``: perf_counter, ``cpu``: this process's CPU time)."""
+    suffix = "" if clock == "wall" else "_cpu"
+    pairs = list(zip(record["step_begins" + suffix], record["step_ends" + suffix]))
+    return [end - begin for begin, end in pairs[warmup:]]
 
-    ``clock`` is ``wall`` (perf_counter) or ``cpu`` (this process's CPU time, all threads).
-    """
-    ends = record["step_ends" if clock == "wall" else "step_ends_cpu"]
-    reestimated = {e["step"] + 1 for e in record["estimates"] if e["step"] > 0}
-    plain, with_probe = [], []
-    for step in range(warmup + 1, len(ends) + 1):  # the interval that ends at optimizer step `step`
-        seconds = ends[step - 1] - ends[step - 2]
-        (with_probe if step in reestimated else plain).append(seconds)
-    return plain, with_probe
+
+def probe_seconds(record: dict, warmup: int, clock: str) -> list[float]:
+    """Times of the re-estimations made during the timed steps (after step ``warmup``)."""
+    key = "seconds" if clock == "wall" else "cpu_seconds"
+    return [e[key] for e in record["estimates"] if e["step"] > warmup]
 
 
 def per_token(record: dict, warmup: int, clock: str) -> float:
-    plain, with_probe = step_seconds(record, warmup, clock)
-    timed = plain + with_probe
+    timed = step_seconds(record, warmup, clock)
     return sum(timed) / (len(timed) * record["tokens_per_step"])
 
 
@@ -260,23 +267,24 @@ def summarize(records: list[dict], warmup: int) -> dict:
             "memory_loaded": [r["memory_loaded"] for r in rows],
             "library_peak_memory": [r["library_peak_memory"] for r in rows],
             "estimates": [r["estimates"] for r in rows],
-            "step_seconds": [[b - a for a, b in zip(r["step_ends"], r["step_ends"][1:])] for r in rows],
-            "step_cpu_seconds": [[b - a for a, b in zip(r["step_ends_cpu"], r["step_ends_cpu"][1:])] for r in rows],
+            "step_seconds": [step_seconds(r, 0, "wall") for r in rows],
+            "step_cpu_seconds": [step_seconds(r, 0, "cpu") for r in rows],
         }
     # Runs of round i ran next to each other, so ratios are taken within a round.
     rounds = list(zip(by_run["full"], by_run["static"], by_run["dynamic"]))
     for clock in ("wall", "cpu"):
         out[f"time_ratio_{clock}"] = [per_token(s, warmup, clock) / per_token(f, warmup, clock) for f, s, _ in rounds]
-        out[f"direct_overhead_{clock}"] = [per_token(d, warmup, clock) / per_token(s, warmup, clock) - 1 for _, s, d in rounds]
-        # The same, spread per timed step as if one re-estimation came every step: x interval gives it per interval.
+        # The dynamic run's probe time over its optimizer-step time, per re-estimation per step: / interval gives
+        # the overhead at that interval.
+        out[f"direct_overhead_{clock}"] = [sum(probe_seconds(d, warmup, clock)) / sum(step_seconds(d, warmup, clock))
+                                           for _, _, d in rounds]
         out[f"direct_overhead_per_reestimation_{clock}"] = [
-            overhead * sum(map(len, step_seconds(d, warmup, clock))) / len(step_seconds(d, warmup, clock)[1])
+            overhead * len(step_seconds(d, warmup, clock)) / len(probe_seconds(d, warmup, clock))
             for overhead, (_, _, d) in zip(out[f"direct_overhead_{clock}"], rounds)
         ]
         # One re-estimation (a probe pass after step 0, model warm) and one plain adept step.
-        key = "seconds" if clock == "wall" else "cpu_seconds"
-        probes = [e[key] for r in by_run["dynamic"] for e in r["estimates"] if e["step"] > 0]
-        steps = [x for r in by_run["static"] for x in step_seconds(r, warmup, clock)[0]]
+        probes = [x for r in by_run["dynamic"] for x in probe_seconds(r, 0, clock)]
+        steps = [x for r in by_run["static"] for x in step_seconds(r, warmup, clock)]
         out[f"probe_seconds_{clock}"] = statistics.median(probes)
         out[f"adept_step_seconds_{clock}"] = statistics.median(steps)
     out["probe_count"] = sum(1 for r in by_run["dynamic"] for e in r["estimates"] if e["step"] > 0)
@@ -354,21 +362,24 @@ def report(result: dict, args, source: list[int]) -> dict:
         memory_measure = "peak RSS over the RSS after imports"
     ratios["peak_memory_measure"] = memory_measure
 
-    # Derived: one probe pass / (500 steps), sizes scaled linearly to the defaults if they differ.
+    # Derived: one probe pass / (interval x one step) at the default schedule, sizes scaled
+    # linearly to the defaults if they differ.
     scale = (DEFAULT_PROBE_TOKENS / probe_tokens) * (step_tokens / DEFAULT_STEP_TOKENS)
     for clock in ("wall", "cpu"):
         probe, step = result[f"probe_seconds_{clock}"], result[f"adept_step_seconds_{clock}"]
-        ratios[f"reestimation_overhead_derived_{clock}"] = probe / (DEFAULT_INTERVAL * step) * scale
         ratios[f"reestimation_overhead_direct_{clock}"] = med(result[f"direct_overhead_{clock}"])
-        ratios[f"reestimation_overhead_direct_scaled_{clock}"] = (
-            med(result[f"direct_overhead_per_reestimation_{clock}"]) / DEFAULT_INTERVAL * scale)
+        for run_steps in QUOTED_RUNS:
+            interval = run_steps // DEFAULT_REFRESHES
+            ratios[f"reestimation_overhead_derived_{run_steps}_{clock}"] = probe / (interval * step) * scale
+            ratios[f"reestimation_overhead_direct_scaled_{run_steps}_{clock}"] = (
+                med(result[f"direct_overhead_per_reestimation_{clock}"]) / interval * scale)
 
     probe_w, step_w = result["probe_seconds_wall"], result["adept_step_seconds_wall"]
     print()
     print(f"measured: one re-estimation (probe pass over {probe_tokens} tokens, median of {result['probe_count']} after "
           f"step 0) {probe_w:.2f} s; one adept step ({step_tokens} tokens) {step_w:.3f} s: "
           f"a re-estimation costs {probe_w / step_w:.1f} steps")
-    print(f"measured: dynamic (every {args.interval} steps) vs static, wall time of the timed steps: "
+    print(f"measured: dynamic (every {args.interval} steps), probe time over optimizer-step time: "
           + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_wall"])
           + " (CPU time: " + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_cpu"]) + ")")
     if scale != 1:
@@ -379,7 +390,7 @@ def report(result: dict, args, source: list[int]) -> dict:
     # time would be on an idle machine; on a shared one wall time also counts waiting for a core.
     ratios["judged_on"] = "wall time" if cuda else "CPU time"
     time_key = "time_per_token" if cuda else "time_per_token_cpu"
-    overhead_key = f"reestimation_overhead_derived_{'wall' if cuda else 'cpu'}"
+    clock = "wall" if cuda else "cpu"
     print()
     print(f"{'adept (static plan) / full CPT':<50} {'wall':>7} {'CPU':>7} {'target':>7}  result ({ratios['judged_on']})")
     rounds = ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(result["time_ratio_wall"], result["time_ratio_cpu"]))
@@ -394,13 +405,15 @@ def report(result: dict, args, source: list[int]) -> dict:
         print(f"{'  peak RSS over the RSS with the model loaded':<50} {ratios['peak_memory_over_loaded']:>6.2f}x")
         ratios["peak_memory_library"] = med(runs["static"]["library_peak_memory"]) / med(runs["full"]["library_peak_memory"])
         print(f"{'  run_training peak_memory_bytes (sampled RSS)':<50} {ratios['peak_memory_library']:>6.2f}x")
-    label = f"re-estimation overhead every {DEFAULT_INTERVAL} steps, derived"
-    print(f"{label:<50} {100 * ratios['reestimation_overhead_derived_wall']:>6.2f}% "
-          f"{100 * ratios['reestimation_overhead_derived_cpu']:>6.2f}% {100 * TARGET_OVERHEAD:>6.1f}%  "
-          f"{verdict(ratios[overhead_key], TARGET_OVERHEAD)}")
-    label = f"  from the direct run, rescaled to every {DEFAULT_INTERVAL} steps"
-    print(f"{label:<50} {100 * ratios['reestimation_overhead_direct_scaled_wall']:>6.2f}% "
-          f"{100 * ratios['reestimation_overhead_direct_scaled_cpu']:>6.2f}%")
+    for run_steps in QUOTED_RUNS:
+        interval = run_steps // DEFAULT_REFRESHES
+        label = f"re-estimation overhead, {run_steps}-step run (every {interval}), derived"
+        print(f"{label:<50} {100 * ratios[f'reestimation_overhead_derived_{run_steps}_wall']:>6.2f}% "
+              f"{100 * ratios[f'reestimation_overhead_derived_{run_steps}_cpu']:>6.2f}% {100 * TARGET_OVERHEAD:>6.1f}%  "
+              f"{verdict(ratios[f'reestimation_overhead_derived_{run_steps}_{clock}'], TARGET_OVERHEAD)}")
+        label = f"  from the direct run, rescaled to every {interval} steps"
+        print(f"{label:<50} {100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_wall']:>6.2f}% "
+              f"{100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_cpu']:>6.2f}%")
     return ratios
 
 
@@ -466,7 +479,7 @@ def main() -> None:
               f"{args.device} ({device}); {args.warmup_steps} warm-up + "
               f"{args.steps} timed steps per run, {args.repeats} runs of each kind, alternating, each in a fresh process")
         print(f"probe: {args.probe_tokens} tokens in batches of {args.probe_batch_size} x {args.probe_length}; "
-              f"dynamic run re-estimates every {args.interval} steps, static run keeps the default {DEFAULT_INTERVAL}")
+              f"dynamic run re-estimates every {args.interval} steps, static run only at step 0")
         records = []
         for round_idx in range(args.repeats):
             order = RUNS if round_idx % 2 == 0 else tuple(reversed(RUNS))

@@ -42,7 +42,7 @@ def test_deterministic_and_complete(batches):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma2"])
-def test_fresh_copy_scores_exactly_zero(batches, model_type):
+def test_fresh_copy_scores_zero_except_its_silencing_tensors(batches, model_type):
     model = tiny_model(model_type)
     plan = plan_expansion(4, [1])
     expanded = expand_model(model, plan).eval()

@@ -176,7 +176,7 @@ def _residual_updates(model, ids) -> list[float]:
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_copies_are_exact_then_stay_near_the_identity_after_a_step(tmp_path, model_type):
     """Exact logits after expansion, and after one `adept train` step at lr 1e-3 each copy's
-    residual update |out - in| / |in| stays <= 0.05 (source layers measure 0.3 to 4 here: a
+    residual update |out - in| / |in| stays <= 0.05 (copies measure 0.001-0.041, source layers 0.29-1.7: a
     real layer's update). On post-norm models the norm's gain, not the projection, holds the zero."""
     original = save_tiny_checkpoint(tmp_path / "base", model_type)
     expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [0, 2]))

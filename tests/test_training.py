@@ -248,18 +248,21 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
 
     from adept.data import build_packed_dataset, load_probe_batches
     from adept.expansion import load_manifest
-    from adept.training import AdeptCallback, freeze_all_but, layer_parameter_names
+    from adept.training import AdeptCallback, freeze_all_but, initial_copy_scores, layer_parameter_names
     from adept.tuning import MultiplierRule, build_param_groups
 
     expanded = workspace / "expanded"
     model = AutoModelForCausalLM.from_pretrained(expanded)
     tokenizer = AutoTokenizer.from_pretrained(expanded)
-    new_layers = [layer["layer_idx"] for layer in load_manifest(expanded / "expansion.json")["inserted_layers"]]
-    trainable = layer_parameter_names(model, new_layers)
+    manifest = load_manifest(expanded / "expansion.json")
+    trainable = layer_parameter_names(model, [layer["layer_idx"] for layer in manifest["inserted_layers"]])
     freeze_all_but(model, trainable)
     optimizer = AdamW(build_param_groups(model, trainable, base_lr=5e-3))
     probe = load_probe_batches(workspace / "probe.txt", tokenizer, max_length=48, max_tokens=2000, batch_size=2)
-    callback = AdeptCallback(probe, MultiplierRule(), reestimate_every=2, log_path=tmp_path / "unit_rates.jsonl")
+    rule = MultiplierRule()
+    scores, source = initial_copy_scores(model, manifest, rule, probe, importance=workspace / "imp" / "importance.json")
+    callback = AdeptCallback(probe, rule, reestimate_every=2, log_path=tmp_path / "unit_rates.jsonl",
+                             initial_scores=scores, initial_source=source)
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=5e-3,
                              lr_scheduler_type="constant", report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
     train = build_packed_dataset(workspace / "domain.txt", tokenizer, 32, cache_dir=tmp_path / "cache")
@@ -271,8 +274,9 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     for unit, multiplier in callback.multipliers.items():
         assert rates[unit] == pytest.approx(5e-3 * multiplier)  # constant schedule: lr = base * m exactly
     assert len(set(callback.multipliers.values())) > 1
-    steps = [json.loads(line)["step"] for line in (tmp_path / "unit_rates.jsonl").read_text().splitlines()]
-    assert steps == [0, 2]
+    log = [json.loads(line) for line in (tmp_path / "unit_rates.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [0, 2]
+    assert log[0]["source"] == source and len(set(log[0]["multipliers"].values())) > 1
 
 
 def test_dynamic_rates_refuse_fsdp1_which_has_no_units():
