@@ -258,7 +258,8 @@ def test_timing_counts_optimizer_steps_and_survives_a_resume(llama, tmp_path):
 
     def cfg():
         return TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(tmp_path / "run"),
-                           method="adept-no-stage2", block_size=32, eval_data=[str(llama / "domain.txt")],
+                           method="adept-no-stage2", block_size=32,
+                           eval_data=[str(llama / "domain.txt"), str(llama / "probe.txt")],
                            training_args={"max_steps": 4, "per_device_train_batch_size": 2, "disable_tqdm": True,
                                           "save_steps": 2, "eval_steps": 2})
 
@@ -271,4 +272,7 @@ def test_timing_counts_optimizer_steps_and_survives_a_resume(llama, tmp_path):
     assert summary["train_steps"] == 4
     assert summary["train_seconds"] > before["seconds"]
     assert summary["eval_seconds"] > 0 and summary["save_seconds"] > 0
+    # The parts are disjoint spans of this process's wall time (two eval sets: each timed once).
+    parts = summary["train_seconds"] - before["seconds"] + summary["eval_seconds"] + summary["save_seconds"]
+    assert parts < summary["wall_seconds"]
     assert summary["tokens_per_second"] == pytest.approx(4 * 2 * 32 / summary["train_seconds"])

@@ -403,10 +403,15 @@ class _AdeptTrainerBase(Trainer):
         return loss
 
     def evaluate(self, *args, **kwargs):
+        # With several eval sets, Trainer.evaluate calls itself once per set: count the outer call only.
+        if getattr(self, "_in_evaluate", False):
+            return super().evaluate(*args, **kwargs)
+        self._in_evaluate = True
         start = time.perf_counter()
         try:
             return super().evaluate(*args, **kwargs)
         finally:
+            self._in_evaluate = False
             self.eval_seconds += time.perf_counter() - start
 
     def _save_checkpoint(self, *args, **kwargs):
