@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 
 import pytest
@@ -204,7 +205,10 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
         assert run["perplexity"]["general/heldout"]["domain"] == "general"
         assert run["perplexity"]["domain/heldout"]["domain"] == "domain"
         for entry in run["perplexity"].values():
-            assert set(entry) == {"loss", "perplexity", "tokens", "path", "domain"}
+            assert set(entry) == {"loss", "perplexity", "tokens", "bytes", "bits_per_byte", "path", "domain"}
+            # Byte-level test tokenizer: one byte per predicted token except the EOS between documents.
+            assert entry["tokens"] - 8 <= entry["bytes"] <= entry["tokens"]
+            assert entry["bits_per_byte"] == pytest.approx(entry["loss"] * entry["tokens"] / math.log(2) / entry["bytes"])
         assert set(run["benchmarks"]) == {"general_mc", "domain_mc"}
         assert run["benchmarks"]["domain_mc"]["domain"] == "domain"
         for entry in run["benchmarks"].values():

@@ -62,7 +62,9 @@ def evaluate_perplexity(
         cache_dir: where the packed corpus is cached (no cache when None).
 
     Returns:
-        ``{"loss", "perplexity", "tokens", "path"}``; ``tokens`` counts predicted tokens.
+        ``{"loss", "perplexity", "tokens", "bytes", "bits_per_byte", "path"}``; ``tokens`` counts
+        predicted tokens, ``bytes`` the UTF-8 bytes of their text, so ``bits_per_byte`` compares
+        models whose tokenizers differ (a per-token loss does not).
     """
     import torch
     from tqdm.auto import tqdm
@@ -81,6 +83,7 @@ def evaluate_perplexity(
     model.eval()
     total_loss = 0.0
     total_tokens = 0
+    total_bytes = 0
     starts = range(0, len(dataset), batch_size)
     try:
         with torch.no_grad():
@@ -97,10 +100,15 @@ def evaluate_perplexity(
                     reduction="sum",
                 ).item()
                 total_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+                for row in labels[:, 1:].tolist():
+                    predicted = [token for token in row if token != IGNORE_INDEX]
+                    total_bytes += len(tokenizer.decode(predicted, skip_special_tokens=True).encode("utf-8"))
     finally:
         model.train(was_training)
     loss = total_loss / total_tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens, "path": str(path)}
+    bits_per_byte = total_loss / math.log(2) / total_bytes if total_bytes else None
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens, "bytes": total_bytes,
+            "bits_per_byte": bits_per_byte, "path": str(path)}
 
 
 # --- multiple-choice benchmarks through lm-evaluation-harness -----------------------------------
