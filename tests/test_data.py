@@ -103,3 +103,29 @@ def test_parallel_tokenisation_packs_the_same_blocks(tmp_path, tokenizer):
     assert len(serial) > 2000 // 16
     assert parallel["input_ids"] == serial["input_ids"]
     assert parallel["labels"] == serial["labels"]
+
+
+def test_blocks_open_with_bos_when_the_tokenizer_adds_one(tmp_path):
+    """Gemma-style tokenizers put BOS before every text: then every packed block starts with it."""
+    from tokenizers import processors
+
+    from adept.data import build_packed_dataset
+
+    from conftest import byte_tokenizer
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(f"Document {i} has a few words in it." for i in range(12)))
+    plain = byte_tokenizer()
+    with_bos = byte_tokenizer()
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    assert with_bos("a").input_ids == [256, *plain("a").input_ids] and len(plain("a").input_ids) == 1
+
+    blocks = list(build_packed_dataset(path, plain, 16)["input_ids"])
+    led = list(build_packed_dataset(path, with_bos, 16)["input_ids"])
+    assert all(len(block) == 16 for block in blocks + led)
+    assert sum(block[0] == 256 for block in blocks) == 0  # no BOS in the plain stream at all
+    assert all(block[0] == 256 for block in led)
+    # Past the leading BOS, the blocks are the BOS tokenizer's stream, in order, nothing lost or repeated.
+    stream = [token for text in path.read_text().split("\n\n") for token in with_bos(text).input_ids + [257]]
+    body = [token for block in led for token in block[1:]]
+    assert body == stream[: len(body)] and len(stream) - len(body) < 15
