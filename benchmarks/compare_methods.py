@@ -308,6 +308,22 @@ def budget_lines(configs: dict[int, Any], labels: list[str]) -> list[str]:
     return [f"{', '.join(group)}: {text}" for text, group in groups.items()]
 
 
+def stage2_line(cfg) -> str:
+    """How the dynamic rates were set in these runs, read from the resolved config."""
+    from adept.training import DEFAULT_REFRESHES
+
+    rule, train = cfg.train.rule, cfg.train
+    if train.reestimate_every is not None:
+        every = f"every {train.reestimate_every} steps"
+    elif train.reestimate_fraction is not None:
+        every = f"every {train.reestimate_fraction:g} of the run"
+    else:
+        every = f"{DEFAULT_REFRESHES} refreshes per run (the default)"
+    return (f"m = {rule.scale:g}(1 - I_norm) ({rule.rule}, {rule.normalization}, floor {rule.floor:g}), unit score "
+            f"{rule.unit_score} of |w * dL/dw|, probe {train.probe_max_tokens} tokens, {every}; adept's copies start from"
+            " their source layers' Stage 1 scores at step 0.")
+
+
 def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, dict[str, Any]], missing: list[int], labels: list[str],
                     stats: dict[str, Any], targets: list[dict[str, Any]], png_name: str, root: Path) -> str:
     first = next(iter(seeds.values()))
@@ -335,6 +351,9 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
         *[f"  - {line}" for line in budget_lines({s: d["config"] for s, d in seeds.items()}, labels)],
         f"- Evaluation: held-out losses over at most {cfg.evaluation.max_blocks} blocks of {cfg.data.block_size} tokens per set, "
         f"benchmarks limited to {cfg.evaluation.limit} questions each.",
+        f"- Stage 2 (adept, adept-no-stage1): {stage2_line(cfg)}",
+        "- Time per token counts optimizer steps only (forward, backward, optimizer; not evaluation, saves or importance"
+        " probes, whose time is in each run's `training_summary.json`).",
     ]
     if machines:
         seen = {json.dumps({k: v for k, v in m.items() if k not in ("seed", "command")}, sort_keys=True) for m in machines}
