@@ -21,10 +21,10 @@ COMMON = ["evaluation.limit=100", "evaluation.shift=false", "train.training_args
 SWEEP = [
     ("reference", "adept", [], "reference: base lr 3e-4, 2 copies (masking), 10 refreshes (every 10 steps), m = 2(1 - I), min-max, unit mean"),
     ("no-stage2", "adept-no-stage2", [], "no Stage 2: the same copies at a uniform rate"),
+    ("unit-sum", "adept", ["train.rule.unit_score=sum"], "unit score summed over the tensor instead of the per-element mean"),
+    ("reest25", "adept", ["train.reestimate_every=25"], "re-estimate every 25 steps (4 refreshes)"),
     ("lr1e-3", "adept", ["train.training_args.learning_rate=1e-3"], "base lr 1e-3"),
     ("lr3e-3", "adept", ["train.training_args.learning_rate=3e-3"], "base lr 3e-3"),
-    ("reest25", "adept", ["train.reestimate_every=25"], "re-estimate every 25 steps (4 refreshes)"),
-    ("unit-sum", "adept", ["train.rule.unit_score=sum"], "unit score summed over the tensor instead of the per-element mean"),
     ("layers4", "adept", ["expansion.num_new_layers=4"], "4 copies instead of 2"),
     ("rank", "adept", ["train.rule.normalization=rank"], "rank normalisation instead of min-max"),
     ("inverse", "adept", ["train.rule.rule=inverse"], "rule m = 2 / (1 + I) instead of 2(1 - I)"),
