@@ -804,7 +804,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
             cfg.probe, tokenizer, max_length=cfg.probe_max_length, max_tokens=cfg.probe_max_tokens,
             batch_size=cfg.probe_batch_size, seed=args.seed,
         )
-        initial, source = None, "initial scores"
+        initial, source, started = None, "initial scores", time.perf_counter()
         if manifest is not None and resume_from is None:
             importance = cfg.importance or _manifest_importance(manifest)
             if importance is None:
@@ -813,6 +813,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
         adept_callback = AdeptCallback(probe, cfg.rule, cfg.reestimate_every, log_path=output_dir / RATES_LOG,
                                        initial_scores=initial, initial_source=source,
                                        reestimate_fraction=cfg.reestimate_fraction)
+        adept_callback.seconds_spent = time.perf_counter() - started  # the source layers' probe, if any
         all_callbacks.append(adept_callback)
     all_callbacks.extend(callbacks)
     trainer_cls = AdeptTrainer if cfg.method in DYNAMIC_METHODS else _GuardedTrainer
