@@ -402,7 +402,33 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
         f"![forgetting vs. gain]({png_name})",
         "",
     ]
-    return "\n".join(lines + discussion_lines(stats, labels))
+    return "\n".join(lines + discussion_lines(stats, labels) + multiplier_lines(root, seeds, labels))
+
+
+def multiplier_lines(root: Path, seeds: dict[int, dict[str, Any]], labels: list[str]) -> list[str]:
+    """The dynamic methods' mean learning-rate multiplier, read from their rate logs.
+
+    At one base learning rate a dynamic method trains its units at base x multiplier, so a mean
+    multiplier above 1 acts partly as a higher learning rate than the uniform methods get.
+    """
+    lines = []
+    for label in labels:
+        means = []
+        for seed in seeds:
+            log = root / f"seed{seed}" / "train" / label / "unit_rates.jsonl"
+            if log.is_file():
+                entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+                means += [statistics.fmean(entry["multipliers"].values()) for entry in entries]
+        if means:
+            lines.append(f"- {label}: mean multiplier {statistics.fmean(means):.2f} (range of per-refresh means "
+                         f"{min(means):.2f}-{max(means):.2f}, {len(means)} refreshes over {len(seeds)} seeds)")
+    if not lines:
+        return []
+    return ["", "Mean learning-rate multiplier of the dynamic methods (over units, refreshes and seeds; uniform methods: 1):",
+            "", *lines, "",
+            "At one base learning rate, a mean above 1 makes a dynamic method train partly as if at a higher rate, which on",
+            "its own moves it along its forgetting/gain trade-off; comparing methods at matched gain over several learning",
+            "rates separates the two effects.", ""]
 
 
 def discussion_lines(stats: dict[str, Any], labels: list[str]) -> list[str]:
