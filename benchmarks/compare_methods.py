@@ -411,14 +411,15 @@ def multiplier_lines(root: Path, seeds: dict[int, dict[str, Any]], labels: list[
     At one base learning rate a dynamic method trains its units at base x multiplier, so a mean
     multiplier above 1 acts partly as a higher learning rate than the uniform methods get.
     """
+    from adept.training import RATES_LOG, read_rate_log
+
     lines = []
     for label in labels:
         means = []
         for seed in seeds:
-            log = root / f"seed{seed}" / "train" / label / "unit_rates.jsonl"
+            log = root / f"seed{seed}" / "train" / label / RATES_LOG
             if log.is_file():
-                entries = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-                means += [statistics.fmean(entry["multipliers"].values()) for entry in entries]
+                means += [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(log)]
         if means:
             lines.append(f"- {label}: mean multiplier {statistics.fmean(means):.2f} (range of per-refresh means "
                          f"{min(means):.2f}-{max(means):.2f}, {len(means)} refreshes over {len(seeds)} seeds)")

@@ -44,9 +44,10 @@ def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     row = next(r for r in results["comparison"] if r["label"] == method)
     summary = json.loads((run_dir / "train" / method / "training_summary.json").read_text())
     layers = json.loads((run_dir / "expanded" / "adept" / "expansion.json").read_text())["inserted_layers"]
-    rates = run_dir / "train" / method / "unit_rates.jsonl"
-    means = [statistics.fmean(json.loads(line)["multipliers"].values()) for line in rates.read_text().splitlines()] \
-        if rates.is_file() else [1.0]
+    from adept.training import RATES_LOG, read_rate_log
+
+    rates = run_dir / "train" / method / RATES_LOG
+    means = [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)] if rates.is_file() else [1.0]
     return {**row, "copies_of": [layer["source_layer_idx"] for layer in layers], "train_wall": summary["wall_seconds"],
             "mean_multiplier": statistics.fmean(means)}
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from adept.architectures import get_architecture
 from adept.cli import main
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.training import TrainConfig, run_training
+from adept.training import TrainConfig, read_rate_log, run_training
 from adept.tuning import MultiplierRule
 
 from conftest import ARCHITECTURES, PROBE_TEXT, save_tiny_checkpoint
@@ -41,21 +41,17 @@ def llama(tmp_path_factory):
     return root
 
 
-def _rates(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def _train_argv(root: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--model", str(root / "expanded"), "--data", str(root / "domain.txt"), "--output", str(out),
             "--probe", str(root / "probe.txt"), "--block-size", "32", "--batch-size", "2", *extra]
 
 
-def test_default_adept_train_starts_with_differentiated_rates(llama, tmp_path):
+def test_default_adept_train_starts_with_differentiatedread_rate_log(llama, tmp_path):
     """With default settings the first rate-log line is step 0 and its multipliers differ: the
     copies start from their source layers' scores, not from their own all-zero ones."""
     out = tmp_path / "run"
     assert main(_train_argv(llama, out, "--max-steps", "4", "--set", "disable_tqdm=true")) == 0
-    log = _rates(out / "unit_rates.jsonl")
+    log = read_rate_log(out / "unit_rates.jsonl")
     assert log[0]["step"] == 0
     assert log[0]["source"] == "source layers on the probe"
     assert len(set(log[0]["multipliers"].values())) > 1
@@ -83,7 +79,7 @@ def test_step0_scores_equal_the_source_layers_stage1_scores(llama, tmp_path):
                           probe=str(llama / "probe.txt"), importance=source, block_size=32,
                           training_args={"max_steps": 1, "per_device_train_batch_size": 2, "disable_tqdm": True})
         run_training(cfg, progress=False)
-        runs[name] = _rates(tmp_path / name / "unit_rates.jsonl")[0]
+        runs[name] = read_rate_log(tmp_path / name / "unit_rates.jsonl")[0]
     assert runs["stage1"]["source"].startswith("importance.json of the source layers")
     units = importance["unit_names"]
     copies = {2: 1, 4: 2}  # expanded index -> source layer
@@ -101,7 +97,7 @@ def test_default_rule_is_the_papers_mean_and_linear_min_max(llama, tmp_path):
     out = tmp_path / "run"
     assert main(_train_argv(llama, out, "--max-steps", "3", "--set", "disable_tqdm=true")) == 0
     floor = MultiplierRule().floor
-    log = _rates(out / "unit_rates.jsonl")
+    log = read_rate_log(out / "unit_rates.jsonl")
     assert sum(entry["source"] == "probe" for entry in log) >= 1
     for entry in log:
         if "rates kept" in entry["source"]:
@@ -128,7 +124,7 @@ def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llam
         run_training(cfg, progress=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "reestimate_every" in r.getMessage()]
     assert len(warnings) == 1 and "never refreshed" in warnings[0] and "train.reestimate_every" in warnings[0]
-    assert [entry["step"] for entry in _rates(out / "unit_rates.jsonl")] == [0]
+    assert [entry["step"] for entry in read_rate_log(out / "unit_rates.jsonl")] == [0]
     with pytest.raises(ValueError, match="reestimate_every or reestimate_fraction, not both"):
         TrainConfig(model="m", data=["d"], output_dir="o", probe="p", reestimate_every=2, reestimate_fraction=0.5)
 
@@ -141,7 +137,7 @@ def test_logged_learning_rate_is_the_base_rate_with_multiplier_range(llama, tmp_
     summary = json.loads((out / "training_summary.json").read_text())
     logs = [entry for entry in summary["log_history"] if "loss" in entry]
     assert len(logs) == 2
-    rates = _rates(out / "unit_rates.jsonl")
+    rates = read_rate_log(out / "unit_rates.jsonl")
     for entry in logs:
         assert entry["learning_rate"] == pytest.approx(1e-3)
         # the multipliers in effect after the logged step (a refresh at that step included)

@@ -136,7 +136,7 @@ class AdeptCallback(TrainerCallback):
         self.rule = rule or MultiplierRule()
         self.reestimate_every = reestimate_every
         self.reestimate_fraction = reestimate_fraction
-        self.interval = reestimate_every
+        self.interval = reestimate_every  # None: resolved from the run's length in on_train_begin
         self.log_path = Path(log_path) if log_path is not None else None
         self.progress = progress
         self.initial_scores = dict(initial_scores) if initial_scores is not None else None
@@ -158,6 +158,7 @@ class AdeptCallback(TrainerCallback):
         self.seconds_spent = float(state.get("seconds_spent", 0.0))
 
     def due(self, step: int, max_steps: int) -> bool:
+        # Callers that drive the callback themselves (no on_train_begin) get the interval resolved here.
         every = self.interval if self.interval is not None else resolve_reestimate_every(None, self.reestimate_fraction, max_steps)
         return every > 0 and step % every == 0 and step < max_steps
 
@@ -210,7 +211,7 @@ class AdeptCallback(TrainerCallback):
             self._pending_initial = self.initial_scores
             self.reestimate(model, optimizer, lr_scheduler, 0, state.is_world_process_zero)
             return
-        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_NAME
+        saved = _checkpoint_dir(args, state) / STATE_NAME
         if not saved.is_file():
             logger.warning("%s not found; re-estimating importance at step %d", saved, state.global_step)
             self.reestimate(model, optimizer, lr_scheduler, state.global_step, state.is_world_process_zero)
@@ -228,7 +229,7 @@ class AdeptCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            folder = _checkpoint_dir(args, state)
             if folder.is_dir():
                 (folder / STATE_NAME).write_text(json.dumps(self.state_dict()) + "\n")
 
@@ -305,6 +306,16 @@ def initial_copy_scores(
     return unit_scores_from_tensors(names, grad_weight, source_params, rule.unit_score), "source layers on the probe"
 
 
+def _checkpoint_dir(args, state) -> Path:
+    """The Trainer's checkpoint folder for the current step (where our callbacks keep their state)."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
+def read_rate_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The entries of a ``unit_rates.jsonl`` written by `AdeptCallback`, in order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after ``step`` (by a run that died before its next checkpoint)."""
     if not path.exists():
@@ -345,7 +356,7 @@ class StepTimer(TrainerCallback):
         return time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / TIMING_NAME
+        saved = _checkpoint_dir(args, state) / TIMING_NAME
         if state.global_step > 0 and saved.is_file():
             timing = json.loads(saved.read_text())
             self.seconds, self.steps = float(timing["seconds"]), int(timing["steps"])
@@ -360,7 +371,7 @@ class StepTimer(TrainerCallback):
             self._start = None
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = _checkpoint_dir(args, state)
         if state.is_world_process_zero and folder.is_dir():
             (folder / TIMING_NAME).write_text(json.dumps({"seconds": self.seconds, "steps": self.steps}) + "\n")
 
@@ -380,9 +391,8 @@ class FrozenPrefixCallback(TrainerCallback):
         options = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
         if options.get("use_reentrant", False):
             return
-        target = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if hasattr(target, "disable_input_require_grads"):
-            target.disable_input_require_grads()
+        if hasattr(model, "disable_input_require_grads"):
+            model.disable_input_require_grads()
 
 
 class _AdeptTrainerBase(Trainer):
