@@ -475,7 +475,10 @@ def _fmt(value: float | None, fmt: str) -> str:
 
 
 def write_docs(path: Path, text: str) -> Path:
-    """Replace what is above the knob-sweep marker; keep the marker and everything after it."""
+    """Replace what is above the knob-sweep marker; keep the marker and everything after it, and
+    the real-model fronts section (benchmarks/fronts.py) under the title."""
+    from fronts import END, START
+
     from adept.artifacts import write_text
 
     tail = MARKER + "\n" + KNOB_PLACEHOLDER
@@ -483,6 +486,9 @@ def write_docs(path: Path, text: str) -> Path:
         old = path.read_text()
         if MARKER in old:
             tail = old[old.index(MARKER):]
+        if START in old and END in old:
+            title, _, rest = text.partition("\n")
+            text = f"{title}\n\n{old[old.index(START):old.index(END) + len(END)]}\n\n{rest.lstrip()}"
     return write_text(path, text.rstrip("\n") + "\n\n" + tail)
 
 

@@ -1,0 +1,641 @@
+"""Forgetting-versus-gain fronts on a real model: every method at several learning rates.
+
+One front per method: the method trained at each learning rate of its own grid (``GRID``), on the
+same domain-token budget, then evaluated on general held-out text and general benchmarks
+(forgetting) and on domain held-out text and the domain benchmark (gain). Each (method, rate)
+label is one `adept run` of the config with the label added as a ``train.variants`` entry, run
+in-process into one run directory per seed; importance, expansion and the base model's
+evaluation are shared, and every finished label is skipped, so the grid can be stopped at any
+point and completed over several sittings (``--max-runs`` bounds one sitting).
+
+Then the real-model section of ``docs/results.md`` (between its ``fronts`` markers) is rewritten
+from whatever labels are done: the fronts plot, full CPT's general loss over steps, the
+matched-gain table and the targets, each reported as met or missed with its numbers.
+
+Usage:
+  python benchmarks/fronts.py [--config configs/fronts_smollm2.yaml] [--seeds 0] [--max-runs N]
+  python benchmarks/fronts.py --report-only        # docs from the labels done so far
+  python benchmarks/fronts.py --list               # the grid, in run order, with what is done
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FULL, ADEPT = "full", "adept"
+RIVALS = ("llama-pro", "adept-no-stage2")
+REPLAY_RATIO = 0.25
+TARGET_SHARE = 0.25  # at full CPT's gain, ADEPT forgets at most this share of what full CPT forgets
+CURVE_EVAL_STEPS = 8  # full CPT's labels evaluate this often, for its general loss over steps
+START, END = "<!-- fronts:start -->", "<!-- fronts:end -->"
+MACHINE_NAME = "machine.json"
+
+
+@dataclass(frozen=True)
+class Front:
+    """One method's front: the method it trains, its replay share and its learning-rate grid."""
+
+    name: str
+    method: str
+    rates: tuple[float, ...]
+    replay_ratio: float = 0.0
+
+
+# Each method's own grid, spanning its useful range: methods that train a few new zero-output
+# layers (or adapters) want higher rates than methods that move pretrained weights.
+GRID = (
+    Front(FULL, "full", (1e-4, 3e-4, 1e-3)),
+    Front(ADEPT, "adept", (3e-4, 1e-3, 3e-3)),
+    Front("llama-pro", "llama-pro", (3e-4, 1e-3, 3e-3)),
+    Front("adept-no-stage2", "adept-no-stage2", (3e-4, 1e-3, 3e-3)),
+    Front("full-replay", "full", (1e-4, 3e-4, 1e-3), REPLAY_RATIO),
+    Front("adept-replay", "adept", (3e-4, 1e-3, 3e-3), REPLAY_RATIO),
+    Front("lora", "lora", (3e-4, 1e-3, 3e-3)),
+    Front("freeze", "freeze", (1e-4, 3e-4, 1e-3)),
+)
+CORE = 4  # the first four fronts decide the main targets: run all their rates before the others
+
+
+def rate_name(rate: float) -> str:
+    mantissa, exponent = f"{rate:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def label_of(front: Front, rate: float) -> str:
+    return f"{front.name}@{rate_name(rate)}"
+
+
+def run_order() -> list[tuple[Front, float]]:
+    """The core fronts first, middle rate, then high, then low, so partial grids stay balanced."""
+    order = []
+    for group in (GRID[:CORE], GRID[CORE:]):
+        for index in (1, 2, 0):
+            order.extend((front, front.rates[index]) for front in group)
+    return order
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/fronts_smollm2.yaml", help="pipeline YAML (default: %(default)s)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    parser.add_argument("--output-root", default="runs/fronts/smollm2", help="one run directory per seed under it (default: %(default)s)")
+    parser.add_argument("--fronts", default=None, help="comma-separated front names to run (default: all of GRID)")
+    parser.add_argument("--max-runs", type=int, default=None, help="train at most this many labels in this sitting")
+    parser.add_argument("--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each label's intermediate checkpoints")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the docs from the labels done so far")
+    parser.add_argument("--list", action="store_true", help="print the grid in run order and what is done")
+    return parser.parse_args(argv)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def label_overrides(front: Front, rate: float, cfg) -> list[str]:
+    """The label as a ``train.variants`` entry: its method, rate, replay and domain-token budget."""
+    from adept.training import DEFAULT_TRAINING_ARGS
+
+    label = label_of(front, rate)
+    key = f"train.variants.{label}"
+    shared = {**DEFAULT_TRAINING_ARGS, **cfg.train.training_args}
+    steps = int(shared["max_steps"])
+    overrides = [f"train.methods=[{label}]", f"{key}.method={front.method}", f"{key}.training_args.learning_rate={rate}"]
+    if front.replay_ratio:
+        # As many domain tokens as every other label: replay adds steps instead of taking them.
+        steps = math.ceil(steps / (1 - front.replay_ratio))
+        overrides += [f"{key}.replay_ratio={front.replay_ratio}", f"{key}.training_args.max_steps={steps}"]
+    eval_steps = CURVE_EVAL_STEPS if front.method == FULL else steps
+    overrides.append(f"{key}.training_args.eval_steps={eval_steps}")
+    return overrides
+
+
+def seed_overrides(root: Path, seed: int) -> list[str]:
+    return [f"train.training_args.seed={seed}", f"train.training_args.data_seed={seed}", f"run_dir={root / f'seed{seed}'}"]
+
+
+def is_done(run_dir: Path, label: str) -> bool:
+    return (run_dir / "eval" / label / "results.json").is_file()
+
+
+def tidy(run_dir: Path, label: str) -> None:
+    """Drop a finished label's intermediate checkpoints (GBs each), keeping its trainer log."""
+    out = run_dir / "train" / label
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if checkpoints and (checkpoints[-1] / "trainer_state.json").is_file():
+        shutil.copy2(checkpoints[-1] / "trainer_state.json", out / "trainer_state.json")
+    for path in checkpoints:
+        shutil.rmtree(path)
+
+
+def run_grid(args: argparse.Namespace, fronts: list[Front], seeds: list[int], root: Path, command: str) -> None:
+    from compare_methods import machine_info
+
+    from adept.artifacts import write_json
+    from adept.config import load_config
+    from adept.pipeline import run_pipeline
+
+    todo = [(front, rate) for front, rate in run_order() if front in fronts]
+    ran = 0
+    for seed in seeds:
+        run_dir = root / f"seed{seed}"
+        for front, rate in todo:
+            label = label_of(front, rate)
+            if is_done(run_dir, label):
+                continue
+            if args.max_runs is not None and ran >= args.max_runs:
+                print(f"== --max-runs {args.max_runs} reached; rerun to continue", flush=True)
+                return
+            base = load_config(args.config, list(args.overrides))
+            cfg = load_config(args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, base)])
+            print(f"== seed {seed}: {label} -> {run_dir}", flush=True)
+            started = time.monotonic()
+            run_pipeline(cfg)
+            if not args.keep_checkpoints:
+                tidy(run_dir, label)
+            write_json(run_dir / "train" / label / MACHINE_NAME,
+                       {"seed": seed, "command": command, "seconds": time.monotonic() - started, **machine_info(cfg.device)})
+            ran += 1
+
+
+# --- aggregation ----------------------------------------------------------------------------
+
+
+def primary_metric(entry: dict[str, Any]) -> str:
+    """acc_norm where the harness reports it (ARC, HellaSwag, PIQA, OpenBookQA), else acc."""
+    return "acc_norm" if "acc_norm" in entry.get("items", {}) else "acc"
+
+
+def pooled_items(benchmarks: dict[str, Any], domain: str) -> dict[str, list]:
+    """Every item of one side's benchmarks as one list, keyed by benchmark and document id."""
+    items: dict[str, list] = {"doc_id": [], "score": []}
+    for name, entry in sorted(benchmarks.items()):
+        if entry.get("domain") != domain or "items" not in entry:
+            continue
+        metric = "acc_norm" if domain == "domain" else primary_metric(entry)
+        scores = entry["items"].get(metric) or entry["items"]["acc"]
+        items["doc_id"] += [f"{name}:{doc}" for doc in entry["items"]["doc_id"]]
+        items["score"] += list(scores)
+    return items
+
+
+def loss_of(run: dict[str, Any], domain: str) -> float | None:
+    entries = [e for e in run["perplexity"].values() if e.get("domain") == domain]
+    if not entries:
+        return None
+    tokens = sum(e["tokens"] for e in entries)
+    return sum(e["loss"] * e["tokens"] for e in entries) / tokens
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
+    """(step, general held-out loss) from the label's trainer log."""
+    path = run_dir / "train" / label / "trainer_state.json"
+    if not path.is_file():
+        return []
+    points = []
+    for entry in read_json(path)["log_history"]:
+        losses = [v for k, v in entry.items() if k.startswith("eval_sotu") and k.endswith("_loss")]
+        if losses:
+            points.append((entry["step"], losses[0]))
+    return points
+
+
+def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any]:
+    from adept.benchmarks import paired_difference
+
+    run = read_json(run_dir / "eval" / label / "results.json")["runs"][0]
+    summary = read_json(run_dir / "train" / label / "training_summary.json")
+    machine_path = run_dir / "train" / label / MACHINE_NAME
+    row: dict[str, Any] = {"label": label}
+    for side in ("general", "domain"):
+        loss, base_loss = loss_of(run, side), loss_of(base, side)
+        row[f"{side}_loss"] = loss
+        row[f"{side}_loss_change_pct"] = None if loss is None or base_loss is None else 100 * (loss / base_loss - 1)
+        paired = paired_difference(pooled_items(base["benchmarks"], side), pooled_items(run["benchmarks"], side), "score")
+        row[f"{side}_acc_change"] = paired
+    row["forgetting_pct"] = row["general_loss_change_pct"]
+    row["gain_pct"] = None if row["domain_loss_change_pct"] is None else -row["domain_loss_change_pct"]
+    row["tokens_per_second"] = summary.get("tokens_per_second")
+    row["peak_memory_bytes"] = summary.get("peak_memory_bytes")
+    row["trainable_share"] = summary.get("trainable_share")
+    row["train_seconds"] = summary.get("train_seconds")
+    row["reestimation_seconds"] = summary.get("reestimation_seconds")
+    row["domain_tokens"] = summary.get("domain_tokens")
+    row["steps"] = summary.get("global_step")
+    row["run_seconds"] = read_json(machine_path)["seconds"] if machine_path.is_file() else None
+    row["curve"] = eval_curve(run_dir, label)
+    return row
+
+
+def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
+    """Every finished label of every seed, as rows grouped by front and rate."""
+    data: dict[str, Any] = {"seeds": {}, "base": {}}
+    for seed in seeds:
+        run_dir = root / f"seed{seed}"
+        base_path = run_dir / "eval" / "base" / "results.json"
+        if not base_path.is_file():
+            continue
+        base = read_json(base_path)["runs"][0]
+        rows = {}
+        for front in GRID:
+            for rate in front.rates:
+                label = label_of(front, rate)
+                if is_done(run_dir, label) and (run_dir / "train" / label / "training_summary.json").is_file():
+                    rows[label] = read_label(run_dir, label, base)
+        data["seeds"][seed] = rows
+        data["base"][seed] = {"general_loss": loss_of(base, "general"), "domain_loss": loss_of(base, "domain"),
+                              "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
+    return data
+
+
+def front_points(data: dict[str, Any], front: Front, key: str) -> list[tuple[float, float, float]]:
+    """(rate, mean gain, mean of ``key``) per rate done in every seed that has the label."""
+    points = []
+    for rate in front.rates:
+        label = label_of(front, rate)
+        rows = [rows[label] for rows in data["seeds"].values() if label in rows]
+        values = [_value(row, key) for row in rows]
+        gains = [row["gain_pct"] for row in rows]
+        if rows and None not in values and None not in gains:
+            points.append((rate, sum(gains) / len(gains), sum(values) / len(values)))
+    return points
+
+
+def _value(row: dict[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    if isinstance(value, dict):
+        return value["diff"]
+    return value
+
+
+def interpolate(points: list[tuple[float, float, float]], gain: float) -> float | None:
+    """The front's forgetting at ``gain``, linear between rates; None outside the gains it reached."""
+    ordered = sorted((g, v) for _, g, v in points)
+    for (g0, v0), (g1, v1) in zip(ordered, ordered[1:]):
+        if g0 <= gain <= g1:
+            return v0 if g1 == g0 else v0 + (v1 - v0) * (gain - g0) / (g1 - g0)
+    if ordered and math.isclose(ordered[0][0], gain, abs_tol=1e-9):
+        return ordered[0][1]
+    return None
+
+
+def best_rate(data: dict[str, Any], front: Front) -> tuple[float, float] | None:
+    """(rate, gain) of the rate with the largest domain gain: what a user adapting to the domain picks."""
+    points = front_points(data, front, "forgetting_pct")
+    return max(((rate, gain) for rate, gain, _ in points), key=lambda p: p[1], default=None)
+
+
+def _front(name: str) -> Front:
+    return next(f for f in GRID if f.name == name)
+
+
+def mean_over_rates(data: dict[str, Any], front: Front, key: str) -> float | None:
+    values = [row[key] for rows in data["seeds"].values() for label, row in rows.items()
+              if label.split("@")[0] == front.name and row.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    targets = []
+    adept = front_points(data, _front(ADEPT), "forgetting_pct")
+    for rival in RIVALS:
+        other = front_points(data, _front(rival), "forgetting_pct")
+        target = {"target": f"ADEPT's front lies below {rival}'s (less general-loss increase at every matched gain)"}
+        lo = max(min((g for _, g, _ in adept), default=math.inf), min((g for _, g, _ in other), default=math.inf))
+        hi = min(max((g for _, g, _ in adept), default=-math.inf), max((g for _, g, _ in other), default=-math.inf))
+        if len(adept) < 2 or len(other) < 2 or lo > hi:
+            target.update(status="undecided", detail="the two fronts have no common gain range yet")
+        else:
+            gains = [lo + (hi - lo) * i / 4 for i in range(5)]
+            gaps = [(g, interpolate(adept, g), interpolate(other, g)) for g in gains]
+            below = all(a < o for _, a, o in gaps)
+            target.update(status="met" if below else "missed",
+                          detail="; ".join(f"gain {g:.1f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps))
+        targets.append(target)
+
+    full_best = best_rate(data, _front(FULL))
+    target = {"target": f"at full CPT's domain gain, ADEPT forgets at most {TARGET_SHARE:.0%} of what full CPT forgets"}
+    if full_best is None or not adept:
+        target.update(status="undecided", detail="full CPT or ADEPT not run yet")
+    else:
+        rate, gain = full_best
+        full_forgetting = interpolate(front_points(data, _front(FULL), "forgetting_pct"), gain)
+        adept_forgetting = interpolate(adept, gain)
+        if adept_forgetting is None:
+            reach = max(g for _, g, _ in adept)
+            target.update(status="missed", detail=f"full CPT at {rate_name(rate)} gains {gain:.1f}% domain loss; "
+                                                  f"ADEPT reaches at most {reach:.1f}% at the rates tried")
+        else:
+            ok = adept_forgetting <= TARGET_SHARE * full_forgetting
+            target.update(status="met" if ok else "missed",
+                          detail=f"gain {gain:.1f}% (full CPT at {rate_name(rate)}): ADEPT {adept_forgetting:+.2f}% vs full CPT "
+                                 f"{full_forgetting:+.2f}% general loss")
+    targets.append(target)
+
+    replay = {name: front_points(data, _front(name), "forgetting_pct") for name in ("adept-replay", "full-replay")}
+    target = {"target": "ADEPT with replay against full CPT with replay, at matched gain"}
+    best = best_rate(data, _front("full-replay"))
+    if best is None or not replay["adept-replay"]:
+        target.update(status="undecided", detail="the replay fronts are not run yet")
+    else:
+        rate, gain = best
+        a, f = interpolate(replay["adept-replay"], gain), interpolate(replay["full-replay"], gain)
+        if a is None:
+            reach = max(g for _, g, _ in replay["adept-replay"])
+            target.update(status="missed", detail=f"full-replay at {rate_name(rate)} gains {gain:.1f}%; adept-replay reaches at most {reach:.1f}%")
+        else:
+            target.update(status="met" if a < f else "missed",
+                          detail=f"gain {gain:.1f}%: adept-replay {a:+.2f}% vs full-replay {f:+.2f}% general loss")
+    targets.append(target)
+    return targets
+
+
+# --- the document ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _paired_cell(paired: dict[str, Any] | None, scale: float = 100) -> str:
+    if not paired:
+        return "–"
+    ci = paired.get("ci")
+    interval = f" [{ci[0] * scale:+.1f}, {ci[1] * scale:+.1f}]" if ci else ""
+    return f"{paired['diff'] * scale:+.1f}{interval}"
+
+
+def grid_table(data: dict[str, Any]) -> list[str]:
+    lines = ["| method | rate | general loss Δ% | domain loss Δ% | general acc Δ (pts, 95% CI) | domain acc_norm Δ (pts, 95% CI) | "
+             "trainable % | tokens/s | peak mem GiB | run min |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for front in GRID:
+        for rate in front.rates:
+            label = label_of(front, rate)
+            for seed, rows in data["seeds"].items():
+                row = rows.get(label)
+                if not row:
+                    continue
+                name = front.name if len(data["seeds"]) == 1 else f"{front.name} (seed {seed})"
+                lines.append(
+                    f"| {name} | {rate_name(rate)} | {_fmt(row['general_loss_change_pct'], '+.2f')} | "
+                    f"{_fmt(row['domain_loss_change_pct'], '+.2f')} | {_paired_cell(row['general_acc_change'])} | "
+                    f"{_paired_cell(row['domain_acc_change'])} | {_fmt(row['trainable_share'] and 100 * row['trainable_share'], '.1f')} | "
+                    f"{_fmt(row['tokens_per_second'], '.0f')} | {_fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**30, '.2f')} | "
+                    f"{_fmt(row['run_seconds'] and row['run_seconds'] / 60, '.0f')} |")
+    return lines
+
+
+def matched_table(data: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    anchors = {}
+    for name in (FULL, ADEPT):
+        best = best_rate(data, _front(name))
+        if best:
+            anchors[name] = best
+    header = "| method | rates done |"
+    rule = "|---|---:|"
+    for name, (rate, gain) in anchors.items():
+        header += f" general loss Δ% at {name}'s gain ({gain:.1f}%) | general acc Δ (pts) at that gain |"
+        rule += "---:|---:|"
+    header += " time/token ÷ full | peak mem ÷ full |"
+    rule += "---:|---:|"
+    lines = [header, rule]
+    table: dict[str, Any] = {"anchors": {k: {"rate": r, "gain_pct": g} for k, (r, g) in anchors.items()}, "rows": {}}
+    full_tps = mean_over_rates(data, _front(FULL), "tokens_per_second")
+    full_mem = mean_over_rates(data, _front(FULL), "peak_memory_bytes")
+    for front in GRID:
+        loss_points = front_points(data, front, "forgetting_pct")
+        acc_points = front_points(data, front, "general_acc_change")
+        if not loss_points:
+            continue
+        cells = [front.name, str(len(loss_points))]
+        entry: dict[str, Any] = {}
+        for name, (_, gain) in anchors.items():
+            loss = interpolate(loss_points, gain)
+            acc = interpolate(acc_points, gain)
+            reach = max(g for _, g, _ in loss_points)
+            cells.append(_fmt(loss, "+.2f") if loss is not None else f"not reached (max {reach:.1f}%)")
+            cells.append(_fmt(acc and 100 * acc, "+.1f") if acc is not None else "–")
+            entry[name] = {"general_loss_change_pct": loss, "general_acc_change": acc}
+        tps = mean_over_rates(data, front, "tokens_per_second")
+        mem = mean_over_rates(data, front, "peak_memory_bytes")
+        time_ratio = full_tps / tps if tps and full_tps else None
+        mem_ratio = mem / full_mem if mem and full_mem else None
+        cells += [_fmt(time_ratio, ".2f"), _fmt(mem_ratio, ".2f")]
+        entry.update(time_per_token_vs_full=time_ratio, peak_memory_vs_full=mem_ratio)
+        table["rows"][front.name] = entry
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, table
+
+
+def plot_fronts(data: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for front in GRID:
+        loss = front_points(data, front, "forgetting_pct")
+        if not loss:
+            continue
+        style = "--" if front.replay_ratio else "-"
+        (line,) = axes[0].plot([g for _, g, _ in loss], [v for _, _, v in loss], style, marker="o", label=front.name)
+        for rate, gain, value in loss:
+            axes[0].annotate(rate_name(rate), (gain, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        rows = [rows[label_of(front, rate)] for rate, _, _ in loss for rows in data["seeds"].values() if label_of(front, rate) in rows]
+        xs, ys, lo, hi = [], [], [], []
+        for row in rows:
+            general, domain = row["general_acc_change"], row["domain_acc_change"]
+            if not general or not domain:
+                continue
+            xs.append(100 * domain["diff"])
+            ys.append(-100 * general["diff"])
+            ci = general.get("ci") or [general["diff"]] * 2
+            lo.append(100 * (ci[1] - general["diff"]))
+            hi.append(100 * (general["diff"] - ci[0]))
+        if xs:
+            axes[1].errorbar(xs, ys, yerr=[lo, hi], fmt=style + "o", color=line.get_color(), capsize=2, label=front.name)
+    axes[0].axhline(0, color="grey", lw=0.5)
+    axes[0].set(xlabel="gain: domain held-out loss decrease (%)", ylabel="forgetting: general held-out loss increase (%)",
+                title="Loss (labels: learning rate)")
+    axes[1].axhline(0, color="grey", lw=0.5)
+    axes[1].axvline(0, color="grey", lw=0.5)
+    axes[1].set(xlabel="gain: domain benchmark acc_norm change (points)",
+                ylabel="forgetting: general benchmark accuracy drop (points)", title="Benchmarks (bars: 95% paired CI)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for seed, rows in data["seeds"].items():
+        base = data["base"][seed]["general_loss"]
+        for front in GRID[:1] + GRID[4:5]:
+            for rate in front.rates:
+                row = rows.get(label_of(front, rate))
+                if row and row["curve"]:
+                    steps = [0] + [s for s, _ in row["curve"]]
+                    losses = [base] + [v for _, v in row["curve"]]
+                    ax.plot(steps, losses, "--" if front.replay_ratio else "-", marker=".", label=f"{front.name} {rate_name(rate)}")
+                    drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="optimizer step", ylabel="general held-out loss (State of the Union)", title="Full CPT's general loss over training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list[str], commands: list[str], config: str,
+           cfg, png: Path, curve: Path | None, hours: float, done: int, total: int) -> str:
+    base = next(iter(data["base"].values()))
+    args = cfg.train.training_args
+    tokens = int(args["max_steps"]) * int(args["per_device_train_batch_size"]) * cfg.data.block_size
+    grids = "; ".join(f"{f.name}: {', '.join(rate_name(r) for r in f.rates)}" for f in GRID)
+    out = [
+        START,
+        "## Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
+        "",
+        f"Every method adapts `{cfg.model}` (SmolLM2-135M-Instruct, dequantized from the PyPI GGUF; "
+        "[`docs/real_models.md`](real_models.md)) to Gene Ontology text at each learning rate of its own grid, "
+        f"{tokens:,} domain tokens per run ({args['max_steps']} steps x {args['per_device_train_batch_size']} x "
+        f"{cfg.data.block_size}; replay methods take {REPLAY_RATIO:.0%} extra general steps so their domain tokens match), "
+        f"warmup {args.get('warmup_steps')}, {args.get('lr_scheduler_type')} schedule, seed(s) "
+        f"{', '.join(str(s) for s in data['seeds'])}. Expansion methods add {cfg.expansion.num_new_layers} layers. "
+        f"Regenerate with (config [`{config}`](../{config})):",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+        f"**Status: {done} of {total} runs done** ({hours:.1f} hours of 2-core CPU time so far, training plus evaluation).",
+        "",
+        f"Rate grids: {grids}.",
+        "",
+        "Measures, each against the base model on the same items: **forgetting** = change of the held-out loss on State "
+        f"of the Union addresses (base {base['general_loss']:.3f}; no text of that source is trained on, replay is Austen) and "
+        "of the mean accuracy over ARC-Easy, ARC-Challenge, HellaSwag, PIQA, Winogrande and OpenBookQA (acc_norm where the "
+        f"harness has it, else acc; a seeded subset of {cfg.evaluation.limit} items each, pooled, paired per item, normal 95% "
+        f"interval); **gain** = change of the held-out Gene Ontology loss (base {base['domain_loss']:.3f}) and of "
+        "`go_heldout_mc` acc_norm (same items, paired).",
+        "",
+        f"![fronts]({png.name})",
+        "",
+    ]
+    if curve:
+        out += [f"![full CPT's general loss over steps]({curve.name})", ""]
+    out += ["### Every run", "", *grid_table(data), "",
+            "### Matched gain", "",
+            "Each front interpolated linearly between its rates (never extrapolated) at the domain-loss gain that full "
+            "CPT and ADEPT reach at their best rate (the rate with the largest domain gain). Time per token (optimizer "
+            "steps only) and peak memory are means over the method's rates relative to full CPT's, measured on a shared "
+            "2-core machine.", "", *matched, "",
+            "### Targets", "", "| target | status | numbers |", "|---|---|---|"]
+    out += [f"| {t['target']} | **{t['status']}** | {t['detail']} |" for t in targets]
+    out += ["", END]
+    return "\n".join(out)
+
+
+def write_section(path: Path, section: str) -> Path:
+    """Replace the fronts section of ``path`` (or put it under the title), keeping everything else."""
+    from adept.artifacts import write_text
+
+    old = path.read_text() if path.is_file() else "# Method comparison\n"
+    if START in old and END in old:
+        text = old[:old.index(START)] + section + old[old.index(END) + len(END):]
+    else:
+        title, _, rest = old.partition("\n")
+        text = f"{title}\n\n{section}\n\n{rest.lstrip()}"
+    return write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    root = Path(args.output_root)
+    names = [n.strip() for n in args.fronts.split(",")] if args.fronts else [f.name for f in GRID]
+    unknown = sorted(set(names) - {f.name for f in GRID})
+    if unknown:
+        print(f"error: --fronts: unknown front(s) {', '.join(unknown)}; known: {', '.join(f.name for f in GRID)}", file=sys.stderr)
+        return 2
+    fronts = [f for f in GRID if f.name in names]
+    if args.list:
+        for seed in seeds:
+            for front, rate in run_order():
+                if front in fronts:
+                    done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
+                    print(f"seed {seed}  {label_of(front, rate):24s} {done}")
+        return 0
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only",)]
+    command = ("python benchmarks/fronts.py " + shlex.join(given)).strip()
+    if not args.report_only:
+        run_grid(args, fronts, seeds, root, command)
+
+    from adept.artifacts import artifact_header, write_json
+    from adept.config import load_config
+
+    data = collect(root, seeds)
+    if not any(data["seeds"].values()):
+        print(f"no finished label under {root}", file=sys.stderr)
+        return 1
+    cfg = load_config(args.config, list(args.overrides))
+    docs = Path(args.docs)
+    png = plot_fronts(data, docs.with_name(f"{docs.stem}_fronts.png"))
+    curve = plot_curve(data, docs.with_name(f"{docs.stem}_fronts_curve.png"))
+    targets = check_targets(data)
+    matched, matched_json = matched_table(data)
+    seconds = 0.0
+    for seed in seeds:
+        record = root / f"seed{seed}" / "pipeline.json"
+        if record.is_file():
+            seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record)["stages"].values())
+    done = sum(len(rows) for rows in data["seeds"].values())
+    total = len(seeds) * sum(len(f.rates) for f in GRID)
+    recorded = sorted({read_json(p)["command"] for s in seeds for p in (root / f"seed{s}" / "train").glob(f"*/{MACHINE_NAME}")})
+    section = render(data=data, targets=targets, matched=matched, commands=recorded or [command], config=args.config, cfg=cfg,
+                     png=png, curve=curve, hours=seconds / 3600, done=done, total=total)
+    write_section(docs, section)
+    write_json(docs.with_name(f"{docs.stem}_fronts.json"), {
+        **artifact_header("fronts"), "config": args.config, "seeds": seeds, "done": done, "total": total,
+        "cpu_hours": seconds / 3600, "grid": [{"name": f.name, "method": f.method, "rates": list(f.rates),
+                                               "replay_ratio": f.replay_ratio} for f in GRID],
+        "base": data["base"], "runs": {str(s): rows for s, rows in data["seeds"].items()},
+        "matched_gain": matched_json, "targets": targets,
+    })
+    print("\n".join(line for line in section.splitlines() if line.startswith("|")))
+    print(f"\nwritten: {docs}, {png}" + (f", {curve}" if curve else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
