@@ -493,7 +493,7 @@ def write_docs(path: Path, text: str) -> Path:
 
 
 def plot(seeds: dict[int, dict[str, Any]], labels: list[str], path: Path) -> Path:
-    from adept.report import plot_forgetting_gain
+    from adept.plots import plot_forgetting_gain
 
     points = []
     for seed, data in seeds.items():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from adept.artifacts import artifact_header, write_json
 from adept.cli import main
-from adept.report import build_report, collect_run, plot_unit_rates
+from adept.plots import plot_unit_rates
+from adept.report import build_report, collect_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PARTS = ("config", "importance", "expansion", "train", "eval", "shift")

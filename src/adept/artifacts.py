@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -65,6 +66,13 @@ def read_json(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any
                 f"(this adept reads {SCHEMA_VERSION})"
             )
     return payload
+
+
+def finite_number(value: Any) -> float | None:
+    """A number read from an artifact, or None where it is missing, not a number, NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
 def read_artifact(path: str | os.PathLike, name: str, kind: str) -> dict[str, Any]:

@@ -1,24 +1,40 @@
-"""Pictures of importance, rates and results, as PNG files made with matplotlib.
+"""Every picture of the package, as PNG files made with matplotlib.
 
-Used by the importance stage (paper Fig. 2 style unit heatmap, layer bar chart) and by the
-report. Only the non-interactive Agg backend is used, so it works on headless machines.
+Importance (paper Fig. 2 style unit heatmap, layer bar chart), token shift (Fig. 5), per-unit
+learning rates, losses and the forgetting-vs-gain scatter (Sec. 4). Called by the importance and
+shift stages and by the report; reads only the values it is given. Only the non-interactive Agg
+backend is used, so it works on headless machines.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from adept.artifacts import finite_number
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, plt, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG (no software stamp, so the same figure gives the same bytes) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
 
 
 def plot_unit_heatmap(
@@ -31,7 +47,7 @@ def plot_unit_heatmap(
     """Layers x units heatmap; each column is min-max normalised so unit types are comparable."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     data = np.array([[math.nan if v is None else v for v in row] for row in unit_scores], dtype=float)
     lo = np.nanmin(data, axis=0, keepdims=True)
     hi = np.nanmax(data, axis=0, keepdims=True)
@@ -47,14 +63,14 @@ def plot_unit_heatmap(
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_layer_bars(
     scores: dict[str, Sequence[float]], layers: Sequence[int], path: str | os.PathLike, highlight: Sequence[int] = ()
 ) -> Path:
     """One bar panel per metric; highlighted layers (e.g. the ones chosen for expansion) in orange."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(scores), 1, figsize=(max(6, 0.35 * len(layers) + 2), 2.2 * len(scores)), squeeze=False)
     for ax, (metric, values) in zip(axes[:, 0], scores.items()):
         colors = ["tab:orange" if layer in highlight else "tab:blue" for layer in layers]
@@ -64,12 +80,148 @@ def plot_layer_bars(
     axes[-1, 0].set_xlabel("layer")
     axes[0, 0].set_title("Layer importance for general competence", fontsize=10)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
-def _save(fig, plt, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
-    return path
+
+def plot_shift(result: dict[str, Any], path: str | os.PathLike, title: str = "Token-distribution shift") -> Path:
+    """Two bar panels of a ``shift.json`` result: category shares and the rank histogram of the tuned top-1 token."""
+    from adept.shift import CATEGORIES, RANK_BINS
+
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    shares = [result["categories"][name] for name in CATEGORIES]
+    bars = left.bar(CATEGORIES, shares, color=["tab:green", "tab:orange", "tab:red"])
+    left.bar_label(bars, labels=[f"{100 * s:.1f}%" for s in shares], fontsize=8)
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("share of positions")
+    left.set_title("tuned top-1 in base distribution", fontsize=9)
+    counts = [result["rank_histogram"][name] for name in RANK_BINS]
+    right.bar(RANK_BINS, counts, color="tab:blue")
+    right.set_xlabel("rank in base model")
+    right.set_ylabel("positions")
+    right.set_title("rank histogram", fontsize=9)
+    fig.suptitle(f"{title} ({result['positions']} positions)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+def _unit_label(name: str) -> tuple[int, str]:
+    match = re.search(r"layers\.(\d+)\.(.+)$", name)
+    if not match:
+        return (-1, name.removesuffix(".weight"))
+    return (int(match.group(1)), match.group(2).removesuffix(".weight").replace("self_attn.", "attn."))
+
+
+def _step_axes(ax, ylabel: str, ncol: int = 1) -> None:
+    """Optimizer step on x, a grid, and the legend outside on the right (unit and method names are long)."""
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=ncol, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+
+
+def plot_unit_rates(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
+    """Per-unit LR multipliers of ``unit_rates.jsonl`` at each re-estimation: lines for few units, a heatmap for many."""
+    import numpy as np
+
+    plt = pyplot()
+    steps = [int(entry.get("step", i)) for i, entry in enumerate(history)]
+    units = sorted({name for entry in history for name in entry["multipliers"]}, key=_unit_label)
+    labels = [f"L{layer} {unit}" if layer >= 0 else unit for layer, unit in map(_unit_label, units)]
+    data = np.array([[np.nan if (value := finite_number(entry["multipliers"].get(u))) is None else value for entry in history]
+                     for u in units], dtype=float)
+    if len(units) <= 24:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        cmap = plt.get_cmap("tab20" if len(units) > 10 else "tab10")
+        for i, label in enumerate(labels):
+            ax.plot(steps, data[i], marker="o", markersize=3, linewidth=1.2, color=cmap(i % cmap.N), label=label)
+        _step_axes(ax, "LR multiplier", ncol=2)
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(steps) + 3), max(4, 0.16 * len(units) + 1.5)))
+        image = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
+        tick_every = max(1, len(steps) // 12)
+        ax.set_xticks(range(0, len(steps), tick_every), [str(s) for s in steps[::tick_every]], fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=5)
+        ax.set_xlabel("step of re-estimation")
+        fig.colorbar(image, ax=ax, fraction=0.03, label="LR multiplier")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+def _loss_series(log_history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """``train`` and one ``eval <name>`` series of (step, loss) from a Trainer log history."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for entry in log_history or []:
+        step = finite_number(entry.get("step"))
+        if step is None:
+            continue
+        for key, value in entry.items():
+            value = finite_number(value)
+            if value is None:
+                continue
+            if key == "loss":
+                series.setdefault("train", []).append((step, value))
+            else:
+                match = re.fullmatch(r"eval_(?:(.+)_)?loss", key)
+                if match:
+                    series.setdefault(f"eval {match.group(1) or ''}".rstrip(), []).append((step, value))
+    return series
+
+
+def plot_losses(histories: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str) -> Path | None:
+    """Training loss (solid) and held-out losses (dashed) against step, one colour per method; None without losses."""
+    curves = {method: _loss_series(history) for method, history in histories.items()}
+    if not any(curves.values()):
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    cmap = plt.get_cmap("tab10")
+    styles = ["--", ":", "-."]
+    for i, (method, series) in enumerate(curves.items()):
+        color = cmap(i % cmap.N)
+        evals = [name for name in series if name != "train"]
+        if "train" in series:
+            xs, ys = zip(*series["train"])
+            ax.plot(xs, ys, color=color, linewidth=1.2, label=f"{method} train")
+        for j, name in enumerate(evals):
+            xs, ys = zip(*series[name])
+            ax.plot(xs, ys, color=color, linestyle=styles[j % len(styles)], marker="o", markersize=3, label=f"{method} {name}")
+    _step_axes(ax, "loss")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)
+
+
+def plot_forgetting_gain(points: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """General-loss change % (x) against domain-loss change % (y); lower-left is better on both.
+
+    Each point is ``{"x", "y", "label", "group", "run"}``: colour by group (method), marker by run.
+    """
+    plt = pyplot()
+    from matplotlib.lines import Line2D
+
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    run_names = list(dict.fromkeys(p["run"] for p in points))
+    markers = "os^Dvphx*<>"
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    ax.axvline(0, color="0.6", linewidth=0.8)
+    for p in points:
+        color = cmap(groups.index(p["group"]) % cmap.N)
+        marker = markers[run_names.index(p["run"]) % len(markers)]
+        ax.scatter([p["x"]], [p["y"]], color=color, marker=marker, s=40, zorder=3)
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    handles = [Line2D([], [], color=cmap(i % cmap.N), marker="o", linestyle="", label=g) for i, g in enumerate(groups)]
+    if len(run_names) > 1:
+        handles += [Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="", label=r)
+                    for i, r in enumerate(run_names)]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+    ax.set_xlabel("general loss change % (right = more forgetting)")
+    ax.set_ylabel("domain loss change % (down = more domain gain)")
+    ax.set_title("Forgetting vs. domain gain (lower left is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, plt, path)

@@ -26,6 +26,7 @@ from typing import Any
 
 from adept import __version__
 from adept.artifacts import read_json
+from adept.plots import plot_forgetting_gain, plot_layer_bars, plot_losses, plot_unit_heatmap, plot_unit_rates
 
 logger = logging.getLogger(__name__)
 
@@ -485,8 +486,6 @@ def _source_of(layer: dict[str, Any]) -> int | None:
 
 
 def _importance_blocks(run: RunArtifacts, image_name) -> list[Any]:
-    from adept.plots import plot_layer_bars, plot_unit_heatmap
-
     imp = run.importance
     if imp is None and not run.importance_pngs:
         return [_none_found("importance/importance.json")]
@@ -594,47 +593,6 @@ def _layer_order(manifest: dict[str, Any]) -> list[str]:
     return order
 
 
-def _unit_label(name: str) -> tuple[int, str]:
-    match = re.search(r"layers\.(\d+)\.(.+)$", name)
-    if not match:
-        return (-1, name.removesuffix(".weight"))
-    return (int(match.group(1)), match.group(2).removesuffix(".weight").replace("self_attn.", "attn."))
-
-
-def plot_unit_rates(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
-    """Per-unit LR multipliers at each re-estimation: lines for few units, a heatmap for many."""
-    import numpy as np
-
-    from adept.plots import _pyplot, _save
-
-    plt = _pyplot()
-    steps = [int(entry.get("step", i)) for i, entry in enumerate(history)]
-    units = sorted({name for entry in history for name in entry["multipliers"]}, key=_unit_label)
-    labels = [f"L{layer} {unit}" if layer >= 0 else unit for layer, unit in map(_unit_label, units)]
-    data = np.array([[_num(entry["multipliers"].get(u)) if _num(entry["multipliers"].get(u)) is not None else np.nan
-                      for entry in history] for u in units], dtype=float)
-    if len(units) <= 24:
-        fig, ax = plt.subplots(figsize=(8, 4.2))
-        cmap = plt.get_cmap("tab20" if len(units) > 10 else "tab10")
-        for i, label in enumerate(labels):
-            ax.plot(steps, data[i], marker="o", markersize=3, linewidth=1.2, color=cmap(i % cmap.N), label=label)
-        ax.set_xlabel("step")
-        ax.set_ylabel("LR multiplier")
-        ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-        ax.grid(alpha=0.3)
-    else:
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(steps) + 3), max(4, 0.16 * len(units) + 1.5)))
-        image = ax.imshow(data, aspect="auto", cmap="viridis", interpolation="nearest")
-        tick_every = max(1, len(steps) // 12)
-        ax.set_xticks(range(0, len(steps), tick_every), [str(s) for s in steps[::tick_every]], fontsize=7)
-        ax.set_yticks(range(len(labels)), labels, fontsize=5)
-        ax.set_xlabel("step of re-estimation")
-        fig.colorbar(image, ax=ax, fraction=0.03, label="LR multiplier")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, plt, path)
-
-
 def _rate_blocks(run: RunArtifacts, image_name) -> list[Any]:
     if not run.unit_rates:
         return [_none_found("train/*/unit_rates.jsonl (no method logged per-unit rates)")]
@@ -657,55 +615,6 @@ def _rate_blocks(run: RunArtifacts, image_name) -> list[Any]:
             ])
         blocks.append(Table(["step", "units", "min multiplier", "mean multiplier", "max multiplier"], rows))
     return blocks
-
-
-def _loss_series(log_history: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """``train`` and one ``eval <name>`` series of (step, loss) from a Trainer log history."""
-    series: dict[str, list[tuple[float, float]]] = {}
-    for entry in log_history or []:
-        step = _num(entry.get("step"))
-        if step is None:
-            continue
-        for key, value in entry.items():
-            value = _num(value)
-            if value is None:
-                continue
-            if key == "loss":
-                series.setdefault("train", []).append((step, value))
-            else:
-                match = re.fullmatch(r"eval_(?:(.+)_)?loss", key)
-                if match:
-                    series.setdefault(f"eval {match.group(1) or ''}".rstrip(), []).append((step, value))
-    return series
-
-
-def plot_losses(histories: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike, title: str) -> Path | None:
-    """Training loss (solid) and held-out losses (dashed) against step, one colour per method."""
-    from adept.plots import _pyplot, _save
-
-    curves = {method: _loss_series(history) for method, history in histories.items()}
-    if not any(curves.values()):
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    cmap = plt.get_cmap("tab10")
-    styles = ["--", ":", "-."]
-    for i, (method, series) in enumerate(curves.items()):
-        color = cmap(i % cmap.N)
-        evals = [name for name in series if name != "train"]
-        if "train" in series:
-            xs, ys = zip(*series["train"])
-            ax.plot(xs, ys, color=color, linewidth=1.2, label=f"{method} train")
-        for j, name in enumerate(evals):
-            xs, ys = zip(*series[name])
-            ax.plot(xs, ys, color=color, linestyle=styles[j % len(styles)], marker="o", markersize=3, label=f"{method} {name}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    return _save(fig, plt, path)
 
 
 def _loss_blocks(run: RunArtifacts, image_name) -> list[Any]:
@@ -732,41 +641,6 @@ def _loss_blocks(run: RunArtifacts, image_name) -> list[Any]:
         ])
     blocks.append(Table(columns, rows))
     return blocks
-
-
-def plot_forgetting_gain(points: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """General-loss change % (x) against domain-loss change % (y); lower-left is better on both.
-
-    Each point is ``{"x", "y", "label", "group", "run"}``: colour by group (method), marker by run.
-    """
-    from adept.plots import _pyplot, _save
-
-    plt = _pyplot()
-    groups = list(dict.fromkeys(p["group"] for p in points))
-    run_names = list(dict.fromkeys(p["run"] for p in points))
-    markers = "os^Dvphx*<>"
-    cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    ax.axhline(0, color="0.6", linewidth=0.8)
-    ax.axvline(0, color="0.6", linewidth=0.8)
-    for p in points:
-        color = cmap(groups.index(p["group"]) % cmap.N)
-        marker = markers[run_names.index(p["run"]) % len(markers)]
-        ax.scatter([p["x"]], [p["y"]], color=color, marker=marker, s=40, zorder=3)
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=cmap(i % cmap.N), marker="o", linestyle="", label=g) for i, g in enumerate(groups)]
-    if len(run_names) > 1:
-        handles += [Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="", label=r)
-                    for i, r in enumerate(run_names)]
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    ax.set_xlabel("general loss change % (right = more forgetting)")
-    ax.set_ylabel("domain loss change % (down = more domain gain)")
-    ax.set_title("Forgetting vs. domain gain (lower left is better)", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, plt, path)
 
 
 def _comparison_blocks(runs: list[RunArtifacts], labels: dict[tuple[str, str], str], output_dir: Path) -> list[Any]:

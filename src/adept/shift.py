@@ -151,28 +151,6 @@ def token_shift(
     return summarize_shift(ranks, tuned_top1, tokenizer, top_k)
 
 
-def plot_shift(result: dict[str, Any], path: str | os.PathLike, title: str = "Token-distribution shift") -> Path:
-    """Two bar panels: category shares and the rank histogram of the tuned top-1 token."""
-    from adept.plots import _pyplot, _save
-
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    shares = [result["categories"][name] for name in CATEGORIES]
-    bars = left.bar(CATEGORIES, shares, color=["tab:green", "tab:orange", "tab:red"])
-    left.bar_label(bars, labels=[f"{100 * s:.1f}%" for s in shares], fontsize=8)
-    left.set_ylim(0, 1.1)
-    left.set_ylabel("share of positions")
-    left.set_title("tuned top-1 in base distribution", fontsize=9)
-    counts = [result["rank_histogram"][name] for name in RANK_BINS]
-    right.bar(RANK_BINS, counts, color="tab:blue")
-    right.set_xlabel("rank in base model")
-    right.set_ylabel("positions")
-    right.set_title("rank histogram", fontsize=9)
-    fig.suptitle(f"{title} ({result['positions']} positions)", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, plt, path)
-
-
 def _same_vocabulary(base_tokenizer, tuned_tokenizer) -> bool:
     return base_tokenizer.get_vocab() == tuned_tokenizer.get_vocab()
 
@@ -198,6 +176,7 @@ def run_shift(
     import torch
 
     from adept.expansion import read_model_config
+    from adept.plots import plot_shift
     from adept.stages import load_model_and_tokenizer
 
     output_dir = Path(output_dir)
