@@ -66,45 +66,23 @@ def evaluate_perplexity(
         predicted tokens, ``bytes`` the UTF-8 bytes of their text, so ``bits_per_byte`` compares
         models whose tokenizers differ (a per-token loss does not).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from adept.data import IGNORE_INDEX, build_packed_dataset
+    from adept.data import IGNORE_INDEX
+    from adept.forward import BlockBatches, count_targets, first_blocks, forward_batches, next_token_loss_sum
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if max_blocks is not None and max_blocks < 1:
-        raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
-    dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir)
-    if max_blocks is not None:
-        dataset = dataset.select(range(min(max_blocks, len(dataset))))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    dataset = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir)
     total_loss = 0.0
     total_tokens = 0
     total_bytes = 0
-    starts = range(0, len(dataset), batch_size)
-    try:
-        with torch.no_grad():
-            for start in tqdm(starts, desc=f"perplexity {Path(path).name}", unit="batch", disable=not progress):
-                rows = dataset[start : start + batch_size]
-                input_ids = torch.tensor(rows["input_ids"], dtype=torch.long, device=device)
-                labels = torch.tensor(rows["labels"], dtype=torch.long, device=device)
-                logits = model(input_ids=input_ids).logits
-                # Sum, not mean, per batch so the final mean weighs every token equally.
-                total_loss += torch.nn.functional.cross_entropy(
-                    logits[:, :-1].flatten(0, 1).float(),
-                    labels[:, 1:].flatten(),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                ).item()
-                total_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
-                for row in labels[:, 1:].tolist():
-                    predicted = [token for token in row if token != IGNORE_INDEX]
-                    total_bytes += len(tokenizer.decode(predicted, skip_special_tokens=True).encode("utf-8"))
-    finally:
-        model.train(was_training)
+    batches = BlockBatches(dataset, batch_size, ("input_ids", "labels"))
+    for batch, logits in forward_batches(model, batches, desc=f"perplexity {Path(path).name}", progress=progress):
+        labels = batch["labels"]
+        total_loss += next_token_loss_sum(logits, labels).item()
+        total_tokens += count_targets(labels)
+        for row in labels[:, 1:].tolist():
+            predicted = [token for token in row if token != IGNORE_INDEX]
+            total_bytes += len(tokenizer.decode(predicted, skip_special_tokens=True).encode("utf-8"))
     loss = total_loss / total_tokens
     bits_per_byte = total_loss / math.log(2) / total_bytes if total_bytes else None
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens, "bytes": total_bytes,

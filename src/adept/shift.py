@@ -29,29 +29,19 @@ def packed_blocks(tokenizer, path: str | os.PathLike, block_size: int = 256, max
     """The first ``max_blocks`` packed blocks of a corpus as a ``(blocks, block_size)`` LongTensor."""
     import torch
 
-    from adept.data import build_packed_dataset
+    from adept.forward import first_blocks
 
-    if max_blocks is not None and max_blocks < 1:
-        raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
-    dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir)
-    if max_blocks is not None:
-        dataset = dataset.select(range(min(max_blocks, len(dataset))))
-    return torch.tensor(dataset["input_ids"], dtype=torch.long)
+    return torch.tensor(first_blocks(path, tokenizer, block_size, max_blocks, cache_dir)["input_ids"], dtype=torch.long)
 
 
 def top1_tokens(model, blocks, batch_size: int = 8, progress: bool = True):
     """The model's most likely next token at every position of ``blocks`` (same shape)."""
     import torch
-    from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(blocks), batch_size), desc="top-1 tokens", unit="batch", disable=not progress):
-            logits = model(input_ids=blocks[start : start + batch_size].to(device)).logits
-            out.append(logits.argmax(dim=-1).cpu())
-    return torch.cat(out)
+    from adept.forward import BlockBatches, forward_batches
+
+    outputs = forward_batches(model, BlockBatches({"input_ids": blocks}, batch_size), desc="top-1 tokens", progress=progress)
+    return torch.cat([logits.argmax(dim=-1).cpu() for _, logits in outputs])
 
 
 def ranks_of(model, blocks, token_ids, batch_size: int = 8, progress: bool = True):
@@ -61,21 +51,19 @@ def ranks_of(model, blocks, token_ids, batch_size: int = 8, progress: bool = Tru
     first place counts as rank 1.
     """
     import torch
-    from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
-    model.eval()
+    from adept.forward import BlockBatches, forward_batches
+
     out = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(blocks), batch_size), desc="base ranks", unit="batch", disable=not progress):
-            logits = model(input_ids=blocks[start : start + batch_size].to(device)).logits.float()
-            wanted = token_ids[start : start + batch_size].to(device)
-            if int(wanted.max()) >= logits.shape[-1]:
-                raise ValueError(
-                    f"the tuned model predicts token id {int(wanted.max())}, beyond the base vocabulary of {logits.shape[-1]}"
-                )
-            chosen = logits.gather(-1, wanted.unsqueeze(-1))
-            out.append((logits > chosen).sum(dim=-1).cpu() + 1)
+    batches = BlockBatches({"input_ids": blocks, "token_ids": token_ids}, batch_size, ("input_ids", "token_ids"))
+    for batch, logits in forward_batches(model, batches, desc="base ranks", progress=progress):
+        logits, wanted = logits.float(), batch["token_ids"]
+        if int(wanted.max()) >= logits.shape[-1]:
+            raise ValueError(
+                f"the tuned model predicts token id {int(wanted.max())}, beyond the base vocabulary of {logits.shape[-1]}"
+            )
+        chosen = logits.gather(-1, wanted.unsqueeze(-1))
+        out.append((logits > chosen).sum(dim=-1).cpu() + 1)
     return torch.cat(out)
 
 

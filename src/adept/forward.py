@@ -1,0 +1,121 @@
+"""Running a model over batches of token blocks: the one batched forward loop of the package.
+
+`forward_batches` puts the model in eval mode, moves each batch to the model's device, runs the
+forward without gradients unless asked for them, shows a progress bar and yields the logits; the
+callers keep only their reduction. Held-out perplexity (paper Sec. 4) and the token-distribution
+shift (Fig. 5) run through it; it also takes padded batches with an attention mask and gradients
+on, which is what the importance probe (Sec. 3.1) needs. Reads and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from adept.data import IGNORE_INDEX
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's (first) parameters live; inputs go there."""
+    return next(model.parameters()).device
+
+
+def first_blocks(path: str | os.PathLike, tokenizer, block_size: int, max_blocks: int | None = None, cache_dir=None):
+    """The first ``max_blocks`` blocks (all when None) of a corpus packed like the training data.
+
+    Returns a ``datasets.Dataset`` with ``input_ids`` and ``labels`` (see `build_packed_dataset`).
+    """
+    from adept.data import build_packed_dataset
+
+    if max_blocks is not None and max_blocks < 1:
+        raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
+    dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir)
+    if max_blocks is not None:
+        dataset = dataset.select(range(min(max_blocks, len(dataset))))
+    return dataset
+
+
+class BlockBatches(Sequence):
+    """Consecutive ``batch_size`` rows of equal-length blocks, each batch a dict of LongTensors.
+
+    ``rows`` is a ``datasets.Dataset`` (read one batch at a time, so a large corpus is never held
+    as Python lists) or a mapping of column name to a tensor whose first dimension is the row.
+    """
+
+    def __init__(self, rows, batch_size: int, columns: Sequence[str] = ("input_ids",)):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.rows, self.batch_size, self.columns = rows, batch_size, tuple(columns)
+        self.num_rows = len(rows[self.columns[0]]) if isinstance(rows, Mapping) else len(rows)
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        part = {name: self.rows[name][rows] for name in self.columns} if isinstance(self.rows, Mapping) else self.rows[rows]
+        return {name: torch.as_tensor(part[name], dtype=torch.long) for name in self.columns}
+
+
+def forward_batches(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    inputs: Sequence[str] = ("input_ids",),
+    grad: bool = False,
+    desc: str | None = None,
+    progress: bool = True,
+    **model_kwargs,
+) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Run ``model`` over ``batches`` in eval mode; yield each batch (on the model's device) and its logits.
+
+    Args:
+        model: a causal LM; put in eval mode for the loop and back in its former mode afterwards.
+        batches: dicts of tensors, e.g. `BlockBatches` or the padded probe batches of
+            `adept.data.make_batches`; keys not in ``inputs`` (labels, target ids) travel along.
+        inputs: the batch keys passed to the model (``("input_ids", "attention_mask")`` for padded batches).
+        grad: build the autograd graph (a gradient pass such as the importance probe); without it
+            the forward runs under ``torch.no_grad``. Only the forward is switched, so the
+            caller's code between batches runs in its own grad mode.
+        desc: progress-bar label; ``progress`` shows the bar (tqdm).
+        **model_kwargs: fixed model arguments, e.g. ``use_cache=False``.
+
+    Yields:
+        ``(batch, logits)`` per batch, in order.
+    """
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with torch.set_grad_enabled(grad):
+                logits = model(**{key: batch[key] for key in inputs}, **model_kwargs).logits
+            yield batch, logits
+    finally:
+        model.train(was_training)
+
+
+def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross entropy (in fp32) over the targets that are not ``IGNORE_INDEX``.
+
+    A sum, not a mean, so totals over batches weigh every token equally.
+    """
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels[:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def count_targets(labels: torch.Tensor) -> int:
+    """Targets `next_token_loss_sum` counts: labels after the first position that are not ``IGNORE_INDEX``."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
