@@ -28,13 +28,20 @@ def artifact_header(kind: str) -> dict[str, Any]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file atomically (temporary file + rename): readers never see half of it."""
+    """Write a UTF-8 text file atomically (temporary file + rename): readers never see half of it.
+
+    The file is readable like any new file (``0o666`` less the umask), not private like the
+    temporary file it is written as.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
