@@ -1,14 +1,14 @@
 """The evaluation tables: methods against the base model, held-out perplexity and benchmarks.
 
 Reads the ``results.json`` rows that `adept.evaluation` writes (paper Sec. 4: forgetting on
-general data, gain on domain data, cost) and presents them as report sections: tables with the
-best adapted value highlighted, and the forgetting-vs-gain scatter. Computes nothing that
-results.json lacks.
+general data, gain on domain data, cost) and presents them twice: as report sections (tables
+with the best adapted value highlighted, and the forgetting-vs-gain scatter) and as the Markdown
+tables ``adept eval`` and ``adept compare`` print. Computes nothing that results.json lacks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,3 +149,72 @@ def benchmark_blocks(runs: list[RunArtifacts], labels: dict[tuple[str, str], str
                          format_cell(result.get("acc_norm"), "fixed"), format_cell(change, "signed")])
     return [Table(columns, rows, highlight), Text("Highlighted: best accuracy per task among the adapted models.")]
 
+
+# --- the Markdown tables the CLI prints -------------------------------------------------------
+
+
+def _cell(value: float | None, change: float | None, fmt: str, change_fmt: str, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    text = format(value, fmt)
+    return f"{text} ({format(change, change_fmt)}{unit})" if change is not None else text
+
+
+def comparison_markdown(results: Mapping[str, Any]) -> str:
+    """The comparison of ``results.json`` as a Markdown table (Δ against the base model)."""
+    header = [
+        "method",
+        "general loss (Δ%)",
+        "domain loss (Δ%)",
+        "general acc (Δ)",
+        "domain acc (Δ)",
+        "trainable share",
+        "wall s",
+        "peak mem GiB",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in results["comparison"]:
+        name = row["method"] if row["method"] == row["label"] else f"{row['method']} ({row['label']})"
+        share = row.get("trainable_share")
+        wall = row.get("wall_seconds")
+        peak = row.get("peak_memory_bytes")
+        cells = [
+            name,
+            _cell(row["general_loss"], row["general_loss_change_pct"], ".4f", "+.2f", "%"),
+            _cell(row["domain_loss"], row["domain_loss_change_pct"], ".4f", "+.2f", "%"),
+            _cell(row["general_acc"], row["general_acc_change"], ".3f", "+.3f"),
+            _cell(row["domain_acc"], row["domain_acc_change"], ".3f", "+.3f"),
+            "–" if share is None else f"{100 * share:.1f}%",
+            "–" if wall is None else f"{wall:.0f}",
+            "–" if peak is None else f"{peak / 2**30:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _interval_cell(value: float | None, ci: Sequence[float] | None, fmt: str = ".3f") -> str:
+    if value is None:
+        return "–"
+    return f"{format(value, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else format(value, fmt)
+
+
+def benchmark_markdown(results: Mapping[str, Any]) -> str:
+    """Every benchmark of ``results.json`` per model: acc and acc_norm with 95% intervals, and the
+    paired difference from the base model on the same items (empty when there are no benchmarks)."""
+    rows = {row["label"]: row for row in results["comparison"]}
+    header = ["benchmark", "model", "n", "acc [95% CI]", "acc_norm [95% CI]", "Δ acc vs base [95% CI]", "Δ acc_norm vs base [95% CI]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    tasks = list(dict.fromkeys(task for run in results["runs"] for task in run["benchmarks"]))
+    for task in tasks:
+        for run in results["runs"]:
+            entry = run["benchmarks"].get(task)
+            if entry is None:
+                continue
+            paired = rows.get(run["label"], {}).get("benchmarks", {}).get(task, {}).get("paired") or {}
+            cells = [task, run["label"], "–" if entry.get("n") is None else str(entry["n"]),
+                     _interval_cell(entry.get("acc"), entry.get("acc_ci")), _interval_cell(entry.get("acc_norm"), entry.get("acc_norm_ci"))]
+            for metric in ("acc", "acc_norm"):
+                diff = paired.get(metric) if run["label"] != results["base"] else None
+                cells.append("–" if not diff else _interval_cell(diff["diff"], diff["ci"], "+.3f"))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n" if tasks else ""
