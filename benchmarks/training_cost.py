@@ -66,20 +66,6 @@ RUNS = ("full", "static", "dynamic")
 # --- workspace ------------------------------------------------------------------------------
 
 
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges (ids 0-255, then <s>, </s>, <pad>)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {char: idx for idx, char in enumerate(sorted(alphabet))}
-    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
 def synthetic_text(num_tokens: int, seed: int, words_per_doc: int = 400) -> str:
     """Paragraphs of pseudo-words, about ``num_tokens`` bytes (= byte-level tokens) in all."""
     rng = random.Random(seed)
@@ -109,6 +95,7 @@ def build_workspace(workdir: Path, args) -> tuple[list[int], dict[str, int]]:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from adept.data import byte_tokenizer
     from adept.expansion import expand_checkpoint, plan_expansion, select_uniform
     from adept.training import count_parameters
 

@@ -1,9 +1,11 @@
-"""Tiny random models of every supported architecture and a byte-level tokenizer, built in code."""
+"""Tiny random models of every supported architecture, built in code; the byte-level tokenizer is `adept.data.byte_tokenizer`."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+from adept.data import byte_tokenizer  # noqa: F401  (tests import it from here)
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2")
 VOCAB = 259  # 256 bytes + <s>, </s>, <pad>
@@ -55,20 +57,6 @@ def tiny_model(model_type: str = "llama", num_hidden_layers: int = 4, seed: int 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, num_hidden_layers), attn_implementation="eager")
     return randomize_(model, seed=seed).eval()
-
-
-def byte_tokenizer():
-    """A byte-level BPE tokenizer with no merges: every byte is one token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {char: idx for idx, char in enumerate(sorted(alphabet))}
-    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def save_tiny_checkpoint(path, model_type: str = "llama", num_hidden_layers: int = 4, seed: int = 0, max_shard_size=None):

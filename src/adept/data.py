@@ -347,3 +347,21 @@ def build_packed_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
         dataset = datasets.load_from_disk(str(cache_path))
     return dataset
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges, built in code: ids 0-255 are the bytes, then <s>, </s>, <pad>.
+
+    Every byte is one token, so it needs neither training nor a download; tests and benchmarks pair
+    it with small random models (a vocabulary of at least 259).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {char: idx for idx, char in enumerate(sorted(alphabet))}
+    vocab.update({"<s>": 256, "</s>": 257, "<pad>": 258})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
