@@ -193,6 +193,9 @@ def _load_jsonl(run: RunArtifacts, rel: str) -> list[dict[str, Any]]:
     return entries
 
 
+# --- the report --------------------------------------------------------------------------------
+
+
 def build_report(run_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Write ``index.html``, ``report.md`` and their PNGs for one or several run directories.
 
