@@ -85,14 +85,14 @@ def replay_budget_overrides(cfg) -> list[str]:
 
     Only labels whose ``max_steps`` is the shared one are changed; one set explicitly is kept.
     """
-    from adept.training import DEFAULT_TRAINING_ARGS
+    from adept.config import DEFAULT_TRAINING_ARGS
 
     shared = {**DEFAULT_TRAINING_ARGS, **cfg.train.training_args}["max_steps"]
     overrides = []
     for label in cfg.train.methods:
         settings = cfg.method_settings(label)
-        ratio = settings["replay_ratio"]
-        if ratio > 0 and settings["training_args"]["max_steps"] == shared:
+        ratio = settings.replay_ratio
+        if ratio > 0 and settings.training_args["max_steps"] == shared:
             steps = math.ceil(shared / (1 - ratio))
             overrides.append(f"train.variants.{label}.training_args.max_steps={steps}")
     return overrides
@@ -297,10 +297,10 @@ def budget_lines(configs: dict[int, Any], labels: list[str]) -> list[str]:
     groups: dict[str, list[str]] = {}
     for label in labels:
         settings = cfg.method_settings(label)
-        args = settings["training_args"]
+        args = settings.training_args
         steps, batch = args["max_steps"], args["per_device_train_batch_size"]
         accum = args.get("gradient_accumulation_steps", 1)
-        ratio = settings["replay_ratio"]
+        ratio = settings.replay_ratio
         tokens = steps * batch * accum * block * (1 - ratio)
         text = f"{tokens:,.0f} domain tokens = {steps} steps × batch {batch}" + (f" × {accum}" if accum != 1 else "")
         text += f" × block {block}" + (f" × {1 - ratio:.2f} (the rest replays general text)" if ratio else "")
@@ -310,7 +310,7 @@ def budget_lines(configs: dict[int, Any], labels: list[str]) -> list[str]:
 
 def stage2_line(cfg) -> str:
     """How the dynamic rates were set in these runs, read from the resolved config."""
-    from adept.training import DEFAULT_REFRESHES
+    from adept.config import DEFAULT_REFRESHES
 
     rule, train = cfg.train.rule, cfg.train
     if train.reestimate_every is not None:
@@ -320,7 +320,7 @@ def stage2_line(cfg) -> str:
     else:
         every = f"{DEFAULT_REFRESHES} refreshes per run (the default)"
     return (f"m = {rule.scale:g}(1 - I_norm) ({rule.rule}, {rule.normalization}, floor {rule.floor:g}), unit score "
-            f"{rule.unit_score} of |w * dL/dw|, probe {train.probe_max_tokens} tokens, {every}; adept's copies start from"
+            f"{rule.unit_score} of |w * dL/dw|, probe {train.probe.max_tokens} tokens, {every}; adept's copies start from"
             " their source layers' Stage 1 scores at step 0.")
 
 

@@ -51,15 +51,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from adept.config import DEFAULT_REFRESHES, DEFAULT_TRAINING_ARGS, DataSection, ProbeConfig
+
 TARGET_TIME = 0.55
 TARGET_MEMORY = 0.45
 TARGET_OVERHEAD = 0.03
-# The defaults of `adept train` / TrainConfig / DEFAULT_TRAINING_ARGS the overhead is quoted for:
+# The overhead is quoted for the defaults of `adept train` (TrainConfig, DEFAULT_TRAINING_ARGS):
 # ten refreshes per run, for a run of the default 200 steps and for a long one.
-QUOTED_RUNS = (200, 10_000)
-DEFAULT_REFRESHES = 10
-DEFAULT_PROBE_TOKENS = 20_000
-DEFAULT_STEP_TOKENS = 8 * 256
+QUOTED_RUNS = (DEFAULT_TRAINING_ARGS["max_steps"], 10_000)
+DEFAULT_PROBE_TOKENS = ProbeConfig().max_tokens
+DEFAULT_STEP_TOKENS = DEFAULT_TRAINING_ARGS["per_device_train_batch_size"] * DataSection().block_size
 RUNS = ("full", "static", "dynamic")
 
 
@@ -180,7 +181,7 @@ def child(spec_path: str) -> None:
 
     training.NonFiniteLossGuard = Timer
     training.AdeptCallback = TimedAdeptCallback
-    cfg = training.TrainConfig(**spec["config"])
+    cfg = training.TrainConfig(**{**spec["config"], "probe": ProbeConfig(**spec["config"]["probe"])})
     training.run_training(cfg, progress=False)
     summary = json.loads((Path(cfg.output_dir) / training.SUMMARY_NAME).read_text())
     record["library_peak_memory"] = summary.get("peak_memory_bytes")  # run_training's own measure
@@ -200,10 +201,10 @@ def launch(run: str, workdir: Path, args, interval: int, index: int) -> dict:
     }
     config = {
         "model": str(workdir / ("base" if method == "full" else "expanded")), "data": [str(workdir / "domain.txt")],
-        "output_dir": str(out), "method": method, "probe": str(workdir / "probe.txt"),
+        "output_dir": str(out), "method": method, "probe_data": str(workdir / "probe.txt"),
         "block_size": args.block_size, "reestimate_every": interval if run == "dynamic" else 0,
-        "probe_max_tokens": args.probe_tokens, "probe_max_length": args.probe_length,
-        "probe_batch_size": args.probe_batch_size, "cache_dir": str(workdir / "cache"), "resume": False,
+        "probe": {"max_tokens": args.probe_tokens, "max_length": args.probe_length, "batch_size": args.probe_batch_size},
+        "cache_dir": str(workdir / "cache"), "resume": False,
         "training_args": training_args,
     }
     spec = {"run": run, "device": args.device, "config": config, "result": str(workdir / f"result-{index}.json"),

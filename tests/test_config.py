@@ -25,7 +25,7 @@ def test_shipped_config_validates_and_documents_itself(path, monkeypatch):
     assert first.startswith("# ") and len(first) > 20, "a config opens with a comment saying what it is for"
     assert "adept run" in path.read_text().split("\n\n")[0], "and how to run it"
     for label in config.train.methods:
-        assert config.method_settings(label)["training_args"]["max_steps"] > 0
+        assert config.method_settings(label).training_args["max_steps"] > 0
     from adept.benchmarks import NAMED_BENCHMARKS
 
     for key in ("domain_train", "domain_heldout", "general_heldout", "general_benchmarks", "domain_benchmarks"):
@@ -75,11 +75,64 @@ def test_overrides_are_typed_and_dotted_and_round_trip(tmp_path):
                                 "expansion.num_new_layers=3", "train.variants.full.training_args.learning_rate=1e-4"])
     assert config.train.methods == ["adept", "full"]
     assert config.train.rule.floor == 0.1 and config.expansion.num_new_layers == 3
-    assert config.method_settings("adept")["training_args"]["max_steps"] == 7
-    assert config.method_settings("adept")["training_args"]["learning_rate"] == 1e-3
-    assert config.method_settings("full")["training_args"]["learning_rate"] == 1e-4  # YAML 1.1 reads 1e-4 as text
+    assert config.method_settings("adept").training_args["max_steps"] == 7
+    assert config.method_settings("adept").training_args["learning_rate"] == 1e-3
+    assert config.method_settings("full").training_args["learning_rate"] == 1e-4  # YAML 1.1 reads 1e-4 as text
     saved = save_config(config, tmp_path / "resolved.yaml")
     assert load_config(saved).to_dict() == config.to_dict()
     assert yaml.safe_load(saved.read_text())["train"]["training_args"]["max_steps"] == 7
     with pytest.raises(ConfigError, match="key=value"):
         load_config(path, ["max_steps"])
+
+
+def test_renamed_key_points_to_its_new_place(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.probe_max_tokens' \(did you mean 'train.probe.max_tokens'\?\)"):
+        load_config(_minimal(tmp_path, "train: {probe_max_tokens: 600}\n"))
+
+
+def test_one_probe_object_with_the_pipelines_defaults(tmp_path):
+    """`adept importance`, the importance section and the training probe share ProbeConfig's defaults."""
+    from dataclasses import fields
+
+    from adept.config import ImportanceSection, ProbeConfig, TrainConfig
+
+    config = load_config(_minimal(tmp_path, ""))
+    default = ProbeConfig()
+    assert (default.max_tokens, default.max_length, default.batch_size) == (20_000, 256, 8)
+    assert config.train.probe == default and config.method_settings("adept").probe == default
+    assert {f.name: getattr(config.importance, f.name) for f in fields(ProbeConfig)} == vars(default)
+    assert isinstance(ImportanceSection(), ProbeConfig)
+    assert TrainConfig(model="m", data=["d"], output_dir="o", probe_data="p").probe == default
+
+
+def _settings_classes():
+    import dataclasses
+    import typing
+
+    from adept.config import PipelineConfig, TrainConfig
+
+    seen, todo = [], [PipelineConfig, TrainConfig]
+    while todo:
+        cls = todo.pop()
+        if cls not in seen:
+            seen.append(cls)
+            todo += [hint for hint in typing.get_type_hints(cls).values() if dataclasses.is_dataclass(hint)]
+    return seen
+
+
+def test_every_setting_has_a_help_line():
+    import dataclasses
+
+    for cls in _settings_classes():
+        for f in dataclasses.fields(cls):
+            assert len(f.metadata.get("help", "")) > 10, f"{cls.__name__}.{f.name} has no help line"
+
+
+def test_importing_the_config_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, adept.config, adept.cli; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

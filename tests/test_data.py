@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from adept.config import ProbeConfig
 from adept.data import IGNORE_INDEX, load_documents, load_probe_batches, make_batches, tokenize_documents
 
 
@@ -87,7 +88,7 @@ def test_budget_seed_and_padding(probe_file, tokenizer):
 
 
 def test_load_probe_batches(probe_file, tokenizer):
-    batches = load_probe_batches(probe_file, tokenizer, max_length=40, max_tokens=None, batch_size=4)
+    batches = load_probe_batches(probe_file, tokenizer, ProbeConfig(max_length=40, max_tokens=None, batch_size=4))
     assert batches[0]["input_ids"].shape[0] == 4
 
 

@@ -49,7 +49,7 @@ def test_pipeline_on_a_slice_of_the_embedded_default(tmp_path, monkeypatch):
         "data.block_size=128",
         "importance.max_tokens=1500",
         "train.methods=adept,full",
-        "train.probe_max_tokens=600",
+        "train.probe.max_tokens=600",
         "train.reestimate_every=2",
         "train.training_args.max_steps=4",
         "train.training_args.per_device_train_batch_size=4",

@@ -58,11 +58,11 @@ def _workdir(tmp_path: Path) -> None:
     expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1, 2]))
     (tmp_path / "probe.txt").write_text(PROBE_TEXT)
     # Stage 1 scores with the training probe's settings, for the runs that read step-0 rates from them.
-    from adept.stages import ProbeSettings, run_importance
+    from adept.config import ImportanceSection
+    from adept.stages import run_importance
 
-    probe = ProbeSettings(max_tokens=20_000, max_length=48, batch_size=2, seed=0)
-    run_importance(tmp_path / "base", tmp_path / "probe.txt", tmp_path / "importance", probe=probe,
-                   metrics=("grad_weight",), progress=False)
+    probe = ImportanceSection(max_tokens=20_000, max_length=48, batch_size=2, seed=0, metrics=["grad_weight"])
+    run_importance(tmp_path / "base", tmp_path / "probe.txt", tmp_path / "importance", probe, progress=False)
     (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80)))
 
 

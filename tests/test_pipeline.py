@@ -52,8 +52,7 @@ expansion: {{num_new_layers: 1}}
 train:
   methods: [adept]
   reestimate_every: 2
-  probe_max_length: 48
-  probe_batch_size: 2
+  probe: {{max_length: 48, batch_size: 2}}
   training_args: {{max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.005, save_steps: 2, logging_steps: 1, eval_steps: 2, disable_tqdm: true}}
 evaluation: {{batch_size: 4, max_blocks: 4, shift_max_blocks: 2}}
 """

@@ -38,7 +38,7 @@ def test_smollm2_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
     overrides = [
         "train.methods=[adept,full]", "train.training_args.max_steps=2", "train.training_args.save_steps=1",
         "train.training_args.eval_steps=2", "train.training_args.logging_steps=1", "train.training_args.per_device_train_batch_size=2",
-        "train.probe_max_tokens=128", "data.block_size=64", "importance.max_tokens=256", "importance.max_length=64",
+        "train.probe.max_tokens=128", "data.block_size=64", "importance.max_tokens=256", "importance.max_length=64",
         "evaluation.limit=4", "evaluation.max_blocks=2", "evaluation.shift_max_blocks=2", "expansion.num_new_layers=2",
     ]
     assert main(["run", "configs/smollm2.yaml", *overrides, "--run-dir", str(run_dir)]) == 0

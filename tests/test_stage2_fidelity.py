@@ -68,15 +68,16 @@ def test_default_adept_train_starts_with_differentiatedread_rate_log(llama, tmp_
 def test_step0_scores_equal_the_source_layers_stage1_scores(llama, tmp_path):
     """From importance.json: the copy of layer s gets layer s's per-element mean scores, unit by
     unit (the zeroed output projections included); probing the source layers gives the same."""
-    from adept.stages import ProbeSettings, run_importance
+    from adept.config import ImportanceSection
+    from adept.stages import run_importance
 
-    probe = ProbeSettings(max_tokens=20_000, max_length=256, batch_size=8, seed=0)
-    run_importance(llama / "base", llama / "probe.txt", tmp_path / "imp", probe=probe, progress=False)
+    probe = ImportanceSection(max_tokens=20_000, max_length=256, batch_size=8, seed=0)
+    run_importance(llama / "base", llama / "probe.txt", tmp_path / "imp", probe, progress=False)
     importance = json.loads((tmp_path / "imp" / "importance.json").read_text())
     runs = {}
     for name, source in (("stage1", str(tmp_path / "imp")), ("probe", None)):
         cfg = TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(tmp_path / name),
-                          probe=str(llama / "probe.txt"), importance=source, block_size=32,
+                          probe_data=str(llama / "probe.txt"), importance=source, block_size=32,
                           training_args={"max_steps": 1, "per_device_train_batch_size": 2, "disable_tqdm": True})
         run_training(cfg, progress=False)
         runs[name] = read_rate_log(tmp_path / name / "unit_rates.jsonl")[0]
@@ -118,7 +119,7 @@ def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llam
     assert resolve_reestimate_every(7, None, 200) == 7
     out = tmp_path / "never"
     cfg = TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(out),
-                      probe=str(llama / "probe.txt"), block_size=32, reestimate_every=5,
+                      probe_data=str(llama / "probe.txt"), block_size=32, reestimate_every=5,
                       training_args={"max_steps": 2, "per_device_train_batch_size": 2, "disable_tqdm": True})
     with caplog.at_level(logging.WARNING, logger="adept.training"):
         run_training(cfg, progress=False)
@@ -126,7 +127,7 @@ def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llam
     assert len(warnings) == 1 and "never refreshed" in warnings[0] and "train.reestimate_every" in warnings[0]
     assert [entry["step"] for entry in read_rate_log(out / "unit_rates.jsonl")] == [0]
     with pytest.raises(ValueError, match="reestimate_every or reestimate_fraction, not both"):
-        TrainConfig(model="m", data=["d"], output_dir="o", probe="p", reestimate_every=2, reestimate_fraction=0.5)
+        TrainConfig(model="m", data=["d"], output_dir="o", probe_data="p", reestimate_every=2, reestimate_fraction=0.5)
 
 
 def test_logged_learning_rate_is_the_base_rate_with_multiplier_range(llama, tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adept.config import METHODS, ProbeConfig
 from adept.expansion import expand_checkpoint, plan_expansion
 from adept.training import (
-    METHODS,
     AdeptCallback,
     NonFiniteLossError,
     TrainConfig,
@@ -34,9 +34,11 @@ def workspace(tmp_path_factory):
     (root / "probe.txt").write_text(PROBE_TEXT)
     (root / "domain.txt").write_text(DOMAIN)
     (root / "heldout.txt").write_text(DOMAIN[:600])
-    from adept.stages import ProbeSettings, run_importance
+    from adept.config import ImportanceSection
+    from adept.stages import run_importance
 
-    run_importance(root / "base", root / "probe.txt", root / "imp", probe=ProbeSettings(max_length=48), progress=False)
+    run_importance(root / "base", root / "probe.txt", root / "imp", ImportanceSection(max_tokens=50_000, max_length=48, batch_size=4),
+                   progress=False)
     return root
 
 
@@ -48,7 +50,7 @@ def _config(ws: Path, out: Path, method: str = "adept", **overrides) -> TrainCon
     model = ws / ("expanded" if method in ("adept", "llama-pro", "adept-no-stage2") else "base")
     kwargs = dict(
         model=str(model), data=[str(ws / "domain.txt")], output_dir=str(out), method=method,
-        probe=str(ws / "probe.txt"), block_size=32, reestimate_every=2, probe_max_length=48,
+        probe_data=str(ws / "probe.txt"), block_size=32, reestimate_every=2, probe=ProbeConfig(max_length=48),
         importance=str(ws / "imp"), num_layers=2, training_args=training_args,
     )
     kwargs.update(overrides)
@@ -258,7 +260,7 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     trainable = layer_parameter_names(model, [layer["layer_idx"] for layer in manifest["inserted_layers"]])
     freeze_all_but(model, trainable)
     optimizer = AdamW(build_param_groups(model, trainable, base_lr=5e-3))
-    probe = load_probe_batches(workspace / "probe.txt", tokenizer, max_length=48, max_tokens=2000, batch_size=2)
+    probe = load_probe_batches(workspace / "probe.txt", tokenizer, ProbeConfig(max_length=48, max_tokens=2000, batch_size=2))
     rule = MultiplierRule()
     scores, source = initial_copy_scores(model, manifest, rule, probe, importance=workspace / "imp" / "importance.json")
     callback = AdeptCallback(probe, rule, reestimate_every=2, log_path=tmp_path / "unit_rates.jsonl",

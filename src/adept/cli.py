@@ -56,27 +56,25 @@ def importance(
     probe: Annotated[Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")],
     output: Annotated[Path, typer.Option(help="Directory for importance.json and the PNG plots.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated: masking, grad_weight, rank, fisher.")] = "masking,grad_weight,rank,fisher",
-    max_tokens: Annotated[int, typer.Option(help="Probe token budget (target tokens).")] = 50_000,
-    max_length: Annotated[int, typer.Option(help="Sequence length of probe examples.")] = 512,
-    batch_size: Annotated[int, typer.Option(help="Probe batch size.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Probe token budget (target tokens).")] = 20_000,
+    max_length: Annotated[int, typer.Option(help="Sequence length of probe examples.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Probe batch size.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for sampling probe documents.")] = 0,
     txt_split: Annotated[str, typer.Option(help="How .txt files split into documents: paragraph or line.")] = "paragraph",
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
 ) -> None:
-    """Score how much each layer and unit matters for general competence."""
-    from adept.stages import ProbeSettings, run_importance
+    """Score how much each layer and unit matters for general competence.
+
+    Probe defaults are the pipeline's: 20,000 tokens, length 256, batch 8 (this command used 50,000, 512 and 4 before).
+    """
+    from adept.config import ImportanceSection
+    from adept.stages import run_importance
 
     try:
-        path = run_importance(
-            _model_path(model),
-            probe,
-            output,
-            probe=ProbeSettings(max_tokens=max_tokens, max_length=max_length, batch_size=batch_size, seed=seed, txt_split=txt_split),
-            metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-            device=device,
-            dtype=dtype,
-        )
+        settings = ImportanceSection(max_tokens=max_tokens, max_length=max_length, batch_size=batch_size, seed=seed,
+                                     metrics=[m.strip() for m in metrics.split(",") if m.strip()])
+        path = run_importance(_model_path(model), probe, output, settings, txt_split=txt_split, device=device, dtype=dtype)
     except _USER_ERRORS as err:
         _fail(err)
     typer.echo(f"importance: {path}")
@@ -119,15 +117,16 @@ def expand(
 
 
 def _parse_assignments(items: list[str] | None, option: str) -> dict:
-    """``key=value`` pairs; values parsed as YAML scalars so numbers and booleans keep their type."""
-    import yaml
+    """``key=value`` pairs; values parsed as YAML so numbers and booleans keep their type."""
+    from adept.config import parse_assignment
 
     parsed = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{option} expects key=value, got '{item}'")
-        parsed[key.strip()] = yaml.safe_load(value)
+        try:
+            key, value = parse_assignment(item)
+        except ValueError as err:
+            raise ValueError(f"{option} {err}") from None
+        parsed[key] = value
     return parsed
 
 
@@ -170,8 +169,8 @@ def train(
     ] = None,
 ) -> None:
     """Continual pretraining with decoupled per-unit learning rates, or a baseline method."""
-    from adept.training import TrainConfig, run_training
-    from adept.tuning import MultiplierRule
+    from adept.config import MultiplierRule, TrainConfig
+    from adept.training import run_training
 
     try:
         training_args = {
@@ -187,7 +186,7 @@ def train(
         }
         cfg = TrainConfig(
             model=str(_model_path(model)), data=[str(p) for p in data], output_dir=str(output), method=method,
-            probe=str(probe) if probe else None, eval_data=[str(p) for p in eval_data or []],
+            probe_data=str(probe) if probe else None, eval_data=[str(p) for p in eval_data or []],
             importance=str(importance) if importance else None, num_layers=num_layers, layer_metric=layer_metric,
             replay_data=[str(p) for p in replay_data or []], replay_ratio=replay_ratio, block_size=block_size,
             tokenize_workers=tokenize_workers,

@@ -1,66 +1,176 @@
-"""The pipeline configuration: one YAML file, overridable with ``key=value`` on the command line.
+"""Every setting of the package, defined once: the pipeline YAML, `adept train` and `adept importance`.
 
-The schema is a tree of dataclasses, so the code, the docs and the validation cannot drift
-apart: an unknown key anywhere fails with the nearest valid key, a value of the wrong type
-names its dotted key and the file. Relative paths are taken from the working directory, as
-the shipped configs are meant to be run from the repository root.
+The schema is a tree of dataclasses whose fields carry their default and a help line. `adept run`
+reads it from one YAML file overridable with ``key=value``; the training stage takes
+`TrainConfig`, the ``train`` settings plus its inputs. An unknown key fails with the nearest
+valid one, a bad value names its dotted key and the file. Relative paths are taken from the
+working directory. Nothing here imports torch or transformers (TrainingArguments keys are
+checked only when there are some).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import json
 import os
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from adept.training import DEFAULT_TRAINING_ARGS, IMPORTANCE_METHODS, METHODS
-from adept.tuning import MultiplierRule
+METHODS = ("adept", "full", "llama-pro", "adept-no-stage1", "adept-no-stage2", "freeze", "lora")
+# Which methods train inserted copies (need expansion.json), which use per-unit dynamic rates.
+EXPANDED_METHODS = ("adept", "llama-pro", "adept-no-stage2")
+LAYER_SUBSET_METHODS = ("adept-no-stage1", "freeze")
+DYNAMIC_METHODS = ("adept", "adept-no-stage1")
+# Methods whose layers are chosen by Stage 1 importance (so they need a general-domain probe).
+GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
+IMPORTANCE_METHODS = GUIDED_EXPANSION_METHODS + LAYER_SUBSET_METHODS
+METRICS = ("masking", "grad_weight", "rank", "fisher")
+RULES = ("linear", "inverse")
+NORMALIZATIONS = ("minmax", "rank", "none")
+UNIT_SCORES = ("mean", "sum")
+# Refreshes of the unit rates per run when no interval is set.
+DEFAULT_REFRESHES = 10
+
+# TrainingArguments of every training run unless the config or `adept train` sets them.
+DEFAULT_TRAINING_ARGS: dict[str, Any] = {
+    "learning_rate": 3e-4,  # the best forgetting/gain trade-off in docs/results.md (knob sweep)
+    "max_steps": 200,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,  # < 1: a fraction of max_steps
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "report_to": [],
+    "seed": 0,
+    "data_seed": 0,
+    "dataloader_num_workers": 0,
+    "disable_tqdm": False,
+    # The Trainer's own defaults, listed so that `adept train` shows them on its shortcut flags.
+    "gradient_accumulation_steps": 1,
+    "bf16": False,
+    "gradient_checkpointing": False,
+}
+
+
+def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
+    """A dataclass field with its default and help line."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def same_as(cls: type, name: str) -> Any:
+    """A field with the default and help line of ``cls.name``, for a setting used in two places."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return dataclasses.field(default=source.default, default_factory=source.default_factory, metadata=source.metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one for factories); MISSING for a required field."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line naming the file and the key."""
+
+
+class FieldError(ValueError):
+    """A bad value of one field, raised by a settings dataclass; the loader adds the dotted prefix and the file."""
+
+    def __init__(self, key: str, problem: str, message: str | None = None):
+        super().__init__(message or f"'{key}' {problem}")
+        self.key, self.problem = key, problem
+
+
+class UnknownKeyError(FieldError):
+    """A key that is not a valid one; ``near_key`` is the nearest valid key, if any is close."""
+
+    def __init__(self, key: str, near_key: str | None, message: str | None = None):
+        super().__init__(key, "is unknown", message or f"unknown key '{key}'{_hint(near_key)}")
+        self.near_key = near_key
+
+
+def nearest(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
+def _hint(near: str | None) -> str:
+    return f" (did you mean '{near}'?)" if near else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _training_argument_names() -> frozenset[str]:
+    import transformers  # only when there are keys to check: importing it pulls in torch
+
+    return frozenset(f.name for f in dataclasses.fields(transformers.TrainingArguments))
+
+
+def check_training_args(args: Mapping[str, Any]) -> None:
+    """Every key of ``args`` must be a Hugging Face ``TrainingArguments`` field."""
+    if not args:
+        return
+    valid = _training_argument_names()
+    for key in args:
+        if key not in valid:
+            near = nearest(key, valid, cutoff=0.5)
+            raise UnknownKeyError(f"training_args.{key}", near and f"training_args.{near}",
+                                  f"training_args.{key} is not a TrainingArguments field{_hint(near)}")
+
+
+def _deepspeed_config(value: Any) -> dict:
+    """A DeepSpeed config given as a dict or a JSON path; empty when absent or unreadable here."""
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            value = json.loads(Path(value).read_text())
+        except (OSError, ValueError):
+            return {}  # DeepSpeed names the file itself when it loads it
+    return value if isinstance(value, dict) else {}
+
+
+# --- the settings ---------------------------------------------------------------------------
 
 
 @dataclass
 class DataSection:
-    """Corpora and benchmarks. Lists accept one path or several.
+    """Corpora and benchmarks (`adept run`). Lists accept one path or several."""
 
-    Attributes:
-        domain_train: domain corpora for continual pretraining.
-        domain_heldout: held-out domain text (gain is measured here).
-        general_probe: small general-domain corpus for importance (Stage 1 and re-estimation).
-        general_heldout: held-out general text (forgetting is measured here).
-        general_replay: general text mixed into training by methods with ``replay_ratio > 0``.
-        general_benchmarks: multiple-choice JSONL files, or lm-eval task names, for general ability.
-        domain_benchmarks: the same for the domain.
-        block_size: tokens per packed block, for training and held-out evaluation.
-        tokenize_workers: processes that tokenise the corpora (None: one); the blocks are the
-            same for any number.
-    """
-
-    domain_train: list[str] = field(default_factory=list)
-    domain_heldout: list[str] = field(default_factory=list)
-    general_probe: str | None = None
-    general_heldout: list[str] = field(default_factory=list)
-    general_replay: list[str] = field(default_factory=list)
-    general_benchmarks: list[str] = field(default_factory=list)
-    domain_benchmarks: list[str] = field(default_factory=list)
-    block_size: int = 256
-    tokenize_workers: int | None = None
+    domain_train: list[str] = setting(factory=list, help="Domain corpora for continual pretraining.")
+    domain_heldout: list[str] = setting(factory=list, help="Held-out domain text (gain is measured here).")
+    general_probe: str | None = setting(None, "Small general-domain corpus for importance (Stage 1 and re-estimation).")
+    general_heldout: list[str] = setting(factory=list, help="Held-out general text (forgetting is measured here).")
+    general_replay: list[str] = setting(factory=list, help="General text mixed into training by labels with replay_ratio > 0.")
+    general_benchmarks: list[str] = setting(factory=list, help="Multiple-choice JSONL files, named benchmarks or lm-eval tasks for general ability.")
+    domain_benchmarks: list[str] = setting(factory=list, help="The same for the domain.")
+    block_size: int = setting(256, "Tokens per packed block, for training and held-out evaluation.")
+    tokenize_workers: int | None = setting(None, "Processes that tokenise the corpora (null: one); the blocks are the same for any number.")
 
 
 @dataclass
-class ImportanceSection:
-    """Stage 1 scoring on ``data.general_probe`` (see `adept importance`)."""
+class ProbeConfig:
+    """How a general-domain probe corpus becomes batches, for Stage 1 and for Stage 2's re-estimation."""
 
-    metrics: list[str] = field(default_factory=lambda: ["masking", "grad_weight", "rank", "fisher"])
-    max_tokens: int = 20_000
-    max_length: int = 256
-    batch_size: int = 8
-    seed: int = 0
+    max_tokens: int | None = setting(20_000, "Probe token budget in target tokens (null: the whole corpus).")
+    max_length: int = setting(256, "Tokens per probe example (longer documents are cut into windows).")
+    batch_size: int = setting(8, "Probe examples per forward pass.")
+
+
+@dataclass
+class ImportanceSection(ProbeConfig):
+    """Stage 1 scoring on the probe corpus (`adept importance`; ``data.general_probe`` in a pipeline)."""
+
+    metrics: list[str] = setting(factory=lambda: list(METRICS), help=f"Importance metrics: {', '.join(METRICS)}.")
+    seed: int = setting(0, "Seed of the probe sample (which documents, in which order).")
 
 
 @dataclass
@@ -70,92 +180,212 @@ class ExpansionSection:
     ``llama-pro`` copies the same number of layers, spread uniformly.
     """
 
-    num_new_layers: int | None = None
-    trainable_fraction: float | None = None
-    layers: list[int] | None = None
-    metric: str = "masking"
+    num_new_layers: int | None = setting(None, "Duplicate the K least important layers.")
+    trainable_fraction: float | None = setting(None, "Duplicate as many least important layers as fit in this share of the expanded model.")
+    layers: list[int] | None = setting(None, "0-based source layers to duplicate.")
+    metric: str = setting("masking", "Layer metric of importance.json that chooses the layers.")
+
+    def __post_init__(self) -> None:
+        if sum(value is not None for value in (self.num_new_layers, self.trainable_fraction, self.layers)) > 1:
+            raise ValueError("give at most one of num_new_layers, trainable_fraction, layers")
 
 
 @dataclass
-class TrainSection:
-    """Stage 2 settings shared by every method; ``variants`` overrides them per method label.
+class MultiplierRule:
+    """How unit importance becomes a learning-rate multiplier (`adept.tuning.multipliers_from_importance`).
 
-    Attributes:
-        methods: what `adept run` trains (``--compare`` replaces it): names from METHODS or
-            labels defined in ``variants``.
-        variants: ``label: {method: full, replay_ratio: 0.25, training_args: {...}}``; a label
-            equal to a method name overrides that method's settings.
-        training_args: Hugging Face ``TrainingArguments`` fields.
+    With ``rule='linear'`` (the paper's rule) ``m = scale * (1 - I_norm)``; with ``'inverse'``
+    ``m = scale / (1 + I_norm)``. ``I_norm`` is the unit's importance normalised over *all
+    trainable units together* (not per layer, not per unit type): ``minmax`` maps the least
+    important unit to 0 and the most important to 1, ``rank`` uses the normalised rank, ``none``
+    uses raw scores (only sensible when they already lie in [0, 1]). Multipliers are clamped to
+    ``[floor, ceiling]`` so no unit is frozen by accident. When every unit has the same importance,
+    every multiplier is 1 (training gives a fresh copy its source layer's scores at step 0, since
+    its own zeroed output makes every |w * dL/dw| of the copy 0 there). The ``mean`` unit score
+    (|w * dL/dw| averaged over the tensor's elements) is the paper's and its reference code's;
+    ``sum`` (over the tensor), with min-max over all units, mostly ranks tensors by size.
     """
 
-    methods: list[str] = field(default_factory=lambda: ["adept"])
-    reestimate_every: int | None = None
-    reestimate_fraction: float | None = None
-    rule: MultiplierRule = field(default_factory=MultiplierRule)
-    replay_ratio: float = 0.0
-    probe_max_tokens: int = 20_000
-    probe_max_length: int = 256
-    probe_batch_size: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
-    layer_metric: str = "masking"
-    training_args: dict[str, Any] = field(default_factory=dict)
-    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rule: str = setting("linear", "Multiplier rule: linear (m = scale * (1 - I)) or inverse (m = scale / (1 + I)).")
+    scale: float = setting(2.0, "Multiplier scale (2.0 in the paper, so the mean multiplier is about 1).")
+    normalization: str = setting("minmax", "Importance normalisation over all trainable units: minmax, rank or none.")
+    unit_score: str = setting("mean", "Unit score: mean (the paper's) or sum of abs(w * dL/dw) over the tensor.")
+    floor: float = setting(0.05, "Smallest multiplier.")
+    ceiling: float = setting(10.0, "Largest multiplier.")
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("rule", self.rule, RULES),
+            ("normalization", self.normalization, NORMALIZATIONS),
+            ("unit_score", self.unit_score, UNIT_SCORES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"tuning.{name} must be one of {', '.join(allowed)}, got '{value}'")
+        if not 0.0 <= self.floor <= self.ceiling:
+            raise ValueError(f"tuning.floor ({self.floor}) must be >= 0 and <= tuning.ceiling ({self.ceiling})")
+        if self.scale <= 0:
+            raise ValueError(f"tuning.scale must be positive, got {self.scale}")
+
+
+@dataclass
+class TrainSettings:
+    """Stage 2 settings every method reads; ``train`` sets them for all, ``train.variants`` per label."""
+
+    reestimate_every: int | None = setting(
+        None, f"Refresh unit importance every N optimizer steps (0: only at step 0; null: {DEFAULT_REFRESHES} refreshes per run).")
+    reestimate_fraction: float | None = setting(None, "Refresh interval as a fraction of max_steps (instead of reestimate_every).")
+    rule: MultiplierRule = setting(factory=MultiplierRule, help="How unit importance becomes a learning-rate multiplier.")
+    replay_ratio: float = setting(0.0, "Share of general-domain replay blocks in the training stream (0: no replay).")
+    probe: ProbeConfig = setting(factory=ProbeConfig, help="Probe batches of the re-estimation (sampled with the training seed).")
+    lora_r: int = setting(16, "LoRA rank (method lora).")
+    lora_alpha: int = setting(32, "LoRA alpha (method lora).")
+    layer_metric: str = setting("masking", "Layer metric of importance.json that chooses the layers of freeze and adept-no-stage1.")
+    training_args: dict[str, Any] = setting(
+        factory=dict, help="Hugging Face TrainingArguments fields, over adept's defaults (DEFAULT_TRAINING_ARGS).")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replay_ratio < 1.0:
+            raise FieldError("replay_ratio", f"must be in [0, 1), got {self.replay_ratio}")
+        if self.reestimate_every is not None and self.reestimate_fraction is not None:
+            raise ValueError("set reestimate_every or reestimate_fraction, not both")
+        if self.reestimate_fraction is not None and not 0 < self.reestimate_fraction <= 1:
+            raise FieldError("reestimate_fraction", f"must be in (0, 1], got {self.reestimate_fraction}")
+        check_training_args(self.training_args)
+        zero = _deepspeed_config(self.training_args.get("deepspeed")).get("zero_optimization", {})
+        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
+            raise ValueError("training_args.deepspeed: ZeRO stage 3 needs zero_optimization."
+                             "stage3_gather_16bit_weights_on_model_save: true to write the final model")
+
+
+@dataclass
+class MethodSettings(TrainSettings):
+    """The Stage 2 settings of one method label: the shared ones with its variant applied."""
+
+    method: str = setting("adept", f"Stage 2 method: {', '.join(METHODS)}.")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise FieldError("method", f"is '{self.method}', not a method{_hint(nearest(self.method, METHODS))}")
+        super().__post_init__()
+        fsdp_config = self.training_args.get("fsdp_config")
+        if self.method in DYNAMIC_METHODS and isinstance(fsdp_config, dict) and str(fsdp_config.get("version")) == "1":
+            raise ValueError(f"training_args.fsdp_config.version: method '{self.method}' (dynamic per-unit rates) needs "
+                             "FSDP2 (version 2): FSDP1 flattens each module's tensors, so there are no units to score")
+
+
+@dataclass
+class TrainSection(TrainSettings):
+    """Stage 2 of `adept run`: which labels to train, the settings they share, and per-label variants."""
+
+    methods: list[str] = setting(
+        factory=lambda: ["adept"], help="What `adept run` trains (--compare replaces it): methods or labels defined in variants.")
+    variants: dict[str, dict[str, Any]] = setting(
+        factory=dict, help="Per-label settings over the shared ones (method and any train key above), e.g. full-replay: "
+                           "{method: full, replay_ratio: 0.25}; a label equal to a method name changes that method.")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(MethodSettings):
+    """Everything `adept.training.run_training` needs: one method's settings and its inputs.
+
+    `adept train` builds it from its flags, `adept run` from the config (see `Pipeline.train_stage`).
+    """
+
+    model: str = setting(help="Local checkpoint: an expanded one (with expansion.json) for adept, llama-pro and "
+                              "adept-no-stage2; the base model for the others.")
+    data: list[str] = setting(help="Domain corpora (.txt, .jsonl, .json or dataset directories).")
+    output_dir: str = setting(help="Run directory: checkpoints, unit_rates.jsonl, model/, training_summary.json.")
+    probe_data: str | None = setting(None, "General-domain probe corpus for importance (adept, adept-no-stage1).")
+    eval_data: list[str] = setting(factory=list, help="Held-out corpora evaluated during training.")
+    eval_max_blocks: int | None = setting(None, "Evaluate at most N packed blocks of each held-out corpus during training.")
+    importance: str | None = setting(
+        None, "importance.json: layers of freeze and adept-no-stage1; adept's step-0 rates (default: the one named in "
+              "expansion.json, else the source layers are scored on the probe).")
+    num_layers: int | None = setting(None, "How many least important layers freeze and adept-no-stage1 train.")
+    replay_data: list[str] = setting(factory=list, help="General-domain corpora mixed into training (with replay_ratio > 0).")
+    block_size: int = same_as(DataSection, "block_size")
+    tokenize_workers: int | None = same_as(DataSection, "tokenize_workers")
+    cache_dir: str | None = setting(None, "Tokenised-corpus cache (null: OUTPUT_DIR/.cache).")
+    resume: bool = setting(True, "Resume from the newest checkpoint in the output directory when there is one.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.replay_ratio > 0 and not self.replay_data:
+            raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
+        if self.method in DYNAMIC_METHODS and not self.probe_data:
+            raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
+        if self.method in LAYER_SUBSET_METHODS and (self.importance is None or not self.num_layers):
+            raise ValueError(f"method '{self.method}' needs --importance and --num-layers to choose the layers to train")
 
 
 @dataclass
 class EvaluationSection:
-    """Held-out perplexity, benchmarks and the token-shift analysis after training.
+    """Held-out perplexity, benchmarks and the token-shift analysis after training."""
 
-    ``limit`` caps the questions per benchmark: the first ones of a JSONL file, a subset of a
-    named benchmark (arc_easy, hellaswag, ...) drawn with ``benchmark_seed``, the same items
-    for every model.
-    """
+    batch_size: int = setting(8, "Blocks or benchmark requests per forward pass.")
+    max_blocks: int | None = setting(None, "Evaluate at most N blocks of each held-out corpus.")
+    limit: int | None = setting(
+        None, "At most N questions per benchmark: the first ones of a JSONL file, a subset of a named benchmark "
+              "drawn with benchmark_seed (the same items for every model).")
+    benchmark_seed: int = setting(1234, "Seed of the named benchmarks' item subset under limit.")
+    shift: bool = setting(True, "Run the token-shift analysis of each trained model against the base model.")
+    shift_data: str = setting("general", "Held-out corpus of the shift analysis: general or domain.")
+    shift_max_blocks: int | None = setting(32, "Compare at most N blocks in the shift analysis.")
 
-    batch_size: int = 8
-    max_blocks: int | None = None
-    limit: int | None = None
-    benchmark_seed: int = 1234
-    shift: bool = True
-    shift_data: str = "general"
-    shift_max_blocks: int | None = 32
+    def __post_init__(self) -> None:
+        if self.shift_data not in ("general", "domain"):
+            raise FieldError("shift_data", f"must be general or domain, got '{self.shift_data}'")
 
 
 @dataclass
 class PipelineConfig:
     """Everything `adept run` does, in one place (saved resolved as ``RUN_DIR/config.yaml``)."""
 
-    model: str = ""
-    run_dir: str = "runs/adept"
-    device: str = "auto"
-    dtype: str = "float32"
-    data: DataSection = field(default_factory=DataSection)
-    importance: ImportanceSection = field(default_factory=ImportanceSection)
-    expansion: ExpansionSection = field(default_factory=ExpansionSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    model: str = setting("", "Local Hugging Face checkpoint directory or .gguf file (required).")
+    run_dir: str = setting("runs/adept", "Run directory of every stage's output.")
+    device: str = setting("auto", "cpu, cuda[:N] or auto.")
+    dtype: str = setting("float32", "float32, bfloat16, float16 or auto (importance, evaluation and shift; training keeps fp32 weights).")
+    data: DataSection = setting(factory=DataSection, help="Corpora and benchmarks.")
+    importance: ImportanceSection = setting(factory=ImportanceSection, help="Stage 1 importance on data.general_probe.")
+    expansion: ExpansionSection = setting(factory=ExpansionSection, help="Layer expansion.")
+    train: TrainSection = setting(factory=TrainSection, help="Stage 2 training.")
+    evaluation: EvaluationSection = setting(factory=EvaluationSection, help="Evaluation after training.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def method_settings(self, label: str) -> dict[str, Any]:
+    def method_settings(self, label: str, source: str = "the config") -> MethodSettings:
         """The train section as seen by one method label: shared settings plus its variant."""
-        base = asdict(self.train)
-        base.pop("methods")
-        base.pop("variants")
-        variant = dict(self.train.variants.get(label, {}))
-        method = variant.pop("method", label)
-        merged = _deep_merge(base, variant)
-        merged["method"] = method
+        shared = asdict(self.train)
+        del shared["methods"], shared["variants"]
+        merged = _deep_merge({**shared, "method": label}, self.train.variants.get(label, {}))
         merged["training_args"] = {**DEFAULT_TRAINING_ARGS, **merged["training_args"]}
-        return merged
+        return _build(MethodSettings, merged, f"train.variants.{label}.", source)
 
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line naming the file and the key."""
+# --- reading a config -----------------------------------------------------------------------
 
 
-_VARIANT_KEYS = {f.name for f in dataclasses.fields(TrainSection)} - {"methods", "variants"} | {"method"}
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; here it is a float, as in YAML 1.2."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d[\d_]*\.?[\d_]*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
+)
+
+
+def parse_value(text: str) -> Any:
+    """A value given on the command line, read as YAML (``3``, ``1e-4``, ``true``, ``[a, b]``)."""
+    return yaml.load(text, Loader=_Loader) if text.strip() else None
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """``key=value`` -> ``(key, parsed value)``."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"'{item}' must look like key=value")
+    return key.strip(), parse_value(value)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
@@ -167,7 +397,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
@@ -175,10 +405,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.training_args.max_steps=100")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+        try:
+            key, value = parse_assignment(item)
+        except ValueError as err:
+            raise ConfigError(f"override {err}, e.g. train.training_args.max_steps=100") from None
+        set_dotted(raw, key, value)
     config = _build(PipelineConfig, raw, "", source)
     _validate(config, source)
     return config
@@ -193,7 +424,8 @@ def save_config(config: PipelineConfig, path: str | os.PathLike) -> Path:
     return write_text(path, text)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """``tree[a][b] = value`` for ``dotted`` = ``a.b``, creating the mappings on the way."""
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -215,10 +447,22 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _unknown_key(key: str, valid: set[str], prefix: str, source: str) -> ConfigError:
-    near = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
-    hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
-    return ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+def dotted_keys(cls: type) -> list[str]:
+    """Every key of dataclass ``cls``, nested sections included (``rule``, ``rule.scale``, ...)."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        keys.append(f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{key}" for key in dotted_keys(hints[f.name])]
+    return keys
+
+
+def _located(err: FieldError, prefix: str, source: str) -> ConfigError:
+    if isinstance(err, UnknownKeyError):
+        near = f"{prefix}{err.near_key}" if err.near_key else None
+        return ConfigError(f"{source}: unknown key '{prefix}{err.key}'{_hint(near)}")
+    return ConfigError(f"{source}: '{prefix}{err.key}' {err.problem}")
 
 
 def _build(cls, raw: Any, prefix: str, source: str):
@@ -229,14 +473,15 @@ def _build(cls, raw: Any, prefix: str, source: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: '{where}' must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    valid = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
-        if key not in valid:
-            raise _unknown_key(str(key), valid, prefix, source)
+        if key not in {f.name for f in dataclasses.fields(cls)}:
+            raise _located(UnknownKeyError(str(key), nearest(str(key), dotted_keys(cls), cutoff=0.5)), prefix, source)
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
     try:
         return cls(**kwargs)
+    except FieldError as err:
+        raise _located(err, prefix, source) from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: '{where}': {err}") from None
 
@@ -245,8 +490,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check ``value`` against a type hint; a single string is accepted where a list of strings is."""
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.", source)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -265,80 +509,34 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping, got {type(value).__name__}")
-        return _yaml_numbers(dict(value))
+        return {name: _coerce(item, args[1], f"{key}.{name}", source) for name, item in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads 1e-3 as a string
-        except ValueError:
-            pass
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
     return value
 
 
-_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _yaml_numbers(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` as a string; free-form mappings (training_args) get it as a float."""
-    if isinstance(value, dict):
-        return {key: _yaml_numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_yaml_numbers(item) for item in value]
-    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
-        return float(value)
-    return value
-
-
 def _validate(config: PipelineConfig, source: str) -> None:
-    """Cross-field checks the dataclasses cannot express on their own."""
-    import transformers
-
+    """Checks across sections, which no single dataclass can make on its own."""
     if not config.model:
         raise ConfigError(f"{source}: 'model' is required (a local Hugging Face checkpoint directory or .gguf file)")
-    given = [config.expansion.num_new_layers, config.expansion.trainable_fraction, config.expansion.layers]
-    if sum(value is not None for value in given) > 1:
-        raise ConfigError(f"{source}: 'expansion': give at most one of num_new_layers, trainable_fraction, layers")
-    if config.evaluation.shift_data not in ("general", "domain"):
-        raise ConfigError(f"{source}: 'evaluation.shift_data' must be general or domain, got '{config.evaluation.shift_data}'")
-    valid_args = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-    for label, variant in config.train.variants.items():
-        if not isinstance(variant, dict):
-            raise ConfigError(f"{source}: 'train.variants.{label}' must be a mapping")
-        for key in variant:
-            if key not in _VARIANT_KEYS:
-                raise _unknown_key(key, _VARIANT_KEYS, f"train.variants.{label}.", source)
-        method = variant.get("method", label)
-        if method not in METHODS:
-            near = difflib.get_close_matches(str(method), METHODS, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise ConfigError(f"{source}: 'train.variants.{label}.method' is '{method}', not a method{hint}")
-        for key in variant.get("training_args", {}) or {}:
-            if key not in valid_args:
-                raise _unknown_key(key, valid_args, f"train.variants.{label}.training_args.", source)
-        if isinstance(variant.get("rule"), dict):
-            _build(MultiplierRule, variant["rule"], f"train.variants.{label}.rule.", source)
-    for key in config.train.training_args:
-        if key not in valid_args:
-            raise _unknown_key(key, valid_args, "train.training_args.", source)
     labels = list(METHODS) + list(config.train.variants)
     for label in config.train.methods:
         if label not in labels:
-            near = difflib.get_close_matches(label, labels, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            hint = _hint(nearest(label, labels))
             raise ConfigError(f"{source}: 'train.methods' names '{label}', which is neither a method nor a variant{hint}")
     if not config.train.methods:
         raise ConfigError(f"{source}: 'train.methods' is empty")
+    settings = {label: config.method_settings(label, source) for label in [*config.train.variants, *config.train.methods]}
     if not config.data.domain_train:
         raise ConfigError(f"{source}: 'data.domain_train' is required (the domain corpora to learn)")
-    needs_probe = any(config.method_settings(label)["method"] in IMPORTANCE_METHODS for label in config.train.methods)
+    needs_probe = any(settings[label].method in IMPORTANCE_METHODS for label in config.train.methods)
     if needs_probe and not config.data.general_probe:
         raise ConfigError(f"{source}: 'data.general_probe' is required by the importance stage of {', '.join(config.train.methods)}")
     for label in config.train.methods:
-        settings = config.method_settings(label)
-        if settings["replay_ratio"] > 0 and not config.data.general_replay:
+        if settings[label].replay_ratio > 0 and not config.data.general_replay:
             raise ConfigError(f"{source}: '{label}' uses replay_ratio > 0 but 'data.general_replay' is empty")
+

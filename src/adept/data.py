@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adept.config import ProbeConfig
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -232,22 +234,16 @@ def pad_token_id_of(tokenizer) -> int:
 
 
 def load_probe_batches(
-    path: str | os.PathLike,
-    tokenizer,
-    *,
-    max_length: int = 512,
-    max_tokens: int | None = 50_000,
-    batch_size: int = 4,
-    seed: int = 0,
-    txt_split: str = "paragraph",
+    path: str | os.PathLike, tokenizer, probe: ProbeConfig | None = None, *, seed: int = 0, txt_split: str = "paragraph"
 ) -> list[dict]:
-    """Documents -> tokenised examples -> padded batches, in one call."""
+    """Documents -> tokenised examples -> padded batches, in one call (``probe``: `ProbeConfig`'s defaults)."""
+    probe = probe or ProbeConfig()
     docs = load_documents(path, txt_split=txt_split)
-    examples = tokenize_documents(docs, tokenizer, max_length=max_length, max_tokens=max_tokens, seed=seed)
+    examples = tokenize_documents(docs, tokenizer, max_length=probe.max_length, max_tokens=probe.max_tokens, seed=seed)
     if not examples:
         raise ValueError(f"{path}: no example with at least two tokens after tokenisation")
     logger.info("probe corpus %s: %d documents -> %d examples", path, len(docs), len(examples))
-    return make_batches(examples, batch_size, pad_token_id_of(tokenizer))
+    return make_batches(examples, probe.batch_size, pad_token_id_of(tokenizer))
 
 
 # --- packed blocks for (continual) pretraining ---------------------------------------------

@@ -22,11 +22,11 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from adept.architectures import get_architecture, get_decoder_layers
+from adept.config import METRICS
 from adept.data import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("masking", "grad_weight", "rank", "fisher")
 METRIC_HELP = {
     "masking": "loss increase when the layer is skipped",
     "grad_weight": "sum over the layer's units of |w * dL/dw|",

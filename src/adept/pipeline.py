@@ -34,8 +34,8 @@ from typing import Any, Callable
 
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.checkpoints import is_gguf, resolve_model_path
-from adept.config import PipelineConfig, save_config
-from adept.training import GUIDED_EXPANSION_METHODS
+from adept.config import EXPANDED_METHODS, GUIDED_EXPANSION_METHODS, MethodSettings, PipelineConfig, TrainConfig, save_config
+from adept.evaluation import SUMMARY_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Pipeline:
         self._check_inputs()
         labels = list(cfg.train.methods)
         settings = {label: cfg.method_settings(label) for label in labels}
-        methods = {label: s["method"] for label, s in settings.items()}
+        methods = {label: s.method for label, s in settings.items()}
 
         self.data_stage()
         if cfg.data.general_probe:  # config validation requires it for every importance-guided method
@@ -239,18 +239,16 @@ class Pipeline:
         return str(self.run_dir / ".cache")
 
     def importance_stage(self) -> None:
-        from adept.stages import ProbeSettings, run_importance
+        from adept.stages import run_importance
 
         cfg = self.config
         out = self.run_dir / "importance"
         print_ = fingerprint(model=self._identity(cfg.model), probe=self._identity(cfg.data.general_probe),
                              settings=asdict(cfg.importance), device=cfg.device, dtype=cfg.dtype)
-        probe = ProbeSettings(max_tokens=cfg.importance.max_tokens, max_length=cfg.importance.max_length,
-                              batch_size=cfg.importance.batch_size, seed=cfg.importance.seed)
         self._stage(
             "importance", print_, [out / "importance.json"],
-            lambda: run_importance(cfg.model, cfg.data.general_probe, out, probe=probe, metrics=tuple(cfg.importance.metrics),
-                                   device=cfg.device, dtype=cfg.dtype, progress=self.progress),
+            lambda: run_importance(cfg.model, cfg.data.general_probe, out, cfg.importance, device=cfg.device, dtype=cfg.dtype,
+                                   progress=self.progress),
         )
 
     def expansion_count(self) -> int:
@@ -300,12 +298,11 @@ class Pipeline:
             lambda: run_expansion(cfg.model, out, overwrite=True, **kwargs), clean=[out],
         )
 
-    def train_stage(self, label: str, settings: dict[str, Any], new_layers: int) -> None:
-        from adept.training import EXPANDED_METHODS, FINAL_MODEL_DIR, SUMMARY_NAME, TrainConfig, run_training
-        from adept.tuning import MultiplierRule
+    def train_stage(self, label: str, settings: MethodSettings, new_layers: int) -> None:
+        from adept.training import FINAL_MODEL_DIR, run_training
 
         cfg = self.config
-        method = settings["method"]
+        method = settings.method
         out = self.run_dir / "train" / label
         if method in EXPANDED_METHODS:
             variant = "uniform" if method == "llama-pro" else "adept"
@@ -321,39 +318,28 @@ class Pipeline:
             # their source layers' unit scores in it at step 0.
             importance = str(self.run_dir / "importance" / "importance.json")
             upstream = [upstream, self._prints["importance"]]
-        training_args = dict(settings["training_args"])
+        training_args = dict(settings.training_args)
         if cfg.device == "cpu":
             training_args.setdefault("use_cpu", True)
         train_cfg = TrainConfig(
+            **{**vars(settings), "training_args": training_args},
             model=model,
             data=list(cfg.data.domain_train),
             output_dir=str(out),
-            method=method,
-            probe=cfg.data.general_probe,
+            probe_data=cfg.data.general_probe,
             eval_data=[*cfg.data.general_heldout, *cfg.data.domain_heldout],
             eval_max_blocks=cfg.evaluation.max_blocks,
             importance=importance,
             num_layers=new_layers if method in ("freeze", "adept-no-stage1") else None,
-            layer_metric=settings["layer_metric"],
-            replay_data=list(cfg.data.general_replay) if settings["replay_ratio"] > 0 else [],
-            replay_ratio=settings["replay_ratio"],
+            replay_data=list(cfg.data.general_replay) if settings.replay_ratio > 0 else [],
             block_size=cfg.data.block_size,
-            reestimate_every=settings["reestimate_every"],
-            reestimate_fraction=settings["reestimate_fraction"],
-            rule=MultiplierRule(**settings["rule"]),
-            probe_max_tokens=settings["probe_max_tokens"],
-            probe_max_length=settings["probe_max_length"],
-            probe_batch_size=settings["probe_batch_size"],
-            lora_r=settings["lora_r"],
-            lora_alpha=settings["lora_alpha"],
-            cache_dir=self.cache_dir,
             tokenize_workers=cfg.data.tokenize_workers,
+            cache_dir=self.cache_dir,
             resume=True,
-            training_args=training_args,
         )
         data_print = self._identity([*cfg.data.domain_train, *train_cfg.replay_data, *train_cfg.eval_data,
                                      *([cfg.data.general_probe] if cfg.data.general_probe else [])])
-        print_ = fingerprint(settings=settings, data=data_print, block_size=cfg.data.block_size,
+        print_ = fingerprint(settings=asdict(settings), data=data_print, block_size=cfg.data.block_size,
                              eval_max_blocks=cfg.evaluation.max_blocks, upstream=upstream, device=cfg.device)
         self._stage(
             f"train:{label}", print_, [out / FINAL_MODEL_DIR / "config.json", out / SUMMARY_NAME],
@@ -391,7 +377,6 @@ class Pipeline:
     def compare_stage(self, labels: list[str]) -> Path:
         """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt)."""
         from adept.evaluation import read_results, write_results
-        from adept.training import SUMMARY_NAME
 
         runs, summaries = [], {}
         for label in labels:

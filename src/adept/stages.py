@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, read_artifact, write_json
+from adept.config import ImportanceSection, ProbeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,55 +62,42 @@ def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu",
     return model.to(device), tokenizer
 
 
-@dataclass
-class ProbeSettings:
-    """How the probe corpus is read and batched (mirrors the CLI flags)."""
-
-    max_tokens: int | None = 50_000
-    max_length: int = 512
-    batch_size: int = 4
-    seed: int = 0
-    txt_split: str = "paragraph"
-
-
 def run_importance(
     model_path: str | os.PathLike,
     probe_path: str | os.PathLike,
     output_dir: str | os.PathLike,
+    settings: ImportanceSection | None = None,
     *,
-    probe: ProbeSettings | None = None,
-    metrics: tuple[str, ...] = ("masking", "grad_weight", "rank", "fisher"),
+    txt_split: str = "paragraph",
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
 ) -> Path:
-    """Compute importance and write ``importance.json`` plus its two PNGs into ``output_dir``."""
+    """Compute importance and write ``importance.json`` plus its two PNGs into ``output_dir``.
+
+    ``settings``: the probe, metrics and seed (`ImportanceSection`'s defaults when None);
+    ``txt_split``: how ``.txt`` probe files split into documents (see `adept.data.load_documents`).
+    """
     import torch
 
     from adept.data import load_probe_batches
     from adept.importance import compute_importance
     from adept.plots import plot_layer_bars, plot_unit_heatmap
 
-    probe = probe or ProbeSettings()
+    settings = settings or ImportanceSection()
     output_dir = Path(output_dir)
     model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype)
-    torch.manual_seed(probe.seed)
-    batches = load_probe_batches(
-        probe_path,
-        tokenizer,
-        max_length=probe.max_length,
-        max_tokens=probe.max_tokens,
-        batch_size=probe.batch_size,
-        seed=probe.seed,
-        txt_split=probe.txt_split,
-    )
+    torch.manual_seed(settings.seed)
+    batches = load_probe_batches(probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split)
+    metrics = list(settings.metrics)
     result = compute_importance(model, batches, metrics=metrics, progress=progress)
+    probe = {f.name: getattr(settings, f.name) for f in fields(ProbeConfig)}
     payload = {
         **artifact_header("importance"),
         "model": str(model_path),
         "model_type": model.config.model_type,
-        "probe": {"path": str(probe_path), **probe.__dict__},
-        "metrics": list(metrics),
+        "probe": {"path": str(probe_path), **probe, "seed": settings.seed, "txt_split": txt_split},
+        "metrics": metrics,
         "device": str(next(model.parameters()).device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         **result.to_dict(),

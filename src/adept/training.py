@@ -18,16 +18,25 @@ import resource
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from adept.config import (
+    DEFAULT_REFRESHES,
+    DEFAULT_TRAINING_ARGS,
+    DYNAMIC_METHODS,
+    EXPANDED_METHODS,
+    LAYER_SUBSET_METHODS,
+    MultiplierRule,
+    TrainConfig,
+)
+from adept.evaluation import SUMMARY_NAME
 from adept.importance import full_numel, is_sharded, probe_share, unit_gradient_scores
 from adept.tuning import (
-    MultiplierRule,
     build_param_groups,
     current_learning_rates,
     multipliers_from_importance,
@@ -38,20 +47,9 @@ from adept.tuning import (
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("adept", "full", "llama-pro", "adept-no-stage1", "adept-no-stage2", "freeze", "lora")
-# Which methods train inserted copies (need expansion.json), which use per-unit dynamic rates.
-EXPANDED_METHODS = ("adept", "llama-pro", "adept-no-stage2")
-LAYER_SUBSET_METHODS = ("adept-no-stage1", "freeze")
-DYNAMIC_METHODS = ("adept", "adept-no-stage1")
-# Methods whose layers are chosen by Stage 1 importance (so they need a general-domain probe).
-GUIDED_EXPANSION_METHODS = ("adept", "adept-no-stage2")
-IMPORTANCE_METHODS = GUIDED_EXPANSION_METHODS + LAYER_SUBSET_METHODS
 STATE_NAME = "adept_tuning_state.json"
 TIMING_NAME = "adept_timing.json"
-# Refreshes of the unit rates per run when no interval is set.
-DEFAULT_REFRESHES = 10
 RATES_LOG = "unit_rates.jsonl"
-SUMMARY_NAME = "training_summary.json"
 FINAL_MODEL_DIR = "model"
 
 
@@ -72,16 +70,6 @@ def check_engine(model) -> None:
             "dynamic per-unit rates need FSDP2: set \"version\": 2 in fsdp_config "
             "(FSDP1 flattens each wrapped module's tensors, so there are no units to score)"
         )
-
-
-def _deepspeed_config(value: Any) -> dict:
-    """A DeepSpeed config given as a dict or a JSON path; empty when absent or unreadable here."""
-    if isinstance(value, (str, os.PathLike)):
-        try:
-            value = json.loads(Path(value).read_text())
-        except (OSError, ValueError):
-            return {}  # DeepSpeed names the file itself when it loads it
-    return value if isinstance(value, dict) else {}
 
 
 class AdeptCallback(TrainerCallback):
@@ -501,133 +489,10 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-@dataclass
-class TrainConfig:
-    """Everything `run_training` needs (mirrors `adept train` flags and the `train` config section).
-
-    Attributes:
-        model: local checkpoint; an expanded one (with ``expansion.json``) for adept, llama-pro
-            and adept-no-stage2; the base model for full, lora, freeze and adept-no-stage1.
-        data: domain corpora (.txt, .jsonl, .json or dataset directories).
-        output_dir: run directory for checkpoints, logs and the final model.
-        method: one of METHODS.
-        probe: general-domain probe corpus (needed by adept and adept-no-stage1).
-        eval_data: held-out corpora evaluated every ``eval_steps``.
-        eval_max_blocks: evaluate only the first N packed blocks of each held-out corpus.
-        importance: importance.json choosing layers for freeze / adept-no-stage1; for adept, Stage 1's
-            scores of the source layers, which its copies start from at step 0 (default: the
-            importance.json named in the expansion manifest, else the source layers are scored
-            on the probe).
-        num_layers: how many least-important layers freeze / adept-no-stage1 train.
-        layer_metric: layer metric used with ``importance``.
-        replay_data: general-domain corpora mixed into the training stream.
-        replay_ratio: share of replay blocks in the stream (0 disables replay).
-        block_size: tokens per packed training block.
-        reestimate_every: importance refresh interval in steps (0: only at step 0; None: the
-            run's length / DEFAULT_REFRESHES).
-        reestimate_fraction: the interval as a fraction of ``max_steps`` instead (not with
-            ``reestimate_every``).
-        rule: multiplier rule.
-        probe_max_tokens: probe token budget.
-        probe_max_length: probe sequence length.
-        probe_batch_size: probe batch size.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA alpha.
-        cache_dir: tokenised-corpus cache.
-        tokenize_workers: processes that tokenise the corpora (None: this one); the packed blocks
-            are the same for any number.
-        resume: resume from the newest checkpoint in ``output_dir`` when there is one.
-        training_args: Hugging Face ``TrainingArguments`` fields (learning_rate, max_steps,
-            per_device_train_batch_size, bf16, gradient_checkpointing, report_to...).
-    """
-
-    model: str
-    data: list[str]
-    output_dir: str
-    method: str = "adept"
-    probe: str | None = None
-    eval_data: list[str] = field(default_factory=list)
-    eval_max_blocks: int | None = None
-    importance: str | None = None
-    num_layers: int | None = None
-    layer_metric: str = "masking"
-    replay_data: list[str] = field(default_factory=list)
-    replay_ratio: float = 0.0
-    block_size: int = 256
-    reestimate_every: int | None = None
-    reestimate_fraction: float | None = None
-    rule: MultiplierRule = field(default_factory=MultiplierRule)
-    probe_max_tokens: int = 20_000
-    probe_max_length: int = 256
-    probe_batch_size: int = 8
-    lora_r: int = 16
-    lora_alpha: int = 32
-    cache_dir: str | None = None
-    tokenize_workers: int | None = None
-    resume: bool = True
-    training_args: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            import difflib
-
-            near = difflib.get_close_matches(self.method, METHODS, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise ValueError(f"method '{self.method}' is unknown{hint}; choose from {', '.join(METHODS)}")
-        if not 0.0 <= self.replay_ratio < 1.0:
-            raise ValueError(f"replay_ratio must be in [0, 1), got {self.replay_ratio}")
-        if self.replay_ratio > 0 and not self.replay_data:
-            raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
-        if self.reestimate_every is not None and self.reestimate_fraction is not None:
-            raise ValueError("set reestimate_every or reestimate_fraction, not both")
-        if self.reestimate_fraction is not None and not 0 < self.reestimate_fraction <= 1:
-            raise ValueError(f"reestimate_fraction must be in (0, 1], got {self.reestimate_fraction}")
-        if self.method in DYNAMIC_METHODS and not self.probe:
-            raise ValueError(f"method '{self.method}' needs a probe corpus (--probe) for importance")
-        zero = _deepspeed_config(self.training_args.get("deepspeed")).get("zero_optimization", {})
-        if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
-            raise ValueError("training_args.deepspeed: ZeRO stage 3 needs zero_optimization."
-                             "stage3_gather_16bit_weights_on_model_save: true to write the final model")
-        fsdp_config = self.training_args.get("fsdp_config")
-        if self.method in DYNAMIC_METHODS and isinstance(fsdp_config, dict) and str(fsdp_config.get("version")) == "1":
-            raise ValueError(f"training_args.fsdp_config.version: method '{self.method}' (dynamic per-unit rates) needs "
-                             "FSDP2 (version 2): FSDP1 flattens each module's tensors, so there are no units to score")
-        if self.method in LAYER_SUBSET_METHODS and (self.importance is None or not self.num_layers):
-            raise ValueError(f"method '{self.method}' needs --importance and --num-layers to choose the layers to train")
-
-
-DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "learning_rate": 3e-4,  # the best forgetting/gain trade-off in docs/results.md (knob sweep)
-    "max_steps": 200,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,  # < 1: a fraction of max_steps
-    "weight_decay": 0.0,
-    "logging_steps": 10,
-    "save_steps": 100,
-    "save_total_limit": 2,
-    "report_to": [],
-    "seed": 0,
-    "data_seed": 0,
-    "dataloader_num_workers": 0,
-    "disable_tqdm": False,
-}
-
-
 def make_training_arguments(cfg: TrainConfig):
-    """Our defaults, overridden by ``cfg.training_args``; unknown keys name the nearest field."""
-    import dataclasses
-    import difflib
-
+    """adept's defaults (`DEFAULT_TRAINING_ARGS`), overridden by ``cfg.training_args`` (checked by `TrainConfig`)."""
     from transformers import TrainingArguments
 
-    valid = {f.name for f in dataclasses.fields(TrainingArguments)}
-    unknown = [key for key in cfg.training_args if key not in valid]
-    if unknown:
-        near = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ValueError(f"training_args.{unknown[0]} is not a TrainingArguments field{hint}")
     merged = {**DEFAULT_TRAINING_ARGS, **cfg.training_args, "output_dir": cfg.output_dir}
     if cfg.eval_data:
         merged.setdefault("eval_strategy", "steps")
@@ -810,10 +675,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
         all_callbacks.append(FrozenPrefixCallback())
     adept_callback = None
     if cfg.method in DYNAMIC_METHODS:
-        probe = load_probe_batches(
-            cfg.probe, tokenizer, max_length=cfg.probe_max_length, max_tokens=cfg.probe_max_tokens,
-            batch_size=cfg.probe_batch_size, seed=args.seed,
-        )
+        probe = load_probe_batches(cfg.probe_data, tokenizer, cfg.probe, seed=args.seed)
         initial, source, started = None, "initial scores", time.perf_counter()
         if manifest is not None and resume_from is None:
             importance = cfg.importance or _manifest_importance(manifest)

@@ -10,61 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from adept.config import MultiplierRule
 from adept.importance import full_numel
-
-NORMALIZATIONS = ("minmax", "rank", "none")
-RULES = ("linear", "inverse")
-UNIT_SCORES = ("mean", "sum")
-
-
-@dataclass
-class MultiplierRule:
-    """How unit importance becomes a learning-rate multiplier.
-
-    With ``rule='linear'`` (the paper's rule) ``m = scale * (1 - I_norm)``; with ``'inverse'``
-    ``m = scale / (1 + I_norm)``. ``I_norm`` is the unit's importance normalised over *all
-    trainable units together* (not per layer, not per unit type): ``minmax`` maps the least
-    important unit to 0 and the most important to 1, ``rank`` uses the normalised rank, ``none``
-    uses raw scores (only sensible when they already lie in [0, 1]). Multipliers are clamped to
-    ``[floor, ceiling]`` so no unit is frozen by accident. When every unit has the same importance,
-    every multiplier is 1 (training gives a fresh copy its source layer's scores at step 0, since
-    its own zeroed output makes every |w * dL/dw| of the copy 0 there).
-
-    Attributes:
-        rule: ``linear`` or ``inverse``.
-        scale: the factor in front (2.0 in the paper, so the mean multiplier is about 1).
-        normalization: ``minmax``, ``rank`` or ``none``.
-        unit_score: ``mean`` (|w * dL/dw| averaged over the tensor's elements: the paper's unit
-            score and its reference code's) or ``sum`` (over the tensor, which with min-max over
-            all units mostly ranks tensors by size).
-        floor: smallest multiplier.
-        ceiling: largest multiplier.
-    """
-
-    rule: str = "linear"
-    scale: float = 2.0
-    normalization: str = "minmax"
-    unit_score: str = "mean"
-    floor: float = 0.05
-    ceiling: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (
-            ("rule", self.rule, RULES),
-            ("normalization", self.normalization, NORMALIZATIONS),
-            ("unit_score", self.unit_score, UNIT_SCORES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"tuning.{name} must be one of {', '.join(allowed)}, got '{value}'")
-        if not 0.0 <= self.floor <= self.ceiling:
-            raise ValueError(f"tuning.floor ({self.floor}) must be >= 0 and <= tuning.ceiling ({self.ceiling})")
-        if self.scale <= 0:
-            raise ValueError(f"tuning.scale must be positive, got {self.scale}")
 
 
 def normalize_importance(scores: Mapping[str, float], normalization: str) -> dict[str, float]:

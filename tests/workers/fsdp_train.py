@@ -14,6 +14,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+from adept.config import ProbeConfig
 from adept.data import load_probe_batches
 from adept.training import AdeptCallback, TrainConfig, freeze_all_but, layer_parameter_names, trainable_layers
 from adept.tuning import build_param_groups
@@ -26,7 +27,7 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
     model = AutoModelForCausalLM.from_pretrained(f"{workdir}/expanded", dtype=torch.float32, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(f"{workdir}/expanded")
     cfg = TrainConfig(model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=f"{workdir}/unused",
-                      probe=f"{workdir}/probe.txt")
+                      probe_data=f"{workdir}/probe.txt")
     layers, _ = trainable_layers(cfg, model)
     trainable = layer_parameter_names(model, layers)
     freeze_all_but(model, trainable)
@@ -42,7 +43,7 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
         fully_shard(model, mesh=mesh)
     model.train()
 
-    probe = load_probe_batches(f"{workdir}/probe.txt", tokenizer, max_length=48, batch_size=2, seed=0)
+    probe = load_probe_batches(f"{workdir}/probe.txt", tokenizer, ProbeConfig(max_tokens=50_000, max_length=48, batch_size=2), seed=0)
     optimizer = torch.optim.AdamW(build_param_groups(model, trainable, base_lr=5e-3, weight_decay=0.01))
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
     callback = AdeptCallback(probe, reestimate_every=2)

@@ -18,13 +18,14 @@ import json
 import os
 import sys
 
+from adept.config import ProbeConfig
 from adept.training import AdeptCallback, AdeptTrainer, TrainConfig
 
 
 def train_config(workdir: str, out: str, batch: int) -> TrainConfig:
     return TrainConfig(
-        model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=out, probe=f"{workdir}/probe.txt",
-        block_size=32, reestimate_every=2, probe_max_length=48, probe_batch_size=2,
+        model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=out, probe_data=f"{workdir}/probe.txt",
+        block_size=32, reestimate_every=2, probe=ProbeConfig(max_length=48, batch_size=2),
         training_args={
             "max_steps": 4, "per_device_train_batch_size": batch, "learning_rate": 5e-3, "logging_steps": 1,
             "save_steps": 100, "disable_tqdm": True, "use_cpu": True, "warmup_steps": 1,
