@@ -143,3 +143,79 @@ def test_train_command_with_tokenize_workers(base, tmp_path):
     assert summary["global_step"] == 2 and summary["config"]["tokenize_workers"] == 2
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert main(argv + ["--output", str(tmp_path / "bad"), "--set", "learnig_rate=1"]) == 2
+
+
+def _flags(command: str) -> dict:
+    """Flag -> default of an `adept` command, as click sees it (required flags: ``...``)."""
+    import typer.main
+
+    from adept.cli import app
+
+    params = typer.main.get_command(app).commands[command].params
+    return {p.opts[0]: (... if p.required else p.default) for p in params if p.opts[0] != "--help"}
+
+
+def _config_flags(cls, rename=None, nested=None) -> dict:
+    """Flag -> default of every field of ``cls`` by the naming rule: ``--field-name``; a nested
+    section's fields with ``nested[section]`` in front; list flags given as None mean the field's []."""
+    import dataclasses
+    import typing
+
+    from adept.config import default_of
+
+    hints = typing.get_type_hints(cls)
+    flags = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            flags |= {f"--{nested[f.name]}{flag[2:]}": default for flag, default in _config_flags(hints[f.name]).items()}
+            continue
+        default = default_of(f)
+        flags[f"--{(rename or {}).get(f.name, f.name).replace('_', '-')}"] = ... if default is dataclasses.MISSING else default
+    return flags
+
+
+def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults():
+    """A flag that drifts from its setting (name or default) fails here."""
+    from adept.config import DEFAULT_TRAINING_ARGS, ImportanceSection, PipelineConfig, TrainConfig
+
+    train = _config_flags(TrainConfig, rename={"output_dir": "output", "probe_data": "probe"}, nested={"rule": "", "probe": "probe-"})
+    del train["--training-args"]
+    shortcuts = {"--learning-rate": "learning_rate", "--max-steps": "max_steps", "--batch-size": "per_device_train_batch_size",
+                 "--gradient-accumulation-steps": "gradient_accumulation_steps", "--seed": "seed", "--bf16": "bf16",
+                 "--gradient-checkpointing": "gradient_checkpointing"}
+    train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
+    actual = _flags("train")
+    for flag in ("--eval-data", "--replay-data"):  # repeatable: absent means the field's empty list
+        assert actual[flag] is None and train[flag] == []
+        actual[flag] = []
+    assert actual == train
+
+    importance = _config_flags(ImportanceSection) | {"--device": PipelineConfig().device, "--dtype": PipelineConfig().dtype}
+    importance |= {"--model": ..., "--probe": ..., "--output": ..., "--txt-split": "paragraph"}
+    actual = _flags("importance")
+    assert actual.pop("--metrics").split(",") == importance.pop("--metrics")
+    assert actual == importance
+    assert (importance["--max-tokens"], importance["--max-length"], importance["--batch-size"]) == (20_000, 256, 8)
+
+
+def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
+    """Defaults give TrainConfig's defaults; each flag lands on its own key."""
+    import adept.training
+    from adept.config import MultiplierRule, ProbeConfig, TrainConfig
+
+    seen = []
+    monkeypatch.setattr(adept.training, "run_training", lambda cfg: seen.append(cfg) or tmp_path)
+    base = ["train", "--model", str(tmp_path), "--data", "d.txt", "--output", "out", "--probe", "p.txt"]
+    assert main(base) == 0
+    shortcut_args = {"learning_rate": 3e-4, "max_steps": 200, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                     "seed": 0, "data_seed": 0, "bf16": False, "gradient_checkpointing": False}
+    assert seen[-1] == TrainConfig(model=str(tmp_path), data=["d.txt"], output_dir="out", probe_data="p.txt",
+                                   training_args=shortcut_args)
+    assert main(base + ["--method", "adept-no-stage1", "--importance", "i.json", "--num-layers", "2", "--scale", "3",
+                        "--ceiling", "4", "--probe-max-tokens", "123", "--probe-batch-size", "2", "--eval-data", "e.txt",
+                        "--no-resume", "--seed", "5", "--set", "warmup_steps=1e-1", "--set", "report_to=[tensorboard]"]) == 0
+    cfg = seen[-1]
+    assert cfg.method == "adept-no-stage1" and cfg.importance == "i.json" and cfg.num_layers == 2 and not cfg.resume
+    assert cfg.rule == MultiplierRule(scale=3.0, ceiling=4.0) and cfg.probe == ProbeConfig(max_tokens=123, batch_size=2)
+    assert cfg.eval_data == ["e.txt"] and cfg.training_args["seed"] == cfg.training_args["data_seed"] == 5
+    assert cfg.training_args["warmup_steps"] == 0.1 and cfg.training_args["report_to"] == ["tensorboard"]

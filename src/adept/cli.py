@@ -1,17 +1,34 @@
 """Command-line interface: parse arguments, dispatch to stage runners.
 
-Heavy libraries (torch, transformers) are imported inside the handlers so ``adept --help``
-stays instant. Errors from bad input are printed as one line and exit with status 2.
+The settings flags of `adept train` and `adept importance` are made from the fields of
+`adept.config` (`TrainConfig`, `ImportanceSection`): name, type, default and help are defined
+there once. Heavy libraries (torch, transformers) are imported inside the handlers so ``adept
+--help`` stays instant. Errors from bad input are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import sys
+import types
+import typing
+from dataclasses import MISSING
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
+
+from adept.config import (
+    DEFAULT_TRAINING_ARGS,
+    ImportanceSection,
+    PipelineConfig,
+    TrainConfig,
+    default_of,
+    parse_assignment,
+    set_dotted,
+)
 
 app = typer.Typer(
     name="adept",
@@ -43,6 +60,120 @@ def _parse_layers(text: str) -> list[int]:
         raise ValueError(f"--layers must be comma-separated integers such as 3,7, got '{text}'") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class SettingOption:
+    """One generated flag, ``--name`` (underscores as dashes), and the config field it sets."""
+
+    name: str
+    path: str  # dotted key inside the settings dataclass
+    field: dataclasses.Field
+    hint: Any
+    comma: bool = False  # a list given as one comma-separated value
+
+
+def setting_options(
+    cls: type,
+    *,
+    only: tuple[str, ...] = (),
+    skip: tuple[str, ...] = (),
+    rename: dict[str, str] | None = None,
+    nested: dict[str, str] | None = None,
+    comma: tuple[str, ...] = (),
+    first: tuple[str, ...] = (),
+) -> list[SettingOption]:
+    """One flag per field of dataclass ``cls``: required ones, then ``first``, then the others in field order.
+
+    A field is ``--field-name`` unless ``rename`` maps it to another name; the fields of a nested
+    section (``rule``, ``probe``) get ``nested[section]`` in front of their own names.
+    """
+    hints = typing.get_type_hints(cls)
+    options = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or (only and f.name not in only):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            prefix = (nested or {})[f.name]
+            options += [dataclasses.replace(o, name=prefix + o.name, path=f"{f.name}.{o.path}")
+                        for o in setting_options(hints[f.name])]
+        else:
+            options.append(SettingOption((rename or {}).get(f.name, f.name), f.name, f, hints[f.name], f.name in comma))
+    return sorted(options, key=lambda o: (default_of(o.field) is not MISSING, o.name not in first))
+
+
+def _parameter(option: SettingOption) -> inspect.Parameter:
+    hint, default = option.hint, default_of(option.field)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = Optional[inner]
+    if option.comma:
+        hint, default = str, ",".join(default)
+    elif typing.get_origin(hint) is list and default is not MISSING:
+        hint, default = Optional[hint], None  # repeatable; absent: the field's default
+    annotation = Annotated[hint, typer.Option(help=option.field.metadata["help"])]
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                             default=inspect.Parameter.empty if default is MISSING else default)
+
+
+def _with_options(*groups: list[SettingOption], extra: list[inspect.Parameter] = ()) -> Callable:
+    """Give a handler taking ``**values`` the generated flags and ``extra`` ones.
+
+    In --help: the handler's own required options, the generated ones, ``extra``, then the
+    handler's own options that have a default.
+    """
+
+    def decorate(func: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(func, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        required = [p for p in own if p.default is inspect.Parameter.empty]
+        optional = [p for p in own if p.default is not inspect.Parameter.empty]
+        generated = [_parameter(option) for group in groups for option in group]
+        func.__signature__ = inspect.Signature(required + generated + list(extra) + optional)
+        return func
+
+    return decorate
+
+
+def settings_from_options(cls: type, options: list[SettingOption], values: dict[str, Any], **fixed: Any) -> Any:
+    """The dataclass ``cls`` from the values of its generated flags (taken out of ``values``) and ``fixed``."""
+    tree: dict[str, Any] = dict(fixed)
+    for option in options:
+        value = values.pop(option.name)
+        if option.comma:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        elif value is None and typing.get_origin(option.hint) is list:
+            value = default_of(option.field)
+        set_dotted(tree, option.path, value)
+    return _instantiate(cls, tree)
+
+
+def _instantiate(cls: type, tree: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: _instantiate(hints[key], value) if dataclasses.is_dataclass(hints[key]) else value
+                  for key, value in tree.items()})
+
+
+IMPORTANCE_OPTIONS = setting_options(ImportanceSection, comma=("metrics",))
+TRAIN_OPTIONS = setting_options(TrainConfig, skip=("training_args",), rename={"output_dir": "output", "probe_data": "probe"},
+                                nested={"rule": "", "probe": "probe_"}, first=("method", "probe"))
+DEVICE_OPTIONS = setting_options(PipelineConfig, only=("device", "dtype"))
+# `adept train` flags for the most used TrainingArguments fields (any other goes through --set):
+# flag -> (field, help); each defaults to DEFAULT_TRAINING_ARGS[field].
+TRAINING_ARG_FLAGS = {
+    "learning_rate": ("learning_rate", "Base learning rate (multipliers scale it per unit)."),
+    "max_steps": ("max_steps", "Optimizer steps."),
+    "batch_size": ("per_device_train_batch_size", "Per-device training batch size."),
+    "gradient_accumulation_steps": ("gradient_accumulation_steps", "Micro-batches per optimizer step."),
+    "seed": ("seed", "Training seed: initialisation, data order (data_seed) and the re-estimation's probe sample."),
+    "bf16": ("bf16", "bf16 mixed precision."),
+    "gradient_checkpointing": ("gradient_checkpointing", "Gradient checkpointing."),
+}
+_TRAINING_ARG_PARAMS = [
+    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_TRAINING_ARGS[name],
+                      annotation=Annotated[type(DEFAULT_TRAINING_ARGS[name]), typer.Option(help=help_)])
+    for flag, (name, help_) in TRAINING_ARG_FLAGS.items()
+]
+
+
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
@@ -51,30 +182,24 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
 
 
 @app.command()
+@_with_options(IMPORTANCE_OPTIONS, DEVICE_OPTIONS)
 def importance(
     model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory or .gguf file.")],
     probe: Annotated[Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")],
     output: Annotated[Path, typer.Option(help="Directory for importance.json and the PNG plots.")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated: masking, grad_weight, rank, fisher.")] = "masking,grad_weight,rank,fisher",
-    max_tokens: Annotated[int, typer.Option(help="Probe token budget (target tokens).")] = 20_000,
-    max_length: Annotated[int, typer.Option(help="Sequence length of probe examples.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Probe batch size.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed for sampling probe documents.")] = 0,
     txt_split: Annotated[str, typer.Option(help="How .txt files split into documents: paragraph or line.")] = "paragraph",
-    device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+    **values: Any,
 ) -> None:
     """Score how much each layer and unit matters for general competence.
 
     Probe defaults are the pipeline's: 20,000 tokens, length 256, batch 8 (this command used 50,000, 512 and 4 before).
     """
-    from adept.config import ImportanceSection
     from adept.stages import run_importance
 
     try:
-        settings = ImportanceSection(max_tokens=max_tokens, max_length=max_length, batch_size=batch_size, seed=seed,
-                                     metrics=[m.strip() for m in metrics.split(",") if m.strip()])
-        path = run_importance(_model_path(model), probe, output, settings, txt_split=txt_split, device=device, dtype=dtype)
+        settings = settings_from_options(ImportanceSection, IMPORTANCE_OPTIONS, values)
+        path = run_importance(_model_path(model), probe, output, settings, txt_split=txt_split, device=values["device"],
+                              dtype=values["dtype"])
     except _USER_ERRORS as err:
         _fail(err)
     typer.echo(f"importance: {path}")
@@ -116,85 +241,28 @@ def expand(
     typer.echo(f"expanded checkpoint: {path}")
 
 
-def _parse_assignments(items: list[str] | None, option: str) -> dict:
-    """``key=value`` pairs; values parsed as YAML so numbers and booleans keep their type."""
-    from adept.config import parse_assignment
-
-    parsed = {}
-    for item in items or []:
-        try:
-            key, value = parse_assignment(item)
-        except ValueError as err:
-            raise ValueError(f"{option} {err}") from None
-        parsed[key] = value
-    return parsed
-
-
 @app.command()
+@_with_options(TRAIN_OPTIONS, extra=_TRAINING_ARG_PARAMS)
 def train(
-    model: Annotated[Path, typer.Option(help="Expanded checkpoint (adept, llama-pro, adept-no-stage2) or base model (folder or .gguf).")],
-    data: Annotated[list[Path], typer.Option(help="Domain corpus; repeat for several.")],
-    output: Annotated[Path, typer.Option(help="Run directory: checkpoints, unit_rates.jsonl, model/, training_summary.json.")],
-    method: Annotated[str, typer.Option(help="adept, full, llama-pro, adept-no-stage1, adept-no-stage2, freeze or lora.")] = "adept",
-    probe: Annotated[Optional[Path], typer.Option(help="General-domain probe corpus for importance (adept, adept-no-stage1).")] = None,
-    eval_data: Annotated[Optional[list[Path]], typer.Option(help="Held-out corpus evaluated during training; repeatable.")] = None,
-    importance: Annotated[
-        Optional[Path], typer.Option(help="importance.json: layers for freeze / adept-no-stage1; adept's step-0 rates (default: the one named in expansion.json).")
-    ] = None,
-    num_layers: Annotated[Optional[int], typer.Option(help="Number of least important layers freeze / adept-no-stage1 train.")] = None,
-    layer_metric: Annotated[str, typer.Option(help="Layer metric used with --importance.")] = "masking",
-    replay_data: Annotated[Optional[list[Path]], typer.Option(help="General-domain corpus mixed into training.")] = None,
-    replay_ratio: Annotated[float, typer.Option(help="Share of replay blocks in the training stream.")] = 0.0,
-    block_size: Annotated[int, typer.Option(help="Tokens per packed training block.")] = 256,
-    tokenize_workers: Annotated[Optional[int], typer.Option(help="Processes that tokenise the corpora (cached once).")] = None,
-    learning_rate: Annotated[float, typer.Option(help="Base learning rate (multipliers scale it per unit).")] = 3e-4,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Per-device training batch size.")] = 8,
-    gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    reestimate_every: Annotated[
-        Optional[int], typer.Option(help="Refresh importance every N steps (0: only at step 0; default: 10 refreshes per run).")
-    ] = None,
-    reestimate_fraction: Annotated[Optional[float], typer.Option(help="Refresh interval as a fraction of max steps.")] = None,
-    rule: Annotated[str, typer.Option(help="Multiplier rule: linear (m = scale*(1-I)) or inverse.")] = "linear",
-    scale: Annotated[float, typer.Option(help="Multiplier scale (2.0 in the paper).")] = 2.0,
-    normalization: Annotated[str, typer.Option(help="Importance normalisation over all units: minmax, rank, none.")] = "minmax",
-    unit_score: Annotated[str, typer.Option(help="Unit score: mean (the paper's) or sum of |w*dL/dw| over the tensor.")] = "mean",
-    floor: Annotated[float, typer.Option(help="Smallest multiplier.")] = 0.05,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    bf16: Annotated[bool, typer.Option(help="bf16 mixed precision.")] = False,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing.")] = False,
-    resume: Annotated[bool, typer.Option(help="Resume from the newest checkpoint in --output.")] = True,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="Any TrainingArguments field, e.g. --set save_steps=50 --set report_to=tensorboard.")
     ] = None,
+    **values: Any,
 ) -> None:
     """Continual pretraining with decoupled per-unit learning rates, or a baseline method."""
-    from adept.config import MultiplierRule, TrainConfig
     from adept.training import run_training
 
     try:
-        training_args = {
-            "learning_rate": learning_rate,
-            "max_steps": max_steps,
-            "per_device_train_batch_size": batch_size,
-            "gradient_accumulation_steps": gradient_accumulation_steps,
-            "seed": seed,
-            "data_seed": seed,
-            "bf16": bf16,
-            "gradient_checkpointing": gradient_checkpointing,
-            **_parse_assignments(set_, "--set"),
-        }
-        cfg = TrainConfig(
-            model=str(_model_path(model)), data=[str(p) for p in data], output_dir=str(output), method=method,
-            probe_data=str(probe) if probe else None, eval_data=[str(p) for p in eval_data or []],
-            importance=str(importance) if importance else None, num_layers=num_layers, layer_metric=layer_metric,
-            replay_data=[str(p) for p in replay_data or []], replay_ratio=replay_ratio, block_size=block_size,
-            tokenize_workers=tokenize_workers,
-            reestimate_every=reestimate_every, reestimate_fraction=reestimate_fraction,
-            rule=MultiplierRule(rule=rule, scale=scale, normalization=normalization, unit_score=unit_score, floor=floor),
-            resume=resume, training_args=training_args,
-        )
-        path = run_training(cfg)
+        training_args = {name: values.pop(flag) for flag, (name, _) in TRAINING_ARG_FLAGS.items()}
+        training_args["data_seed"] = training_args["seed"]
+        for item in set_ or []:
+            try:
+                key, value = parse_assignment(item)
+            except ValueError as err:
+                raise ValueError(f"--set {err}") from None
+            training_args[key] = value
+        values["model"] = str(_model_path(Path(values["model"])))
+        path = run_training(settings_from_options(TrainConfig, TRAIN_OPTIONS, values, training_args=training_args))
     except _USER_ERRORS as err:
         _fail(err)
     finally:

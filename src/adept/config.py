@@ -1,11 +1,11 @@
 """Every setting of the package, defined once: the pipeline YAML, `adept train` and `adept importance`.
 
 The schema is a tree of dataclasses whose fields carry their default and a help line. `adept run`
-reads it from one YAML file overridable with ``key=value``; the training stage takes
-`TrainConfig`, the ``train`` settings plus its inputs. An unknown key fails with the nearest
-valid one, a bad value names its dotted key and the file. Relative paths are taken from the
-working directory. Nothing here imports torch or transformers (TrainingArguments keys are
-checked only when there are some).
+reads it from one YAML file overridable with ``key=value``; the ``train`` and ``importance``
+commands build their flags from the same fields, and the training stage takes `TrainConfig`, the
+``train`` settings plus its inputs. An unknown key fails with the nearest valid one, a bad value
+names its dotted key and the file. Relative paths are taken from the working directory. Nothing
+here imports torch or transformers (TrainingArguments keys are checked only when there are some).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
 
 
 def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
-    """A dataclass field with its default and help line."""
+    """A dataclass field with its help line (shown by the CLI's --help)."""
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
 
 
