@@ -128,6 +128,15 @@ def test_every_setting_has_a_help_line():
             assert len(f.metadata.get("help", "")) > 10, f"{cls.__name__}.{f.name} has no help line"
 
 
+def test_readme_lists_every_config_key_as_generated_from_the_help_lines():
+    from adept.config import config_reference
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert config_reference() in readme, (
+        "README.md's configuration reference is out of date; paste the output of "
+        "python -c 'from adept.config import config_reference; print(config_reference())'")
+
+
 def test_importing_the_config_imports_neither_torch_nor_transformers():
     import subprocess
     import sys

@@ -65,7 +65,7 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
 
 
 def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
-    """A dataclass field with its help line (shown by the CLI's --help)."""
+    """A dataclass field with its help line (shown by the CLI's --help and in the README)."""
     return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
 
 
@@ -540,3 +540,20 @@ def _validate(config: PipelineConfig, source: str) -> None:
         if settings[label].replay_ratio > 0 and not config.data.general_replay:
             raise ConfigError(f"{source}: '{label}' uses replay_ratio > 0 but 'data.general_replay' is empty")
 
+
+def config_reference() -> str:
+    """Every config key with its default and help line, as the Markdown table in the README."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                lines.append(f"| **`{prefix}{f.name}`** | | {f.metadata['help']} |")
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                lines.append(f"| `{prefix}{f.name}` | `{json.dumps(default_of(f))}` | {f.metadata['help']} |")
+
+    walk(PipelineConfig, "")
+    defaults = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in DEFAULT_TRAINING_ARGS.items())
+    return "\n".join(lines) + f"\n\nadept's `TrainingArguments` defaults (`DEFAULT_TRAINING_ARGS`): {defaults}.\n"
