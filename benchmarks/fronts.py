@@ -100,6 +100,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def regenerate_command(args: argparse.Namespace) -> str:
+    """The command that runs (or resumes) this grid, without where its docs happened to go."""
+    parts = ["python", "benchmarks/fronts.py"]
+    defaults = parse_args([])
+    for flag, value in (("--config", args.config), ("--seeds", args.seeds), ("--output-root", args.output_root),
+                        ("--fronts", args.fronts)):
+        if value != getattr(defaults, flag[2:].replace("-", "_")):
+            parts += [flag, value]
+    for override in args.overrides:
+        parts += ["--set", override]
+    return shlex.join(parts)
+
+
 # --- running --------------------------------------------------------------------------------
 
 
@@ -311,6 +324,21 @@ def mean_over_rates(data: dict[str, Any], front: Front, key: str) -> float | Non
 
 
 def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target met or missed with its numbers; undecided while a front it needs is incomplete."""
+    targets = [_judge_fronts(data, target, names) for target, names in _targets(data)]
+    return targets
+
+
+def _judge_fronts(data: dict[str, Any], target: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    counts = {name: len(front_points(data, _front(name), "forgetting_pct")) for name in names}
+    incomplete = {name: n for name, n in counts.items() if n < len(_front(name).rates)}
+    if incomplete and target["status"] != "undecided":
+        done = ", ".join(f"{name} {n}/{len(_front(name).rates)}" for name, n in incomplete.items())
+        target = {**target, "status": "undecided", "detail": f"rates done: {done}; so far: {target['detail']}"}
+    return target
+
+
+def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
     targets = []
     adept = front_points(data, _front(ADEPT), "forgetting_pct")
     for rival in RIVALS:
@@ -326,7 +354,7 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             below = all(a < o for _, a, o in gaps)
             target.update(status="met" if below else "missed",
                           detail="; ".join(f"gain {g:.1f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps))
-        targets.append(target)
+        targets.append((target, (ADEPT, rival)))
 
     full_best = best_rate(data, _front(FULL))
     target = {"target": f"at full CPT's domain gain, ADEPT forgets at most {TARGET_SHARE:.0%} of what full CPT forgets"}
@@ -345,7 +373,7 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             target.update(status="met" if ok else "missed",
                           detail=f"gain {gain:.1f}% (full CPT at {rate_name(rate)}): ADEPT {adept_forgetting:+.2f}% vs full CPT "
                                  f"{full_forgetting:+.2f}% general loss")
-    targets.append(target)
+    targets.append((target, (ADEPT, FULL)))
 
     replay = {name: front_points(data, _front(name), "forgetting_pct") for name in ("adept-replay", "full-replay")}
     target = {"target": "ADEPT with replay against full CPT with replay, at matched gain"}
@@ -361,7 +389,7 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             target.update(status="met" if a < f else "missed",
                           detail=f"gain {gain:.1f}%: adept-replay {a:+.2f}% vs full-replay {f:+.2f}% general loss")
-    targets.append(target)
+    targets.append((target, ("adept-replay", "full-replay")))
     return targets
 
 
@@ -596,8 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                     done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
                     print(f"seed {seed}  {label_of(front, rate):24s} {done}")
         return 0
-    given = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only",)]
-    command = ("python benchmarks/fronts.py " + shlex.join(given)).strip()
+    command = regenerate_command(args)
     if not args.report_only:
         run_grid(args, fronts, seeds, root, command)
 
@@ -621,8 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record)["stages"].values())
     done = sum(len(rows) for rows in data["seeds"].values())
     total = len(seeds) * sum(len(f.rates) for f in GRID)
-    recorded = sorted({read_json(p)["command"] for s in seeds for p in (root / f"seed{s}" / "train").glob(f"*/{MACHINE_NAME}")})
-    section = render(data=data, targets=targets, matched=matched, commands=recorded or [command], config=args.config, cfg=cfg,
+    section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
                      png=png, curve=curve, hours=seconds / 3600, done=done, total=total)
     write_section(docs, section)
     write_json(docs.with_name(f"{docs.stem}_fronts.json"), {
