@@ -180,9 +180,8 @@ def child(spec_path: str) -> None:
                                         "cpu_seconds": time.process_time() - start_cpu, "probe_tokens": tokens})
 
     training.NonFiniteLossGuard = Timer
-    training.AdeptCallback = TimedAdeptCallback
     cfg = training.TrainConfig(**{**spec["config"], "probe": ProbeConfig(**spec["config"]["probe"])})
-    training.run_training(cfg, progress=False)
+    training.run_training(cfg, progress=False, adept_callback=TimedAdeptCallback)
     summary = json.loads((Path(cfg.output_dir) / training.SUMMARY_NAME).read_text())
     record["library_peak_memory"] = summary.get("peak_memory_bytes")  # run_training's own measure
     record["tokens_per_step"] = spec["tokens_per_step"]

@@ -76,9 +76,8 @@ def trainer_reference(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(training, "AdeptCallback", Recording)
-            training.run_training(train_config(str(root), str(root / "single"), 4), progress=False)
+        training.run_training(train_config(str(root), str(root / "single"), 4), progress=False,
+                              adept_callback=Recording)
     finally:
         torch.set_num_threads(threads)
     return root

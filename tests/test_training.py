@@ -89,14 +89,7 @@ def test_only_inserted_layers_change_and_zero_multiplier_units_stay(workspace, t
             scores, multipliers = super().estimate(model)
             return scores, {**multipliers, frozen_unit: 0.0}
 
-    import adept.training as training
-
-    original = training.AdeptCallback
-    training.AdeptCallback = ZeroOne
-    try:
-        final = run_training(_config(workspace, tmp_path / "run"), progress=False)
-    finally:
-        training.AdeptCallback = original
+    final = run_training(_config(workspace, tmp_path / "run"), progress=False, adept_callback=ZeroOne)
     before = _weights(workspace / "expanded")
     after = _weights(final)
     assert before.keys() == after.keys()
@@ -120,14 +113,7 @@ def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
             names = [n for n, p in model.named_parameters() if p.requires_grad]
             return {n: 0.0 for n in names}, {n: 1.0 for n in names}
 
-    import adept.training as training
-
-    original = training.AdeptCallback
-    training.AdeptCallback = Ones
-    try:
-        run_training(_config(workspace, tmp_path / "ours"), progress=False)
-    finally:
-        training.AdeptCallback = original
+    run_training(_config(workspace, tmp_path / "ours"), progress=False, adept_callback=Ones)
     ours = [e["loss"] for e in json.loads((tmp_path / "ours" / "training_summary.json").read_text())["log_history"] if "loss" in e]
 
     cfg = _config(workspace, tmp_path / "plain", method="adept-no-stage2")
@@ -162,14 +148,7 @@ def test_reestimation_leaves_training_bit_identical(workspace, tmp_path):
             entry = by_step[self.step]
             return entry["importance"], entry["multipliers"]
 
-    import adept.training as training
-
-    original = training.AdeptCallback
-    training.AdeptCallback = Injected
-    try:
-        injected = run_training(_config(workspace, tmp_path / "injected"), progress=False)
-    finally:
-        training.AdeptCallback = original
+    injected = run_training(_config(workspace, tmp_path / "injected"), progress=False, adept_callback=Injected)
     a, b = _weights(final), _weights(injected)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

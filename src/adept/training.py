@@ -631,13 +631,26 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[TrainerCallback] = ()) -> Path:
+def run_training(
+    cfg: TrainConfig,
+    progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+    adept_callback: type[AdeptCallback] = AdeptCallback,
+    adept_trainer: type[AdeptTrainer] = AdeptTrainer,
+) -> Path:
     """Train with ``cfg.method`` and write the final model and ``training_summary.json``.
 
     Resumes from the newest ``checkpoint-N`` in ``output_dir`` when ``cfg.resume`` is set. The
     final model goes to ``output_dir/model`` atomically, with the expansion manifest copied
-    next to it so later stages know which layers are new. ``callbacks`` are added to the
-    Trainer's, after ours.
+    next to it so later stages know which layers are new.
+
+    Args:
+        cfg: the training settings.
+        progress: show probe progress bars.
+        callbacks: added to the Trainer's, after ours.
+        adept_callback: the class of the Stage 2 callback for the dynamic methods (a subclass of
+            `AdeptCallback`, e.g. one that records or injects rates), built with the run's probe.
+        adept_trainer: the Trainer class for the dynamic methods (a subclass of `AdeptTrainer`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
 
@@ -673,7 +686,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
     all_callbacks: list[TrainerCallback] = [timer, NonFiniteLossGuard()]
     if cfg.method != "lora":
         all_callbacks.append(FrozenPrefixCallback())
-    adept_callback = None
+    rate_callback = None
     if cfg.method in DYNAMIC_METHODS:
         probe = load_probe_batches(cfg.probe_data, tokenizer, cfg.probe, seed=args.seed)
         initial, source, started = None, "initial scores", time.perf_counter()
@@ -682,13 +695,13 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
             if importance is None:
                 model.to(args.device)
             initial, source = initial_copy_scores(model, manifest, cfg.rule, probe, importance, progress=progress)
-        adept_callback = AdeptCallback(probe, cfg.rule, cfg.reestimate_every, log_path=output_dir / RATES_LOG,
+        rate_callback = adept_callback(probe, cfg.rule, cfg.reestimate_every, log_path=output_dir / RATES_LOG,
                                        initial_scores=initial, initial_source=source,
                                        reestimate_fraction=cfg.reestimate_fraction)
-        adept_callback.seconds_spent = time.perf_counter() - started  # the source layers' probe, if any
-        all_callbacks.append(adept_callback)
+        rate_callback.seconds_spent = time.perf_counter() - started  # the source layers' probe, if any
+        all_callbacks.append(rate_callback)
     all_callbacks.extend(callbacks)
-    trainer_cls = AdeptTrainer if cfg.method in DYNAMIC_METHODS else _GuardedTrainer
+    trainer_cls = adept_trainer if cfg.method in DYNAMIC_METHODS else _GuardedTrainer
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data or None,
         data_collator=default_data_collator, callbacks=all_callbacks,
@@ -737,7 +750,7 @@ def run_training(cfg: TrainConfig, progress: bool = True, callbacks: Sequence[Tr
             "eval_seconds": trainer.eval_seconds,
             "save_seconds": trainer.save_seconds,
             "peak_memory_bytes": peak_memory,
-            "reestimation_seconds": adept_callback.seconds_spent if adept_callback else 0.0,
+            "reestimation_seconds": rate_callback.seconds_spent if rate_callback else 0.0,
             "config": _config_dict(cfg),
             "log_history": trainer.state.log_history,
         }

@@ -94,13 +94,13 @@ if __name__ == "__main__":
 
     workdir, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     engine = sys.argv[4] if len(sys.argv) > 4 else "ddp"
-    training.AdeptCallback = Recording
     cfg = train_config(workdir, out, batch)
     if len(sys.argv) > 5:
         cfg.training_args["save_steps"] = int(sys.argv[5])
     cfg.training_args["ddp_backend"] = "gloo"  # only under the launcher: a plain process has no group
+    trainer_cls = training.AdeptTrainer
     if engine == "fsdp2":
-        training.AdeptTrainer = CpuFsdpTrainer
+        trainer_cls = CpuFsdpTrainer
         cfg.training_args["fsdp"] = True
     elif engine in ("zero2", "zero3"):
         os.environ["DS_ACCELERATOR"] = "cpu"
@@ -110,7 +110,7 @@ if __name__ == "__main__":
         if engine == "zero3":  # weights are partitioned at load: the copies' step-0 scores come from Stage 1
             cfg.importance = f"{workdir}/importance"
     try:
-        training.run_training(cfg, progress=False)
+        training.run_training(cfg, progress=False, adept_callback=Recording, adept_trainer=trainer_cls)
     finally:
         # Without this the launcher's workers linger on the open gloo group at exit.
         if dist.is_initialized():
