@@ -333,6 +333,9 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
     lines = [
         "# Method comparison",
         "",
+        "## Toy model: every method at one rate on the 7.4M-parameter demo model",
+        "",
+        "What `make compare` runs (quick, on the demo model); the real-model fronts above are the comparison to trust. "
         "Every method trained from the same base model on the same data (domain-token budgets below), one run per seed,",
         "then evaluated on held-out general text (forgetting), held-out domain text (gain) and the two",
         "multiple-choice benchmarks. Regenerate with:",
@@ -341,7 +344,7 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
         *commands,
         "```",
         "",
-        "## What was run",
+        "### What was run",
         "",
         f"- Config: `{config_path}`; model `{cfg.model}`; domain corpus {', '.join(f'`{p}`' for p in cfg.data.domain_train)}.",
         f"- Seeds: {', '.join(str(s) for s in seeds)} (training, data order and importance probe); run directories "
@@ -373,7 +376,7 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
     header = ["method", "n"] + [col[1] for col in COLUMNS]
     lines += [
         "",
-        "## Results",
+        "### Results",
         "",
         "Mean ± sample standard deviation over seeds (n = seeds with that method). Δ columns are changes from the base",
         "model: a negative loss change means lower loss. Time per token and peak memory are divided by full CPT's in",
@@ -388,13 +391,13 @@ def render_markdown(*, commands: list[str], config_path: str, seeds: dict[int, d
         name = label if s["method"] == label else f"{label} ({s['method']})"
         n = max(v["n"] for k, v in s.items() if isinstance(v, dict))
         lines.append("| " + " | ".join([name, str(n)] + [_cell(s.get(key), fmt) for key, _, fmt, _ in COLUMNS]) + " |")
-    lines += ["", "## Targets", ""]
+    lines += ["", "### Targets", ""]
     for target in targets:
         mark = {True: "**met**", False: "**not met**", None: "**not judged**"}[target["met"]]
         lines.append(f"- {target['target']}: {mark}. {target['detail']}.")
     lines += [
         "",
-        "## Forgetting vs. gain",
+        "### Forgetting vs. gain",
         "",
         "General-loss change % (x, right = more forgetting) against domain-loss change % (y, down = more gain),",
         "one point per method and seed; lower left is better.",
@@ -411,7 +414,8 @@ def multiplier_lines(root: Path, seeds: dict[int, dict[str, Any]], labels: list[
     At one base learning rate a dynamic method trains its units at base x multiplier, so a mean
     multiplier above 1 acts partly as a higher learning rate than the uniform methods get.
     """
-    from adept.training import RATES_LOG, read_rate_log
+    from adept.stage2 import read_rate_log
+    from adept.training import RATES_LOG
 
     lines = []
     for label in labels:
@@ -443,7 +447,7 @@ def discussion_lines(stats: dict[str, Any], labels: list[str]) -> list[str]:
         return []
     ranked = sorted(ratios, key=ratios.get)
     lines = [
-        "## Discussion",
+        "### Discussion",
         "",
         "Forgetting per unit of gain (mean general-loss increase / mean domain-loss decrease, in nats; lower is better):",
         "",
@@ -561,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         "plot": str(png),
     })
     print()
-    print(text.split("## Results", 1)[1].split("## Forgetting", 1)[0].strip())
+    print(text.split("### Results", 1)[1].split("## Forgetting", 1)[0].strip())
     print(f"\nwritten: {docs}, {docs.with_suffix('.json')}, {png}")
     return 0
 
