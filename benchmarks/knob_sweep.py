@@ -44,7 +44,8 @@ def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     row = next(r for r in results["comparison"] if r["label"] == method)
     summary = json.loads((run_dir / "train" / method / "training_summary.json").read_text())
     layers = json.loads((run_dir / "expanded" / "adept" / "expansion.json").read_text())["inserted_layers"]
-    from adept.training import RATES_LOG, read_rate_log
+    from adept.stage2 import read_rate_log
+    from adept.training import RATES_LOG
 
     rates = run_dir / "train" / method / RATES_LOG
     means = [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)] if rates.is_file() else [1.0]

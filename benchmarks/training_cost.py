@@ -134,6 +134,7 @@ def child(spec_path: str) -> None:
     import torch
 
     import adept.training as training
+    from adept.stage2 import AdeptCallback
 
     cuda = spec["device"] == "cuda"
     if not cuda:
@@ -164,7 +165,7 @@ def child(spec_path: str) -> None:
         def on_train_end(self, args, state, control, **kwargs):
             record["memory_peak"] = torch.cuda.max_memory_allocated() if cuda else _rss("VmHWM")
 
-    class TimedAdeptCallback(training.AdeptCallback):
+    class TimedAdeptCallback(AdeptCallback):
         """The library's callback, timing each estimate."""
 
         def reestimate(self, model, optimizer, scheduler, step, is_main):

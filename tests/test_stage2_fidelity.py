@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from adept.architectures import get_architecture
 from adept.cli import main
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.training import TrainConfig, read_rate_log, run_training
+from adept.stage2 import read_rate_log
+from adept.training import TrainConfig, run_training
 from adept.tuning import MultiplierRule
 
 from conftest import ARCHITECTURES, PROBE_TEXT, save_tiny_checkpoint
@@ -112,7 +113,7 @@ def test_default_rule_is_the_papers_mean_and_linear_min_max(llama, tmp_path):
 
 
 def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llama, tmp_path, caplog):
-    from adept.training import resolve_reestimate_every
+    from adept.stage2 import resolve_reestimate_every
 
     assert resolve_reestimate_every(None, None, 200) == 20
     assert resolve_reestimate_every(None, 0.25, 200) == 50

@@ -11,12 +11,8 @@ from safetensors.torch import load_file
 
 from adept.config import METHODS, ProbeConfig
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.training import (
-    AdeptCallback,
-    NonFiniteLossError,
-    TrainConfig,
-    run_training,
-)
+from adept.stage2 import AdeptCallback, NonFiniteLossError
+from adept.training import TrainConfig, run_training
 
 from conftest import PROBE_TEXT, save_tiny_checkpoint
 
@@ -229,7 +225,8 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
 
     from adept.data import build_packed_dataset, load_probe_batches
     from adept.expansion import load_manifest
-    from adept.training import AdeptCallback, freeze_all_but, initial_copy_scores, layer_parameter_names
+    from adept.stage2 import AdeptCallback, initial_copy_scores
+    from adept.training import freeze_all_but, layer_parameter_names
     from adept.tuning import MultiplierRule, build_param_groups
 
     expanded = workspace / "expanded"
@@ -264,7 +261,7 @@ def test_dynamic_rates_refuse_fsdp1_which_has_no_units():
     from torch import nn
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from adept.training import check_engine
+    from adept.distributed import check_engine
 
     model = nn.Sequential(nn.Linear(4, 4))
     check_engine(model)  # plain model, no engine: accepted

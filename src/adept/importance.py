@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from adept.architectures import get_architecture, get_decoder_layers
 from adept.config import METRICS
 from adept.data import IGNORE_INDEX
+from adept.distributed import dist_ready, is_sharded, probe_gradients, shard_of, sum_over_shards
 
 logger = logging.getLogger(__name__)
 
@@ -245,107 +245,6 @@ def _probe_mode(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[No
             torch.cuda.set_rng_state_all(cuda_rng)
 
 
-def _zero3(param: nn.Parameter) -> bool:
-    """A parameter partitioned by DeepSpeed ZeRO stage 3 (its data is empty outside forward)."""
-    return hasattr(param, "ds_tensor")
-
-
-def full_numel(param: nn.Parameter) -> int:
-    """Elements of the whole tensor, also for a ZeRO-3 partition (whose data is empty)."""
-    return param.ds_numel if _zero3(param) else param.numel()
-
-
-def is_sharded(params: Sequence[nn.Parameter]) -> bool:
-    """Whether ``params`` are sharded (FSDP2 DTensors, DeepSpeed ZeRO-3 partitions), not full replicas."""
-    return any(isinstance(p, DTensor) or _zero3(p) for p in params)
-
-
-def probe_share(batches: Sequence[dict], params: Sequence[nn.Parameter]) -> list[dict]:
-    """The probe batches this rank scores.
-
-    With replicated parameters (one process, DDP, ZeRO 1-2) each rank takes every ``world``-th
-    batch and the sums are added over ranks. With sharded parameters the forward and backward are
-    collectives (parameter all-gathers), so every rank must run the same batches in the same
-    order: each rank scores all of them and contributes its own shard of every tensor.
-    """
-    if not _dist_ready() or is_sharded(params):
-        return list(batches)
-    return list(batches)[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
-
-
-def _shard_of(param: nn.Parameter):
-    """This rank's elements of ``param`` and a function cutting the same elements from its gradient.
-
-    DTensor (FSDP2): the local shard; the gradient is a DTensor sharded alike. ZeRO-3: the rank's
-    slice ``ds_tensor`` of the flattened tensor; the gradient, taken with `torch.autograd.grad`,
-    is full-size and cut to the same slice. Replicated: everything.
-    """
-    if isinstance(param, DTensor):
-        return param.to_local(), lambda grad: grad.to_local()
-    if _zero3(param):
-        size = param.ds_tensor.numel()
-        start = torch.distributed.get_rank(group=param.ds_process_group) * size
-        count = max(0, min(size, param.ds_numel - start))
-        return param.ds_tensor.view(-1)[:count], lambda grad: grad.reshape(-1)[start : start + count]
-    return param, lambda grad: grad
-
-
-def _shard_groups(param: nn.Parameter) -> list:
-    """The process groups over which ``param``'s per-shard sums must be added (none if replicated).
-
-    Only mesh dimensions along which a DTensor is sharded count: the replicas of HSDP already hold
-    the full sums of their shard.
-    """
-    if isinstance(param, DTensor):
-        return [param.device_mesh.get_group(d) for d, placement in enumerate(param.placements) if placement.is_shard()]
-    if _zero3(param):
-        return [param.ds_process_group]
-    return []
-
-
-def _sum_over_shards(values: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
-    """Add up per-tensor sums over the ranks that hold disjoint shards of each tensor.
-
-    One all-reduce per distinct set of groups; their order follows ``params``, so it is the same
-    on every rank.
-    """
-    layouts: dict[tuple, list[int]] = {}
-    groups: dict[tuple, list] = {}
-    for index, param in enumerate(params):
-        param_groups = _shard_groups(param)
-        if param_groups:
-            key = tuple(id(group) for group in param_groups)
-            layouts.setdefault(key, []).append(index)
-            groups[key] = param_groups
-    values = values.clone()
-    for key, indices in layouts.items():
-        part = values[indices]
-        for group in groups[key]:
-            torch.distributed.all_reduce(part, group=group)
-        values[indices] = part
-    return values
-
-
-def _probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
-    """d loss / d params, without disturbing the training engine.
-
-    `torch.autograd.grad` returns the gradients without accumulating into ``.grad``, so the
-    gradient hooks of DDP and DeepSpeed ZeRO (which reduce whatever reaches ``.grad``) never see
-    the probe; under ZeRO-3 it returns full-size gradients (`_shard_of` keeps this rank's slice).
-    FSDP2 parameters only get their gradient from FSDP's own reduce-scatter, so they take a plain
-    backward, and their ``.grad`` is cleared again before the next batch.
-    """
-    if any(isinstance(p, DTensor) for p in params):
-        loss.backward()
-        grads = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        return grads
-    grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return [torch.zeros(p.ds_shape if _zero3(p) else p.shape, dtype=p.dtype, device=p.device) if g is None else g
-            for g, p in zip(grads, params)]
-
-
 def unit_gradient_scores(
     model: nn.Module,
     batches: Sequence[dict],
@@ -371,7 +270,7 @@ def unit_gradient_scores(
     * replicated parameters (DDP): each rank scored its own batches on full tensors; every sum,
       the loss and the token count are summed over ranks.
     * sharded parameters: every rank ran the same batches and sums over its own shard of each
-      tensor (`_shard_of`); the per-tensor sums are all-reduced across the shards. Under FSDP2
+      tensor (`shard_of`); the per-tensor sums are all-reduced across the shards. Under FSDP2
       the reduce-scattered gradient of a shard is that batch's gradient and no full gradient is
       gathered; under ZeRO-3 each rank's gradient is full-size for one batch at a time.
 
@@ -381,7 +280,7 @@ def unit_gradient_scores(
 
     device = _model_device(model)
     sharded = is_sharded(params)
-    combine_batches = all_reduce and _dist_ready() and not sharded
+    combine_batches = all_reduce and dist_ready() and not sharded
     counts = torch.tensor([_count_targets(b) for b in batches], dtype=torch.float64)
     total_tokens = counts.sum()
     if combine_batches:
@@ -391,7 +290,7 @@ def unit_gradient_scores(
     grad_weight = torch.zeros(len(params), dtype=torch.float32, device=device)
     fisher_sums = torch.zeros(len(params), dtype=torch.float32, device=device)
     loss_total = torch.zeros((), dtype=torch.float64, device=device)
-    shards = [_shard_of(p) for p in params]
+    shards = [shard_of(p) for p in params]
     local_params = [weight for weight, _ in shards]
     with _probe_mode(model, params):
         for batch, n_tokens in tqdm(
@@ -407,7 +306,7 @@ def unit_gradient_scores(
                         continue
                     loss_sum = batch_loss_sum(model, row)
                     loss_total += loss_sum.detach().double()
-                    row_grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / row_tokens, params), shards)]
+                    row_grads = [cut(g) for g, (_, cut) in zip(probe_gradients(loss_sum / row_tokens, params), shards)]
                     fisher_sums += row_tokens / float(total_tokens) * torch.stack(torch._foreach_norm(row_grads, 2)).float().pow(2)
                     share = row_tokens / n_tokens  # g_b = sum_s (n_s / n_b) g_s
                     if grads is None:
@@ -417,15 +316,15 @@ def unit_gradient_scores(
             else:
                 loss_sum = batch_loss_sum(model, batch)
                 loss_total += loss_sum.detach().double()
-                grads = [cut(g) for g, (_, cut) in zip(_probe_gradients(loss_sum / n_tokens, params), shards)]
+                grads = [cut(g) for g, (_, cut) in zip(probe_gradients(loss_sum / n_tokens, params), shards)]
             weight = n_tokens / float(total_tokens)
             products = torch._foreach_mul(grads, local_params)
             grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
     if combine_batches:
         for tensor in (grad_weight, fisher_sums, loss_total):
             torch.distributed.all_reduce(tensor)
-    elif all_reduce and _dist_ready() and sharded:
-        grad_weight, fisher_sums = _sum_over_shards(grad_weight, params), _sum_over_shards(fisher_sums, params)
+    elif all_reduce and dist_ready() and sharded:
+        grad_weight, fisher_sums = sum_over_shards(grad_weight, params), sum_over_shards(fisher_sums, params)
     return grad_weight, fisher_sums if fisher else None, float(loss_total) / float(total_tokens), int(total_tokens)
 
 
@@ -433,10 +332,6 @@ def _sequences(batch: dict) -> Iterator[dict]:
     """The batch one sequence at a time (for per-example gradients)."""
     for row in range(batch["input_ids"].shape[0]):
         yield {key: value[row : row + 1] for key, value in batch.items()}
-
-
-def _dist_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def compute_importance(

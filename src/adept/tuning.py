@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adept.config import MultiplierRule
-from adept.importance import full_numel
+from adept.distributed import full_numel
 
 
 def normalize_importance(scores: Mapping[str, float], normalization: str) -> dict[str, float]:

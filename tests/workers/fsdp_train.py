@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from adept.config import ProbeConfig
 from adept.data import load_probe_batches
-from adept.training import AdeptCallback, TrainConfig, freeze_all_but, layer_parameter_names, trainable_layers
+from adept.stage2 import AdeptCallback
+from adept.training import TrainConfig, freeze_all_but, layer_parameter_names, trainable_layers
 from adept.tuning import build_param_groups
 
 STEPS, GLOBAL_BATCH, BLOCK = 4, 4, 32

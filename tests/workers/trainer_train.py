@@ -19,7 +19,8 @@ import os
 import sys
 
 from adept.config import ProbeConfig
-from adept.training import AdeptCallback, AdeptTrainer, TrainConfig
+from adept.stage2 import AdeptCallback, AdeptTrainer
+from adept.training import TrainConfig
 
 
 def train_config(workdir: str, out: str, batch: int) -> TrainConfig:
@@ -98,7 +99,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 5:
         cfg.training_args["save_steps"] = int(sys.argv[5])
     cfg.training_args["ddp_backend"] = "gloo"  # only under the launcher: a plain process has no group
-    trainer_cls = training.AdeptTrainer
+    trainer_cls = AdeptTrainer
     if engine == "fsdp2":
         trainer_cls = CpuFsdpTrainer
         cfg.training_args["fsdp"] = True
