@@ -31,7 +31,7 @@ def main() -> None:
 
     from adept.data import build_packed_dataset
     from adept.evaluation import evaluate_perplexity
-    from adept.stages import load_model_and_tokenizer
+    from adept.checkpoints import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model, device="cpu")
     train = build_packed_dataset(args.general_train, tokenizer, args.block_size, cache_dir=args.cache_dir)

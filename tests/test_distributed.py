@@ -59,7 +59,7 @@ def _workdir(tmp_path: Path) -> None:
     (tmp_path / "probe.txt").write_text(PROBE_TEXT)
     # Stage 1 scores with the training probe's settings, for the runs that read step-0 rates from them.
     from adept.config import ImportanceSection
-    from adept.stages import run_importance
+    from adept.importance import run_importance
 
     probe = ImportanceSection(max_tokens=20_000, max_length=48, batch_size=2, seed=0, metrics=["grad_weight"])
     run_importance(tmp_path / "base", tmp_path / "probe.txt", tmp_path / "importance", probe, progress=False)

@@ -22,7 +22,7 @@ from adept.evaluation import (
     validate_benchmark_file,
 )
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.stages import load_model_and_tokenizer
+from adept.checkpoints import load_model_and_tokenizer
 
 from conftest import PROBE_TEXT, byte_tokenizer, save_tiny_checkpoint
 

@@ -70,7 +70,7 @@ def test_step0_scores_equal_the_source_layers_stage1_scores(llama, tmp_path):
     """From importance.json: the copy of layer s gets layer s's per-element mean scores, unit by
     unit (the zeroed output projections included); probing the source layers gives the same."""
     from adept.config import ImportanceSection
-    from adept.stages import run_importance
+    from adept.importance import run_importance
 
     probe = ImportanceSection(max_tokens=20_000, max_length=256, batch_size=8, seed=0)
     run_importance(llama / "base", llama / "probe.txt", tmp_path / "imp", probe, progress=False)

@@ -31,7 +31,7 @@ def workspace(tmp_path_factory):
     (root / "domain.txt").write_text(DOMAIN)
     (root / "heldout.txt").write_text(DOMAIN[:600])
     from adept.config import ImportanceSection
-    from adept.stages import run_importance
+    from adept.importance import run_importance
 
     run_importance(root / "base", root / "probe.txt", root / "imp", ImportanceSection(max_tokens=50_000, max_length=48, batch_size=4),
                    progress=False)

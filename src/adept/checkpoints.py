@@ -155,3 +155,48 @@ def resolve_model_path(path: str | os.PathLike, cache_dir: str | os.PathLike | N
         logger.info("%s: using the converted checkpoint %s", path, target)
         return target
     return convert_gguf(path, target, dtype="float32", overwrite=True, sha256=sha256)
+
+
+# --- loading a local checkpoint for any stage ---
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; validate explicit choices."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu, cuda[:N] or auto, got '{device}'")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got '{dtype}'")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
+    """Load a local checkpoint and its tokenizer; never reaches a hub."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adept.architectures import get_architecture
+    from adept.expansion import read_model_config
+
+    model_path = Path(model_path)
+    config = read_model_config(model_path)
+    get_architecture(config.model_type)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, local_files_only=True)
+    return model.to(device), tokenizer

@@ -194,7 +194,7 @@ def importance(
 
     Probe defaults are the pipeline's: 20,000 tokens, length 256, batch 8 (this command used 50,000, 512 and 4 before).
     """
-    from adept.stages import run_importance
+    from adept.importance import run_importance
 
     try:
         settings = settings_from_options(ImportanceSection, IMPORTANCE_OPTIONS, values)
@@ -222,7 +222,7 @@ def expand(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
     """Duplicate the least important layers with zeroed output projections (function preserving)."""
-    from adept.stages import run_expansion
+    from adept.expansion import run_expansion
 
     try:
         path = run_expansion(

@@ -501,7 +501,7 @@ def run_evaluation(
     """
     import torch
 
-    from adept.stages import load_model_and_tokenizer
+    from adept.checkpoints import load_model_and_tokenizer
 
     if not models:
         raise ValueError("give at least one --model")

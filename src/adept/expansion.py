@@ -523,3 +523,82 @@ def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / MANIFEST_NAME
     return read_json(path, kind="expansion")
+
+
+# --- the stage runner: checkpoint (and importance.json) in, expanded checkpoint out ---
+
+
+def layer_param_counts(model_path: str | os.PathLike) -> tuple[list[int], int]:
+    """Parameters per decoder layer and in total, read from safetensors headers only."""
+    model_path = Path(model_path)
+    config = read_model_config(model_path)
+    spec = get_architecture(config.model_type)
+    per_layer = [0] * config.num_hidden_layers
+    total = 0
+    for shard in checkpoint_shards(model_path):
+        header, _ = read_safetensors_header(model_path / shard)
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            numel = 1
+            for dim in info["shape"]:
+                numel *= dim
+            total += numel
+            parts = spec.split_layer_key(key)
+            if parts is not None:
+                per_layer[parts[0]] += numel
+    return per_layer, total
+
+
+def run_expansion(
+    model_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    layers: list[int] | None = None,
+    importance_path: str | os.PathLike | None = None,
+    num_new_layers: int | None = None,
+    trainable_fraction: float | None = None,
+    uniform: int | None = None,
+    metric: str = "masking",
+    overwrite: bool = False,
+) -> Path:
+    """Choose the layers to duplicate (explicitly, by importance, by budget, or uniformly) and expand."""
+    from adept.importance import ImportanceResult, load_importance
+
+    given = [layers is not None, num_new_layers is not None, trainable_fraction is not None, uniform is not None]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of --layers, --num-new-layers, --trainable-fraction or --uniform")
+    config = read_model_config(model_path)
+    selection: dict[str, Any]
+    if layers is not None:
+        chosen = list(layers)
+        selection = {"method": "layers", "layers": chosen}
+    elif uniform is not None:
+        chosen = select_uniform(config.num_hidden_layers, uniform)
+        selection = {"method": "uniform", "num_new_layers": uniform}
+    else:
+        if importance_path is None:
+            raise ValueError("--num-new-layers and --trainable-fraction need --importance importance.json")
+        payload = load_importance(importance_path)
+        result = ImportanceResult.from_dict(payload)
+        if result.num_layers != config.num_hidden_layers or result.layers != list(range(result.num_layers)):
+            raise ValueError(
+                f"{importance_path}: scores cover layers {result.layers} of a {result.num_layers}-layer model, "
+                f"but {model_path} has {config.num_hidden_layers} layers"
+            )
+        scores = result.layer_scores(metric)
+        if num_new_layers is not None:
+            chosen = select_least_important(scores, num_new_layers)
+        else:
+            per_layer, total = layer_param_counts(model_path)
+            chosen = select_within_budget(scores, per_layer, total, trainable_fraction)
+        selection = {
+            "method": "importance" if num_new_layers is not None else "trainable_fraction",
+            "importance": str(importance_path),
+            "metric": metric,
+            "num_new_layers": num_new_layers,
+            "trainable_fraction": trainable_fraction,
+            "layer_scores": scores,
+        }
+    plan = plan_expansion(config.num_hidden_layers, chosen)
+    return expand_checkpoint(model_path, output_dir, plan, overwrite=overwrite, selection=selection)

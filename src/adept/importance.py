@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from adept.architectures import get_architecture, get_decoder_layers
-from adept.config import METRICS
+from adept.artifacts import artifact_header, read_artifact, write_json
+from adept.config import METRICS, ImportanceSection, ProbeConfig
 from adept.data import IGNORE_INDEX
 from adept.distributed import dist_ready, is_sharded, probe_gradients, shard_of, sum_over_shards
 
@@ -392,3 +395,60 @@ def compute_importance(
         result.base_loss = base
         result.num_tokens = sum(_count_targets(b) for b in batches)
     return result
+
+
+# --- the stage runner: probe file in, importance.json out ---
+
+IMPORTANCE_NAME = "importance.json"
+
+
+def run_importance(
+    model_path: str | os.PathLike,
+    probe_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    settings: ImportanceSection | None = None,
+    *,
+    txt_split: str = "paragraph",
+    device: str = "cpu",
+    dtype: str = "float32",
+    progress: bool = True,
+) -> Path:
+    """Compute importance and write ``importance.json`` plus its two PNGs into ``output_dir``.
+
+    ``settings``: the probe, metrics and seed (`ImportanceSection`'s defaults when None);
+    ``txt_split``: how ``.txt`` probe files split into documents (see `adept.data.load_documents`).
+    """
+    from adept.checkpoints import load_model_and_tokenizer
+    from adept.data import load_probe_batches
+    from adept.plots import plot_layer_bars, plot_unit_heatmap
+
+    settings = settings or ImportanceSection()
+    output_dir = Path(output_dir)
+    model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype)
+    torch.manual_seed(settings.seed)
+    batches = load_probe_batches(probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split)
+    metrics = list(settings.metrics)
+    result = compute_importance(model, batches, metrics=metrics, progress=progress)
+    probe = {f.name: getattr(settings, f.name) for f in fields(ProbeConfig)}
+    payload = {
+        **artifact_header("importance"),
+        "model": str(model_path),
+        "model_type": model.config.model_type,
+        "probe": {"path": str(probe_path), **probe, "seed": settings.seed, "txt_split": txt_split},
+        "metrics": metrics,
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        **result.to_dict(),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = write_json(output_dir / IMPORTANCE_NAME, payload)
+    if result.unit_grad_weight:
+        plot_unit_heatmap(result.unit_grad_weight, result.layers, result.unit_names, output_dir / "unit_importance.png")
+    plot_layer_bars(payload["layer_scores"], result.layers, output_dir / "layer_importance.png")
+    logger.info("importance written to %s", path)
+    return path
+
+
+def load_importance(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``importance.json`` (a file or the directory holding it)."""
+    return read_artifact(path, IMPORTANCE_NAME, "importance")

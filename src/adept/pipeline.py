@@ -239,7 +239,7 @@ class Pipeline:
         return str(self.run_dir / ".cache")
 
     def importance_stage(self) -> None:
-        from adept.stages import run_importance
+        from adept.importance import run_importance
 
         cfg = self.config
         out = self.run_dir / "importance"
@@ -254,7 +254,7 @@ class Pipeline:
     def expansion_count(self) -> int:
         """How many layers every expansion-style method adds (the same budget for all)."""
         from adept.expansion import read_model_config
-        from adept.stages import layer_param_counts
+        from adept.expansion import layer_param_counts
 
         exp = self.config.expansion
         num_layers = read_model_config(self.config.model).num_hidden_layers
@@ -274,7 +274,7 @@ class Pipeline:
         return max(1, num_layers // 4)
 
     def expansion_stage(self, variant: str, new_layers: int) -> None:
-        from adept.stages import run_expansion
+        from adept.expansion import run_expansion
 
         cfg = self.config
         out = self.run_dir / "expanded" / variant

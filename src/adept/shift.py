@@ -165,7 +165,7 @@ def run_shift(
 
     from adept.expansion import read_model_config
     from adept.plots import plot_shift
-    from adept.stages import load_model_and_tokenizer
+    from adept.checkpoints import load_model_and_tokenizer
 
     output_dir = Path(output_dir)
     for checkpoint in (base_path, tuned_path):

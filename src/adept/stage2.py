@@ -239,7 +239,7 @@ def initial_copy_scores(
         units[name] = (source_of[parts[0]], parts[1])
     if importance is not None:
         from adept.importance import ImportanceResult
-        from adept.stages import load_importance
+        from adept.importance import load_importance
 
         result = ImportanceResult.from_dict(load_importance(importance))
         if result.num_layers != manifest["source_num_layers"]:

@@ -185,7 +185,7 @@ def trainable_layers(cfg: TrainConfig, model) -> tuple[list[int] | None, dict[st
     if cfg.method in LAYER_SUBSET_METHODS:
         from adept.expansion import select_least_important
         from adept.importance import ImportanceResult
-        from adept.stages import load_importance
+        from adept.importance import load_importance
 
         result = ImportanceResult.from_dict(load_importance(cfg.importance))
         if result.num_layers != model.config.num_hidden_layers:
@@ -222,7 +222,7 @@ def build_datasets(cfg: TrainConfig, tokenizer):
 
 def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
     """The importance.json the expansion chose its layers from, if it is still there with unit scores."""
-    from adept.stages import load_importance
+    from adept.importance import load_importance
 
     path = (manifest.get("selection") or {}).get("importance")
     if not path:
