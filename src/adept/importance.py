@@ -25,10 +25,12 @@ from torch import nn
 from adept.architectures import get_architecture, get_decoder_layers
 from adept.artifacts import artifact_header, read_artifact, write_json
 from adept.config import METRICS, ImportanceSection, ProbeConfig
-from adept.data import IGNORE_INDEX
 from adept.distributed import dist_ready, is_sharded, probe_gradients, shard_of, sum_over_shards
+from adept.forward import count_targets, forward_batches, model_device, next_token_loss_sum
 
 logger = logging.getLogger(__name__)
+
+PROBE_INPUTS = ("input_ids", "attention_mask")  # probe batches are padded
 
 METRIC_HELP = {
     "masking": "loss increase when the layer is skipped",
@@ -124,39 +126,25 @@ def rank_aggregate(unit_scores: Sequence[Sequence[float]]) -> list[float]:
 # --- loss on the probe corpus --------------------------------------------------------------
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _count_targets(batch: dict) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-
 def batch_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Summed next-token cross entropy over non-masked targets (padding never counts)."""
-    device = _model_device(model)
-    input_ids = batch["input_ids"].to(device)
-    attention_mask = batch["attention_mask"].to(device)
-    labels = batch["labels"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    """Summed next-token cross entropy over non-masked targets (padding never counts).
+
+    One pass of the shared forward loop; it keeps the autograd graph whenever gradients are on
+    (the gradient probes backpropagate through it).
+    """
+    ((moved, logits),) = forward_batches(model, [batch], inputs=PROBE_INPUTS, grad=torch.is_grad_enabled(),
+                                         progress=False, use_cache=False)
+    return next_token_loss_sum(logits, moved["labels"])
 
 
 @torch.no_grad()
 def mean_loss(model: nn.Module, batches: Sequence[dict]) -> float:
     """Token-averaged loss over all batches."""
-    total = torch.zeros((), dtype=torch.float64, device=_model_device(model))
+    total = torch.zeros((), dtype=torch.float64, device=model_device(model))
     tokens = 0
-    for batch in batches:
-        total += batch_loss_sum(model, batch).double()
-        tokens += _count_targets(batch)
+    for batch, logits in forward_batches(model, batches, inputs=PROBE_INPUTS, progress=False, use_cache=False):
+        total += next_token_loss_sum(logits, batch["labels"]).double()
+        tokens += count_targets(batch["labels"])
     if tokens == 0:
         raise ValueError("probe batches contain no target tokens")
     return float(total) / tokens
@@ -281,10 +269,10 @@ def unit_gradient_scores(
     """
     from tqdm.auto import tqdm
 
-    device = _model_device(model)
+    device = model_device(model)
     sharded = is_sharded(params)
     combine_batches = all_reduce and dist_ready() and not sharded
-    counts = torch.tensor([_count_targets(b) for b in batches], dtype=torch.float64)
+    counts = torch.tensor([count_targets(b["labels"]) for b in batches], dtype=torch.float64)
     total_tokens = counts.sum()
     if combine_batches:
         torch.distributed.all_reduce(total_tokens)
@@ -304,7 +292,7 @@ def unit_gradient_scores(
             if fisher:
                 grads = None
                 for row in _sequences(batch):
-                    row_tokens = _count_targets(row)
+                    row_tokens = count_targets(row["labels"])
                     if row_tokens == 0:
                         continue
                     loss_sum = batch_loss_sum(model, row)
@@ -393,7 +381,7 @@ def compute_importance(
             model.train(was_training)
         result.layer_masking = scores
         result.base_loss = base
-        result.num_tokens = sum(_count_targets(b) for b in batches)
+        result.num_tokens = sum(count_targets(b["labels"]) for b in batches)
     return result
 
 
