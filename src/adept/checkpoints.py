@@ -185,10 +185,22 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
-    """Load a local checkpoint and its tokenizer; never reaches a hub."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_path: str | os.PathLike):
+    """A local checkpoint's tokenizer; never reaches a hub."""
+    from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+
+
+def load_model(model_path: str | os.PathLike, dtype):
+    """A local checkpoint as a causal LM in ``dtype`` (a torch dtype), on the CPU; never reaches a hub."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=True)
+
+
+def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
+    """Load a local checkpoint and its tokenizer onto ``device``, checking its architecture first."""
     from adept.architectures import get_architecture
     from adept.expansion import read_model_config
 
@@ -197,6 +209,6 @@ def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu",
     get_architecture(config.model_type)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype, local_files_only=True)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, torch_dtype)
     return model.to(device), tokenizer

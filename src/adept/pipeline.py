@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from adept.artifacts import artifact_header, read_json, write_json
-from adept.checkpoints import is_gguf, resolve_model_path
+from adept.checkpoints import is_gguf, load_tokenizer, resolve_model_path
 from adept.config import EXPANDED_METHODS, GUIDED_EXPANSION_METHODS, MethodSettings, PipelineConfig, TrainConfig, save_config
 from adept.evaluation import SUMMARY_NAME
 
@@ -216,11 +216,9 @@ class Pipeline:
                              corpora={k: self._identity(v) for k, v in corpora.items()})
 
         def work() -> None:
-            from transformers import AutoTokenizer
-
             from adept.data import build_packed_dataset, load_documents
 
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+            tokenizer = load_tokenizer(cfg.model)
             sizes = {}
             for key, paths in corpora.items():
                 if not paths:

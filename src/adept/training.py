@@ -322,9 +322,10 @@ def run_training(
             `AdeptCallback`, e.g. one that records or injects rates), built with the run's probe.
         adept_trainer: the Trainer class for the dynamic methods (a subclass of `AdeptTrainer`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator, set_seed
+    from transformers import default_data_collator, set_seed
 
     from adept.artifacts import artifact_header, atomic_directory, write_json
+    from adept.checkpoints import load_model, load_tokenizer
     from adept.data import load_probe_batches
     from adept.expansion import MANIFEST_NAME, read_model_config
 
@@ -333,9 +334,9 @@ def run_training(
     args = make_training_arguments(cfg)
     read_model_config(cfg.model)
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+    tokenizer = load_tokenizer(cfg.model)
     # fp32 master weights; --bf16/--fp16 train in mixed precision through the Trainer.
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32, local_files_only=True)
+    model = load_model(cfg.model, torch.float32)
     layers, manifest = trainable_layers(cfg, model)
 
     if cfg.method == "lora":
