@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import shlex
@@ -211,12 +210,10 @@ def loss_of(run: dict[str, Any], domain: str) -> float | None:
     return sum(e["loss"] * e["tokens"] for e in entries) / tokens
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
 def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
     """(step, general held-out loss) from the label's trainer log."""
+    from adept.artifacts import read_json
+
     path = run_dir / "train" / label / "trainer_state.json"
     if not path.is_file():
         return []
@@ -229,10 +226,11 @@ def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
 
 
 def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any]:
+    from adept.artifacts import read_json
     from adept.benchmarks import paired_difference
 
-    run = read_json(run_dir / "eval" / label / "results.json")["runs"][0]
-    summary = read_json(run_dir / "train" / label / "training_summary.json")
+    run = read_json(run_dir / "eval" / label / "results.json", kind="evaluation")["runs"][0]
+    summary = read_json(run_dir / "train" / label / "training_summary.json", kind="training")
     machine_path = run_dir / "train" / label / MACHINE_NAME
     row: dict[str, Any] = {"label": label}
     for side in ("general", "domain"):
@@ -257,13 +255,15 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
 
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Every finished label of every seed, as rows grouped by front and rate."""
+    from adept.artifacts import read_json
+
     data: dict[str, Any] = {"seeds": {}, "base": {}}
     for seed in seeds:
         run_dir = root / f"seed{seed}"
         base_path = run_dir / "eval" / "base" / "results.json"
         if not base_path.is_file():
             continue
-        base = read_json(base_path)["runs"][0]
+        base = read_json(base_path, kind="evaluation")["runs"][0]
         rows = {}
         for front in GRID:
             for rate in front.rates:
@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         run_grid(args, fronts, seeds, root, command)
 
-    from adept.artifacts import artifact_header, write_json
+    from adept.artifacts import artifact_header, read_json, write_json
     from adept.config import load_config
 
     data = collect(root, seeds)
@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         record = root / f"seed{seed}" / "pipeline.json"
         if record.is_file():
-            seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record)["stages"].values())
+            seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record, kind="pipeline")["stages"].values())
     done = sum(len(rows) for rows in data["seeds"].values())
     total = len(seeds) * sum(len(f.rates) for f in GRID)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
