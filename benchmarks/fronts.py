@@ -202,14 +202,6 @@ def pooled_items(benchmarks: dict[str, Any], domain: str) -> dict[str, list]:
     return items
 
 
-def loss_of(run: dict[str, Any], domain: str) -> float | None:
-    entries = [e for e in run["perplexity"].values() if e.get("domain") == domain]
-    if not entries:
-        return None
-    tokens = sum(e["tokens"] for e in entries)
-    return sum(e["loss"] * e["tokens"] for e in entries) / tokens
-
-
 def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
     """(step, general held-out loss) from the label's trainer log."""
     from adept.artifacts import read_json
@@ -228,13 +220,14 @@ def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
 def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any]:
     from adept.artifacts import read_json
     from adept.benchmarks import paired_difference
+    from adept.evaluation import weighted_loss
 
     run = read_json(run_dir / "eval" / label / "results.json", kind="evaluation")["runs"][0]
     summary = read_json(run_dir / "train" / label / "training_summary.json", kind="training")
     machine_path = run_dir / "train" / label / MACHINE_NAME
     row: dict[str, Any] = {"label": label}
     for side in ("general", "domain"):
-        loss, base_loss = loss_of(run, side), loss_of(base, side)
+        loss, base_loss = weighted_loss(run["perplexity"], side), weighted_loss(base["perplexity"], side)
         row[f"{side}_loss"] = loss
         row[f"{side}_loss_change_pct"] = None if loss is None or base_loss is None else 100 * (loss / base_loss - 1)
         paired = paired_difference(pooled_items(base["benchmarks"], side), pooled_items(run["benchmarks"], side), "score")
@@ -256,6 +249,7 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Every finished label of every seed, as rows grouped by front and rate."""
     from adept.artifacts import read_json
+    from adept.evaluation import weighted_loss
 
     data: dict[str, Any] = {"seeds": {}, "base": {}}
     for seed in seeds:
@@ -271,7 +265,7 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
                 if is_done(run_dir, label) and (run_dir / "train" / label / "training_summary.json").is_file():
                     rows[label] = read_label(run_dir, label, base)
         data["seeds"][seed] = rows
-        data["base"][seed] = {"general_loss": loss_of(base, "general"), "domain_loss": loss_of(base, "domain"),
+        data["base"][seed] = {"general_loss": weighted_loss(base["perplexity"], "general"), "domain_loss": weighted_loss(base["perplexity"], "domain"),
                               "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
     return data
 

@@ -372,7 +372,8 @@ def _benchmark_keys(sources: Sequence[str | os.PathLike]) -> list[str]:
     return keys
 
 
-def _weighted_loss(entries: Mapping[str, Mapping[str, Any]], domain: str) -> float | None:
+def weighted_loss(entries: Mapping[str, Mapping[str, Any]], domain: str) -> float | None:
+    """Token-weighted mean loss over the held-out sets of one side (``general`` or ``domain``)."""
     chosen = [e for e in entries.values() if e["domain"] == domain]
     tokens = sum(e["tokens"] for e in chosen)
     return sum(e["loss"] * e["tokens"] for e in chosen) / tokens if tokens else None
@@ -398,15 +399,15 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapp
     (negative = learned); accuracies are means over each domain's benchmarks.
     """
     base = runs[0]
-    base_general = _weighted_loss(base["perplexity"], "general")
-    base_domain = _weighted_loss(base["perplexity"], "domain")
+    base_general = weighted_loss(base["perplexity"], "general")
+    base_domain = weighted_loss(base["perplexity"], "domain")
     base_general_acc = _mean_acc(base["benchmarks"], "general")
     base_domain_acc = _mean_acc(base["benchmarks"], "domain")
     rows = []
     for run in runs:
         summary = summaries.get(run["label"]) or {}
-        general = _weighted_loss(run["perplexity"], "general")
-        domain = _weighted_loss(run["perplexity"], "domain")
+        general = weighted_loss(run["perplexity"], "general")
+        domain = weighted_loss(run["perplexity"], "domain")
         general_acc = _mean_acc(run["benchmarks"], "general")
         domain_acc = _mean_acc(run["benchmarks"], "domain")
         benchmarks = {}
