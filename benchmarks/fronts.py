@@ -202,8 +202,8 @@ def pooled_items(benchmarks: dict[str, Any], domain: str) -> dict[str, list]:
     return items
 
 
-def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
-    """(step, general held-out loss) from the label's trainer log."""
+def eval_curve(run_dir: Path, label: str, corpus: str) -> list[tuple[int, float]]:
+    """(step, loss on held-out ``corpus``) from the label's trainer log (``eval_<corpus>_loss``)."""
     from adept.artifacts import read_json
 
     path = run_dir / "train" / label / "trainer_state.json"
@@ -211,9 +211,8 @@ def eval_curve(run_dir: Path, label: str) -> list[tuple[int, float]]:
         return []
     points = []
     for entry in read_json(path)["log_history"]:
-        losses = [v for k, v in entry.items() if k.startswith("eval_sotu") and k.endswith("_loss")]
-        if losses:
-            points.append((entry["step"], losses[0]))
+        if f"eval_{corpus}_loss" in entry:
+            points.append((entry["step"], entry[f"eval_{corpus}_loss"]))
     return points
 
 
@@ -242,7 +241,9 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
     row["domain_tokens"] = summary.get("domain_tokens")
     row["steps"] = summary.get("global_step")
     row["run_seconds"] = read_json(machine_path)["seconds"] if machine_path.is_file() else None
-    row["curve"] = eval_curve(run_dir, label)
+    # The general held-out corpus the curve follows: the first one, named as in results.json.
+    general = next((name for name, e in run["perplexity"].items() if e["domain"] == "general"), None)
+    row["curve"] = eval_curve(run_dir, label, general) if general else []
     return row
 
 
