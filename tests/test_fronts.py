@@ -1,0 +1,134 @@
+"""benchmarks/fronts.py: run order, label budgets, efficient fronts, interpolation and the targets' verdicts."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from adept.artifacts import artifact_header, write_json
+from adept.config import load_config
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fronts  # noqa: E402
+from fronts import GRID, check_targets, efficient, interpolate, label_of, label_overrides, run_order  # noqa: E402
+
+RATES = {f.name: f.rates for f in GRID}
+
+
+def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[str, list[float]] | None = None) -> dict:
+    """Fake collected runs: ``{front: [(gain %, forgetting %) per rate, in its grid's order]}``."""
+    rows = {}
+    for name, values in points.items():
+        speeds = (tokens_per_second or {}).get(name, [100.0] * len(values))
+        for rate, (gain, forgetting), speed in zip(RATES[name], values, speeds):
+            rows[f"{name}@{fronts.rate_name(rate)}"] = {
+                "gain_pct": gain, "forgetting_pct": forgetting, "general_acc_change": {"diff": -forgetting / 100},
+                "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0,
+            }
+    return {"seeds": {0: rows}, "base": {0: {"general_loss": 4.0, "domain_loss": 2.0}}}
+
+
+def test_run_order_covers_the_grid_once_group_by_group():
+    order = [label_of(front, rate) for front, rate in run_order()]
+    assert sorted(order) == sorted(label_of(f, r) for f in GRID for r in f.rates)
+    position = {label: i for i, label in enumerate(order)}
+    groups = [GRID[start:end] for start, end in zip((0, *fronts.GROUPS[:-1]), fronts.GROUPS)]
+    for earlier, later in zip(groups, groups[1:]):
+        assert max(position[label_of(f, r)] for f in earlier for r in f.rates) < min(position[label_of(f, r)] for f in later for r in f.rates)
+    # Middle rates first: every front of the first group has a point before any group runs its ends.
+    assert order[:4] == [label_of(f, f.rates[1]) for f in groups[0]]
+
+
+def test_replay_labels_get_the_same_domain_tokens_and_full_cpt_its_curve():
+    cfg = load_config(ROOT / "configs" / "fronts_smollm2.yaml")
+    steps = int(cfg.train.training_args["max_steps"])
+    replay = next(f for f in GRID if f.replay_ratio)
+    overrides = dict(o.split("=", 1) for o in label_overrides(replay, replay.rates[0], cfg))
+    key = f"train.variants.{label_of(replay, replay.rates[0])}"
+    replay_steps = int(overrides[f"{key}.training_args.max_steps"])
+    assert replay_steps * (1 - replay.replay_ratio) >= steps > (replay_steps - 1) * (1 - replay.replay_ratio)
+    assert float(overrides[f"{key}.training_args.learning_rate"]) == replay.rates[0]
+    full = dict(o.split("=", 1) for o in label_overrides(GRID[0], 3e-4, cfg))
+    assert full["train.variants.full@3e-4.training_args.eval_steps"] == str(fronts.CURVE_EVAL_STEPS)
+    assert "train.variants.full@3e-4.training_args.max_steps" not in full
+
+
+def test_a_rate_past_the_useful_range_is_not_interpolated():
+    points = [(1e-4, 10.0, 1.0), (3e-4, 20.0, 2.0), (1e-3, 8.0, 15.0)]  # 1e-3: less gain, more forgetting
+    assert [p[0] for p in efficient(points)] == [1e-4, 3e-4]
+    assert interpolate(points, 15.0) == pytest.approx(1.5)
+    assert interpolate(points, 25.0) is None  # never extrapolated
+    assert fronts.at_gain(points, 5.0) == (1.0, "upper")
+    assert fronts.at_gain(points, 25.0) == (None, "not reached")
+
+
+def test_targets_undecided_until_the_fronts_are_complete():
+    data = _data({"full": [(10, 1), (20, 4)], "adept": [(10, 0.1), (15, 0.5), (21, 0.8)]})
+    verdicts = {t["target"]: t for t in check_targets(data)}
+    assert all(t["status"] == "undecided" for t in verdicts.values())
+    quarter = next(t for name, t in verdicts.items() if "at most" in name)
+    assert "full 2/3" in quarter["detail"]
+
+
+def test_targets_met_and_missed_with_their_numbers():
+    complete = {"full": [(10, 1), (20, 4), (12, 9)], "llama-pro": [(8, 0.5), (14, 1.0), (22, 2.0)],
+                "adept-no-stage2": [(8, 0.1), (14, 0.2), (22, 0.4)], "full-replay": [(10, 0.5), (19, 1.0), (12, 5.0)],
+                "adept-replay": [(9, 0.1), (15, 0.3), (21, 0.5)]}
+    # ADEPT: below llama-pro everywhere, above adept-no-stage2; at full's gain (20%) it forgets
+    # 0.92% (interpolated), under a quarter of full CPT's 4%.
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]})
+    verdicts = {t["target"]: t for t in check_targets(data)}
+    below = {rival: next(t for name, t in verdicts.items() if f"below {rival}'s" in name) for rival in fronts.RIVALS}
+    assert below["llama-pro"]["status"] == "met"
+    assert below["adept-no-stage2"]["status"] == "missed"
+    quarter = next(t for name, t in verdicts.items() if "at most" in name)
+    assert quarter["status"] == "met"
+    assert "+0.92%" in quarter["detail"] and "+4.00%" in quarter["detail"] and "+1.00%" in quarter["detail"]
+    replay = next(t for name, t in verdicts.items() if "replay" in name)
+    assert replay["status"] == "met" and "gain 19.0%" in replay["detail"]
+
+    # ADEPT forgetting more than a quarter of full CPT at its gain: missed.
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 2.0)]})
+    quarter = next(t for t in check_targets(data) if "at most" in t["target"])
+    assert quarter["status"] == "missed" and "+1.75%" in quarter["detail"]
+
+    # ADEPT never reaching full CPT's gain: missed, saying how far it got.
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (18, 1.0)]})
+    quarter = next(t for t in check_targets(data) if "at most" in t["target"])
+    assert quarter["status"] == "missed" and "at most 18.0%" in quarter["detail"]
+
+
+def test_time_per_token_takes_each_fronts_fastest_run():
+    data = _data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]},
+                 tokens_per_second={"full": [60.0, 100.0, 90.0], "adept": [150.0, 200.0, 120.0]})
+    _, table = fronts.matched_table(data)
+    assert table["rows"]["adept"]["time_per_token_vs_full"] == pytest.approx(0.5)
+    assert table["rows"]["full"]["time_per_token_vs_full"] == pytest.approx(1.0)
+
+
+def test_toy_comparison_names_the_pairs_the_two_order_differently(tmp_path):
+    def stats(general, domain):
+        return {"general_loss_change_pct": {"mean": general}, "domain_loss_change_pct": {"mean": domain}}
+
+    toy = tmp_path / "results.json"
+    write_json(toy, {**artifact_header("method-comparison"), "config": str(ROOT / "configs" / "compare.yaml"),
+                     "budget": ["adept, full: 204,800 domain tokens = 100 steps"],
+                     "methods": {"full": stats(20.0, -40.0), "adept": stats(15.0, -10.0), "lora": stats(5.0, -10.0)}})
+    rate = float(load_config(ROOT / "configs" / "compare.yaml").train.training_args["learning_rate"])
+    assert any(math.isclose(rate, r) for r in RATES["full"]) and any(math.isclose(rate, r) for r in RATES["adept"])
+    # Real, at that rate: adept forgets least per gain, full most; lora has no run at it.
+    full = [(gain, forgetting) if math.isclose(r, rate) else (1, 1) for r, (gain, forgetting) in zip(RATES["full"], [(20, 2.0)] * 3)]
+    adept = [(15, -0.3) if math.isclose(r, rate) else (1, 1) for r in RATES["adept"]]
+    lines = fronts.toy_comparison(_data({"full": full, "adept": adept}), toy)
+    text = "\n".join(lines)
+    assert "| full | +20.00 | -40.00 | 0.50 | +2.00 | -20.00 | 0.10 |" in text
+    assert "| adept | +15.00 | -10.00 | 1.50 | -0.30 | -15.00 | -0.02 |" in text
+    assert "lora" not in text
+    assert "toy full < adept; real adept < full" in text
+    assert "differently (toy's better one first): full / adept." in text
+    assert fronts.toy_comparison(_data({"full": full}), tmp_path / "missing.json") == []
