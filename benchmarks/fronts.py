@@ -304,9 +304,17 @@ def efficient(points: list[tuple[float, float, float]]) -> list[tuple[float, flo
             if not any(q is not p and q[1] >= p[1] and q[2] <= p[2] and (q[1] > p[1] or q[2] < p[2]) for q in points)]
 
 
-def interpolate(points: list[tuple[float, float, float]], gain: float) -> float | None:
-    """The front's forgetting at ``gain``, linear between its efficient rates; None outside them."""
-    ordered = sorted((g, v) for _, g, v in efficient(points))
+def _on_front(points: list[tuple[float, float, float]], rates: set[float] | None) -> list[tuple[float, float, float]]:
+    return efficient(points) if rates is None else [p for p in points if p[0] in rates]
+
+
+def interpolate(points: list[tuple[float, float, float]], gain: float, rates: set[float] | None = None) -> float | None:
+    """The front's forgetting at ``gain``, linear between its efficient rates; None outside them.
+
+    ``rates`` names the efficient rates when ``points`` carry another measure than the one they
+    were chosen on (benchmark accuracy along the general-loss front).
+    """
+    ordered = sorted((g, v) for _, g, v in _on_front(points, rates))
     for (g0, v0), (g1, v1) in zip(ordered, ordered[1:]):
         if g0 <= gain <= g1:
             return v0 if g1 == g0 else v0 + (v1 - v0) * (gain - g0) / (g1 - g0)
@@ -315,13 +323,13 @@ def interpolate(points: list[tuple[float, float, float]], gain: float) -> float 
     return None
 
 
-def at_gain(points: list[tuple[float, float, float]], gain: float) -> tuple[float | None, str]:
+def at_gain(points: list[tuple[float, float, float]], gain: float, rates: set[float] | None = None) -> tuple[float | None, str]:
     """Forgetting at ``gain``: interpolated ("exact"), or, below the front's smallest gain, the
     forgetting of that rate ("upper": the method gets more gain than asked at that cost)."""
-    value = interpolate(points, gain)
+    value = interpolate(points, gain, rates)
     if value is not None:
         return value, "exact"
-    front = efficient(points)
+    front = _on_front(points, rates)
     if front and gain < min(g for _, g, _ in front):
         return min(front, key=lambda p: p[1])[2], "upper"
     return None, "not reached"
@@ -491,7 +499,7 @@ def matched_table(data: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         for name, (_, gain) in anchors.items():
             loss, kind = at_gain(loss_points, gain)
             on_front = {rate for rate, _, _ in efficient(loss_points)}
-            acc, _ = at_gain([p for p in acc_points if p[0] in on_front], gain)
+            acc, _ = at_gain(acc_points, gain, on_front)
             reach = max(g for _, g, _ in loss_points)
             mark = "≤ " if kind == "upper" else ""
             cells.append(f"{mark}{loss:+.2f}" if loss is not None else f"not reached (max {reach:.1f}%)")

@@ -103,6 +103,17 @@ def test_targets_met_and_missed_with_their_numbers():
     assert quarter["status"] == "missed" and "at most 18.0%" in quarter["detail"]
 
 
+def test_matched_accuracy_follows_the_loss_front():
+    # full 1e-4: less gain, less forgetting in loss and in accuracy; 3e-4 more of both; 1e-3 past the range.
+    data = _data({"full": [(18.0, -1.0), (20.0, 2.0), (8.0, 15.0)], "adept": [(10, 0.2), (15, 0.5), (17.0, 1.0)]})
+    lines, table = fronts.matched_table(data)
+    full = table["rows"]["full"]
+    assert full["adept"]["kind"] == "upper"  # adept's 17% is below full's smallest gain on its front (18%)
+    assert full["adept"]["general_loss_change_pct"] == pytest.approx(-1.0)
+    assert full["adept"]["general_acc_change"] == pytest.approx(0.01)  # 1e-4's accuracy, not 3e-4's
+    assert full["full"]["general_acc_change"] == pytest.approx(-0.02)
+
+
 def test_time_per_token_takes_each_fronts_fastest_run():
     data = _data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]},
                  tokens_per_second={"full": [60.0, 100.0, 90.0], "adept": [150.0, 200.0, 120.0]})
