@@ -599,6 +599,14 @@ def notes(data: dict[str, Any]) -> list[str]:
     if past:
         lines.append("- Past the useful range (less domain gain *and* more forgetting than another rate of the same method, "
                      f"so left out of the interpolation): {', '.join(past)}.")
+    rising = []
+    for front in GRID:
+        points = front_points(data, front, "forgetting_pct")
+        if len(points) == len(front.rates) and max(points, key=lambda p: p[1])[0] == max(front.rates):
+            rising.append(front.name)
+    if rising:
+        lines.append(f"- Still gaining at the highest rate of its grid: {', '.join(rising)}. A higher rate may reach more "
+                     "domain gain (at more forgetting); what such a front cannot reach here was not tried, not shown impossible.")
     for seed, rows in data["seeds"].items():
         base = data["base"][seed]["general_loss"]
         for rate in _front(FULL).rates:

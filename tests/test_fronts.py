@@ -28,7 +28,7 @@ def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[
         for rate, (gain, forgetting), speed in zip(RATES[name], values, speeds):
             rows[f"{name}@{fronts.rate_name(rate)}"] = {
                 "gain_pct": gain, "forgetting_pct": forgetting, "general_acc_change": {"diff": -forgetting / 100},
-                "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0,
+                "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0, "curve": [],
             }
     return {"seeds": {0: rows}, "base": {0: {"general_loss": 4.0, "domain_loss": 2.0}}}
 
@@ -65,6 +65,13 @@ def test_a_rate_past_the_useful_range_is_not_interpolated():
     assert interpolate(points, 25.0) is None  # never extrapolated
     assert fronts.at_gain(points, 5.0) == (1.0, "upper")
     assert fronts.at_gain(points, 25.0) == (None, "not reached")
+
+
+def test_notes_name_past_and_still_rising_fronts():
+    text = "\n".join(fronts.notes(_data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)],
+                                         "llama-pro": [(8, 0.5), (14, 1.0)]})))
+    assert "useful range" in text and "full 1e-3" in text
+    assert "highest rate of its grid: adept." in text  # llama-pro's grid is not complete, full's peaks lower
 
 
 def test_targets_undecided_until_the_fronts_are_complete():
