@@ -544,6 +544,7 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
             hi.append(100 * (general["diff"] - ci[0]))
         if xs:
             axes[1].errorbar(xs, ys, yerr=[lo, hi], fmt=style + "o", color=line.get_color(), capsize=2, label=front.name)
+    _clip_past_range(axes[0], [(front, front_points(data, front, "forgetting_pct")) for front in GRID])
     axes[0].axhline(0, color="grey", lw=0.5)
     axes[0].set(xlabel="gain: domain held-out loss decrease (%)", ylabel="forgetting: general held-out loss increase (%)",
                 title="Loss (labels: learning rate)")
@@ -557,6 +558,25 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _clip_past_range(ax, fronts_points: list[tuple[Front, list[tuple[float, float, float]]]]) -> None:
+    """Keep the efficient points readable: a rate past the useful range that forgets far more than
+    any efficient point is drawn off the top of the axis, its value written at the edge."""
+    efficient_values = [v for _, points in fronts_points for _, _, v in efficient(points)]
+    all_values = [v for _, points in fronts_points for _, _, v in points]
+    if not efficient_values:
+        return
+    low, high = min(all_values), max(efficient_values)
+    top = high + max(1.0, 0.5 * (high - low))
+    if max(all_values) <= top:
+        return
+    ax.set_ylim(low - 0.1 * (top - low), top)
+    for front, points in fronts_points:
+        for rate, gain, value in points:
+            if value > top:
+                ax.annotate(f"{front.name} {rate_name(rate)}: {value:+.1f}% ↑", (gain, top), fontsize=7, ha="center",
+                            xytext=(0, -10), textcoords="offset points")
 
 
 def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
@@ -624,6 +644,9 @@ def notes(data: dict[str, Any]) -> list[str]:
             lines.append(f"- {front.name}'s importance probes (step-0 rates and refreshes) took {sum(probes) / len(probes):.0f} s "
                          f"per run on average, {share:.0%} on top of its optimizer-step time, which the time per token "
                          "leaves out.")
+    if len(data["seeds"]) == 1 and lines:
+        lines.append("- One seed so far: no error bars. Fronts that differ by a few tenths of a percent of general loss are "
+                     "not shown to differ by more than training noise, and the verdicts below may change with a second seed.")
     if lines:
         lines.append("- The starting point is the instruction-tuned SmolLM2-135M (the only SmolLM2 the package registry ships). "
                      "Training on plain running text can first *lower* its loss on other plain text (the model leaves its chat "
@@ -725,7 +748,10 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
             "(not evaluation, saves or ADEPT's importance probes) and takes each method's fastest run, relative to full "
             "CPT's fastest: a step's work does not depend on the rate, and other load on the shared 2-core machine only "
             "slows a run down. Peak memory is the mean over the method's runs relative to full CPT's.", "", *matched, "",
-            "### Targets", "", "| target | status | numbers |", "|---|---|---|"]
+            "### Targets", "",
+            f"Each verdict from {len(data['seeds'])} seed(s), on the general held-out loss; \"undecided\" while a front it "
+            "compares is incomplete.", "",
+            "| target | status | numbers |", "|---|---|---|"]
     out += [f"| {t['target']} | **{t['status']}** | {t['detail']} |" for t in targets]
     out += ["", *toy, END]
     return "\n".join(out)
