@@ -696,6 +696,8 @@ def toy_comparison(data: dict[str, Any], toy_path: Path) -> list[str]:
               f"- The toy's general loss rises by {min(r[1] for r in rows):+.1f}% to {max(r[1] for r in rows):+.1f}% across "
               f"methods; the real model's by {min(r[4] for r in rows):+.1f}% to {max(r[4] for r in rows):+.1f}% at the same rate.",
               "- Pairs the two order differently (toy's better one first): " + ("; ".join(flipped) if flipped else "none") + ".",
+              "- One rate puts each method at a different point of its front, so this table shows where the two settings "
+              "differ, not which method is better: the matched-gain table above does.",
               ""]
     return lines
 
