@@ -728,6 +728,9 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
         "",
         f"Rate grids: {grids}.",
         "",
+        "Which shipped defaults follow from these fronts, and which do not and why: "
+        "[`docs/real_models.md`](real_models.md#defaults-chosen-from-the-fronts).",
+        "",
         "Measures, each against the base model on the same items: **forgetting** = change of the held-out loss on State "
         f"of the Union addresses (base {base['general_loss']:.3f}; no text of that source is trained on, replay is Austen) and "
         "of the mean accuracy over ARC-Easy, ARC-Challenge, HellaSwag, PIQA, Winogrande and OpenBookQA (acc_norm where the "
