@@ -428,7 +428,15 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
         a, f = interpolate(replay["adept-replay"], gain), interpolate(replay["full-replay"], gain)
         if a is None:
             reach = max(g for _, g, _ in replay["adept-replay"])
-            target.update(status="missed", detail=f"full-replay at {rate_name(rate)} gains {gain:.1f}%; adept-replay reaches at most {reach:.1f}%")
+            detail = f"full-replay at {rate_name(rate)} gains {gain:.1f}%; adept-replay reaches at most {reach:.1f}%"
+            own = best_rate(data, _front("adept-replay"))
+            f_own, kind = at_gain(replay["full-replay"], own[1])
+            a_own = interpolate(replay["adept-replay"], own[1])
+            if f_own is not None and a_own is not None:
+                bound = "at most " if kind == "upper" else ""
+                detail += (f"; at adept-replay's own best gain ({own[1]:.1f}%, {rate_name(own[0])}): adept-replay {a_own:+.2f}% "
+                           f"vs full-replay {bound}{f_own:+.2f}% general loss")
+            target.update(status="missed", detail=detail)
         else:
             target.update(status="met" if a < f else "missed",
                           detail=f"gain {gain:.1f}%: adept-replay {a:+.2f}% vs full-replay {f:+.2f}% general loss")

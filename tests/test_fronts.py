@@ -98,6 +98,11 @@ def test_targets_met_and_missed_with_their_numbers():
     assert "+0.92%" in quarter["detail"] and "+4.00%" in quarter["detail"] and "+1.00%" in quarter["detail"]
     replay = next(t for name, t in verdicts.items() if "replay" in name)
     assert replay["status"] == "met" and "gain 19.0%" in replay["detail"]
+    # adept-replay short of full-replay's best gain: missed, and compared at its own best gain too.
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0)], "adept-replay": [(9, 0.1), (15, 0.3), (17, 0.5)]})
+    replay = next(t for t in check_targets(data) if "replay" in t["target"])
+    assert replay["status"] == "missed" and "at most 17.0%" in replay["detail"]
+    assert "own best gain (17.0%, 3e-3): adept-replay +0.50% vs full-replay +0.89%" in replay["detail"]
 
     # ADEPT forgetting more than a quarter of full CPT at its gain: missed.
     data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 2.0)]})
