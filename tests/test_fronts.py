@@ -18,6 +18,7 @@ import fronts  # noqa: E402
 from fronts import GRID, check_targets, efficient, interpolate, label_of, label_overrides, run_order  # noqa: E402
 
 RATES = {f.name: f.rates for f in GRID}
+PAST = (12, 3.0)  # a rate with less gain and more forgetting than another of its front
 
 
 def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[str, list[float]] | None = None) -> dict:
@@ -68,7 +69,7 @@ def test_a_rate_past_the_useful_range_is_not_interpolated():
 
 
 def test_notes_name_past_and_still_rising_fronts():
-    text = "\n".join(fronts.notes(_data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)],
+    text = "\n".join(fronts.notes(_data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0), (24, 1.6)],
                                          "llama-pro": [(8, 0.5), (14, 1.0)]})))
     assert "useful range" in text and "full 1e-3" in text
     assert "highest rate of its grid: adept." in text  # llama-pro's grid is not complete, full's peaks lower
@@ -83,12 +84,13 @@ def test_targets_undecided_until_the_fronts_are_complete():
 
 
 def test_targets_met_and_missed_with_their_numbers():
-    complete = {"full": [(10, 1), (20, 4), (12, 9)], "llama-pro": [(8, 0.5), (14, 1.0), (22, 2.0)],
-                "adept-no-stage2": [(8, 0.1), (14, 0.2), (22, 0.4)], "full-replay": [(10, 0.5), (19, 1.0), (12, 5.0)],
-                "adept-replay": [(9, 0.1), (15, 0.3), (21, 0.5)]}
+    # The expansion fronts' fourth rate (1e-2) lies past their useful range: it changes no verdict.
+    complete = {"full": [(10, 1), (20, 4), (12, 9)], "llama-pro": [(8, 0.5), (14, 1.0), (22, 2.0), PAST],
+                "adept-no-stage2": [(8, 0.1), (14, 0.2), (22, 0.4), PAST], "full-replay": [(10, 0.5), (19, 1.0), (12, 5.0)],
+                "adept-replay": [(9, 0.1), (15, 0.3), (21, 0.5), PAST]}
     # ADEPT: below llama-pro everywhere, above adept-no-stage2; at full's gain (20%) it forgets
     # 0.92% (interpolated), under a quarter of full CPT's 4%.
-    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]})
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0), PAST]})
     verdicts = {t["target"]: t for t in check_targets(data)}
     below = {rival: next(t for name, t in verdicts.items() if f"below {rival}'s" in name) for rival in fronts.RIVALS}
     assert below["llama-pro"]["status"] == "met"
@@ -99,18 +101,18 @@ def test_targets_met_and_missed_with_their_numbers():
     replay = next(t for name, t in verdicts.items() if "replay" in name)
     assert replay["status"] == "met" and "gain 19.0%" in replay["detail"]
     # adept-replay short of full-replay's best gain: missed, and compared at its own best gain too.
-    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0)], "adept-replay": [(9, 0.1), (15, 0.3), (17, 0.5)]})
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0), PAST], "adept-replay": [(9, 0.1), (15, 0.3), (17, 0.5), PAST]})
     replay = next(t for t in check_targets(data) if "replay" in t["target"])
     assert replay["status"] == "missed" and "at most 17.0%" in replay["detail"]
     assert "own best gain (17.0%, 3e-3): adept-replay +0.50% vs full-replay +0.89%" in replay["detail"]
 
     # ADEPT forgetting more than a quarter of full CPT at its gain: missed.
-    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 2.0)]})
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 2.0), PAST]})
     quarter = next(t for t in check_targets(data) if "at most" in t["target"])
     assert quarter["status"] == "missed" and "+1.75%" in quarter["detail"]
 
     # ADEPT never reaching full CPT's gain: missed, saying how far it got.
-    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (18, 1.0)]})
+    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (18, 1.0), PAST]})
     quarter = next(t for t in check_targets(data) if "at most" in t["target"])
     assert quarter["status"] == "missed" and "at most 18.0%" in quarter["detail"]
 
