@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adept.config import ConfigError, PipelineConfig, load_config, save_config
+from adept.config import ConfigError, PipelineConfig, load_config, parse_value, save_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -35,7 +35,8 @@ def test_shipped_config_validates_and_documents_itself(path, monkeypatch):
 
 def _minimal(tmp_path, text: str) -> Path:
     path = tmp_path / "c.yaml"
-    path.write_text("model: m\ndata: {domain_train: d.txt, general_probe: p.txt}\n" + text)
+    data = "" if text.startswith("data:") else "data: {domain_train: d.txt, general_probe: p.txt}\n"
+    path.write_text("model: m\n" + data + text)
     return path
 
 
@@ -67,6 +68,28 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path = _minimal(tmp_path, "train:\n  methods: [adept\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: line \d+ invalid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize("text", ["train: {methods: [adept]}\ntrain: {methods: [full]}\n",
+                                  "train:\n  training_args: {learning_rate: 1.0e-3, learning_rate: 1.0e-4}\n"])
+def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path, text):
+    # PyYAML alone keeps the last value silently; the config loader refuses.
+    path = _minimal(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: line 4 invalid YAML (duplicate key ")
+    assert "\n" not in str(info.value)
+
+
+def test_merge_keys_may_still_be_overridden():
+    assert parse_value("{<<: {a: 1, b: 2}, a: 3}") == {"a": 3, "b": 2}
+    with pytest.raises(yaml.YAMLError, match="duplicate key 'a'"):
+        parse_value("{a: 1, a: 3}")
+
+
+def test_an_override_that_is_not_yaml_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'train.methods=\[adept': invalid YAML value"):
+        load_config(None, ["train.methods=[adept"])
 
 
 def test_overrides_are_typed_and_dotted_and_round_trip(tmp_path):

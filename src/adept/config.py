@@ -367,7 +367,25 @@ class PipelineConfig:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; here it is a float, as in YAML 1.2."""
+    """PyYAML reads YAML 1.1, where ``1e-4`` is a string; here it is a float, as in YAML 1.2.
+
+    A key given twice in one mapping is an error: PyYAML would silently keep the last one.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys a `<<` merge brings in may be overridden; only literal repeats are errors
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -409,6 +427,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             key, value = parse_assignment(item)
         except ValueError as err:
             raise ConfigError(f"override {err}, e.g. train.training_args.max_steps=100") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override '{item}': invalid YAML value ({getattr(err, 'problem', err)})") from None
         set_dotted(raw, key, value)
     config = _build(PipelineConfig, raw, "", source)
     _validate(config, source)
