@@ -35,7 +35,7 @@ FULL, ADEPT = "full", "adept"
 RIVALS = ("llama-pro", "adept-no-stage2")
 REPLAY_RATIO = 0.25
 TARGET_SHARE = 0.25  # at full CPT's gain, ADEPT forgets at most this share of what full CPT forgets
-CURVE_EVAL_STEPS = 8  # full CPT's labels evaluate this often, for its general loss over steps
+CURVE_POINTS = 4  # full CPT's labels evaluate this many times in training, for its general loss over steps
 START, END = "<!-- fronts:start -->", "<!-- fronts:end -->"
 MACHINE_NAME = "machine.json"
 
@@ -134,7 +134,7 @@ def label_overrides(front: Front, rate: float, cfg) -> list[str]:
         # As many domain tokens as every other label: replay adds steps instead of taking them.
         steps = math.ceil(steps / (1 - front.replay_ratio))
         overrides += [f"{key}.replay_ratio={front.replay_ratio}", f"{key}.training_args.max_steps={steps}"]
-    eval_steps = CURVE_EVAL_STEPS if front.method == FULL else steps
+    eval_steps = max(1, steps // CURVE_POINTS) if front.method == FULL else steps
     overrides.append(f"{key}.training_args.eval_steps={eval_steps}")
     return overrides
 
@@ -826,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         record = root / f"seed{seed}" / "pipeline.json"
         if record.is_file():
             seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record, kind="pipeline")["stages"].values())
-    done = sum(len(rows) for rows in data["seeds"].values())
-    total = len(seeds) * sum(len(f.rates) for f in GRID)
+    done = sum(label_of(f, r) in rows for rows in data["seeds"].values() for f in fronts for r in f.rates)
+    total = len(seeds) * sum(len(f.rates) for f in fronts)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
                      png=png, curve=curve, hours=seconds / 3600, done=done, total=total,
                      toy=toy_comparison(data, docs.with_suffix(".json")))

@@ -55,7 +55,7 @@ def test_replay_labels_get_the_same_domain_tokens_and_full_cpt_its_curve():
     assert replay_steps * (1 - replay.replay_ratio) >= steps > (replay_steps - 1) * (1 - replay.replay_ratio)
     assert float(overrides[f"{key}.training_args.learning_rate"]) == replay.rates[0]
     full = dict(o.split("=", 1) for o in label_overrides(GRID[0], 3e-4, cfg))
-    assert full["train.variants.full@3e-4.training_args.eval_steps"] == str(fronts.CURVE_EVAL_STEPS)
+    assert full["train.variants.full@3e-4.training_args.eval_steps"] == str(steps // fronts.CURVE_POINTS)
     assert "train.variants.full@3e-4.training_args.max_steps" not in full
 
 
