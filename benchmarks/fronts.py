@@ -619,9 +619,39 @@ def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def notes(data: dict[str, Any]) -> list[str]:
+def budget_note(data: dict[str, Any], tokens: int) -> list[str]:
+    """Whether the token budget made full CPT forget: the premise of every forgetting target.
+
+    "Clearly" means the paired general-accuracy 95% interval lies below zero.
+    """
+    full = _front(FULL)
+    on_front = {rate for rate, _, _ in efficient(front_points(data, full, "forgetting_pct"))}
+    clear, parts = [], []
+    for seed, rows in data["seeds"].items():
+        for rate in full.rates:
+            row = rows.get(label_of(full, rate))
+            if not row or row["forgetting_pct"] is None or row["domain_loss_change_pct"] is None:
+                continue
+            tag = rate_name(rate) + (f" (seed {seed})" if len(data["seeds"]) > 1 else "")
+            ci = (row["general_acc_change"] or {}).get("ci")
+            if ci is not None and ci[1] < 0:
+                clear.append((tag, rate in on_front))
+            parts.append(f"{tag}{'' if rate in on_front else ' (past its range)'}: domain loss {row['domain_loss_change_pct']:+.1f}%, "
+                         f"general loss {row['forgetting_pct']:+.2f}%, general accuracy {_paired_cell(row['general_acc_change'])} pts")
+    if not parts:
+        return []
+    verdict = (f"clearly (accuracy interval below zero) only at {', '.join(tag for tag, _ in clear)}" if clear
+               else "clearly at no rate (no accuracy interval below zero)")
+    line = f"- Budget, {tokens:,} domain tokens per run: full CPT's general measures degraded {verdict}. " + "; ".join(parts) + "."
+    if not any(efficient_rate for _, efficient_rate in clear):
+        line += (" At the rates where full CPT is efficient this budget leaves little forgetting to prevent, so the "
+                 "forgetting targets below compare methods in that regime only.")
+    return [line]
+
+
+def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
     """Facts read off the runs that the tables alone do not show."""
-    lines = []
+    lines = budget_note(data, tokens) if tokens else []
     past = []
     for front in GRID:
         points = front_points(data, front, "forgetting_pct")
@@ -754,7 +784,7 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
     ]
     if curve:
         out += [f"![full CPT's general loss over steps]({curve.name})", ""]
-    out += notes(data)
+    out += notes(data, tokens)
     out += ["### Every run", "", *grid_table(data), "",
             "### Matched gain", "",
             "Each front interpolated linearly between its efficient rates (never extrapolated; a rate with less gain *and* "

@@ -28,7 +28,8 @@ def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[
         speeds = (tokens_per_second or {}).get(name, [100.0] * len(values))
         for rate, (gain, forgetting), speed in zip(RATES[name], values, speeds):
             rows[f"{name}@{fronts.rate_name(rate)}"] = {
-                "gain_pct": gain, "forgetting_pct": forgetting, "general_acc_change": {"diff": -forgetting / 100},
+                "gain_pct": gain, "domain_loss_change_pct": -gain, "forgetting_pct": forgetting,
+                "general_acc_change": {"diff": -forgetting / 100, "ci": [-forgetting / 100 - 0.03, -forgetting / 100 + 0.03]},
                 "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0, "curve": [],
             }
     return {"seeds": {0: rows}, "base": {0: {"general_loss": 4.0, "domain_loss": 2.0}}}
@@ -73,6 +74,17 @@ def test_notes_name_past_and_still_rising_fronts():
                                          "llama-pro": [(8, 0.5), (14, 1.0)]})))
     assert "useful range" in text and "full 1e-3" in text
     assert "highest rate of its grid: adept." in text  # llama-pro's grid is not complete, full's peaks lower
+
+
+def test_budget_note_says_where_full_cpt_clearly_forgets():
+    # Accuracy intervals are diff +- 3 points: clear (below zero) from 4% forgetting on.
+    text = fronts.budget_note(_data({"full": [(18, -1), (20, 2), (8, 15)]}), 32768)[0]
+    assert "32,768 domain tokens" in text and "clearly (accuracy interval below zero) only at 1e-3." in text
+    assert "1e-3 (past its range): domain loss -8.0%" in text
+    assert "leaves little forgetting to prevent" in text  # 1e-3 is not on full CPT's front
+    text = fronts.budget_note(_data({"full": [(18, 1), (20, 4), (22, 15)]}), 32768)[0]
+    assert "only at 3e-4, 1e-3." in text and "little forgetting" not in text
+    assert fronts.budget_note(_data({"adept": [(10, 1)]}), 32768) == []
 
 
 def test_targets_undecided_until_the_fronts_are_complete():
