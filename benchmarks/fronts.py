@@ -290,6 +290,22 @@ def front_points(data: dict[str, Any], front: Front, key: str) -> list[tuple[flo
     return points
 
 
+def seed_counts(data: dict[str, Any]) -> dict[str, int]:
+    """How many seeds ran each label that at least one ran."""
+    counts: dict[str, int] = {}
+    for rows in data["seeds"].values():
+        for label in rows:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def seed_range(data: dict[str, Any], front: Front, rate: float, key: str) -> tuple[float, float] | None:
+    """(lowest, highest) of ``key`` over the seeds that ran the label; None for fewer than two."""
+    values = [_value(rows[label_of(front, rate)], key) for rows in data["seeds"].values() if label_of(front, rate) in rows]
+    values = [v for v in values if v is not None]
+    return (min(values), max(values)) if len(values) > 1 else None
+
+
 def _value(row: dict[str, Any], key: str) -> float | None:
     value = row.get(key)
     if isinstance(value, dict):
@@ -542,6 +558,11 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
         (line,) = axes[0].plot([g for _, g, _ in loss], [v for _, _, v in loss], style, marker="o", label=front.name)
         for rate, gain, value in loss:
             axes[0].annotate(rate_name(rate), (gain, value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            spread = seed_range(data, front, rate, "forgetting_pct"), seed_range(data, front, rate, "gain_pct")
+            if None not in spread:  # seeds as error bars: the range of the seeds' values around their mean
+                (v_lo, v_hi), (g_lo, g_hi) = spread
+                axes[0].errorbar([gain], [value], xerr=[[gain - g_lo], [g_hi - gain]], yerr=[[value - v_lo], [v_hi - value]],
+                                 fmt="none", color=line.get_color(), capsize=2, lw=0.8)
         rows = [rows[label_of(front, rate)] for rate, _, _ in loss for rows in data["seeds"].values() if label_of(front, rate) in rows]
         xs, ys, lo, hi = [], [], [], []
         for row in rows:
@@ -685,9 +706,16 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
             lines.append(f"- {front.name}'s importance probes (step-0 rates and refreshes) took {sum(probes) / len(probes):.0f} s "
                          f"per run on average, {share:.0%} on top of its optimizer-step time, which the time per token "
                          "leaves out.")
-    if len(data["seeds"]) == 1 and lines:
+    counts = seed_counts(data)
+    if counts and max(counts.values()) == 1:
         lines.append("- One seed so far: no error bars. Fronts that differ by a few tenths of a percent of general loss are "
                      "not shown to differ by more than training noise, and the verdicts below may change with a second seed.")
+    elif counts:
+        most = max(counts.values())
+        full_set = sum(n == most for n in counts.values())
+        lines.append(f"- Seeds: each point is the mean over the seeds that ran it; {full_set} of {len(counts)} runs so far have "
+                     f"{most} seeds, the others fewer. On the loss plot the bars span the seeds' values; the spread of a "
+                     "rate run twice is the scale of training noise against which the fronts' gaps are read.")
     if lines:
         lines.append("- The starting point is the instruction-tuned SmolLM2-135M (the only SmolLM2 the package registry ships). "
                      "Training on plain running text can first *lower* its loss on other plain text (the model leaves its chat "
@@ -795,8 +823,8 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
             "CPT's fastest: a step's work does not depend on the rate, and other load on the shared 2-core machine only "
             "slows a run down. Peak memory is the mean over the method's runs relative to full CPT's.", "", *matched, "",
             "### Targets", "",
-            f"Each verdict from {len(data['seeds'])} seed(s), on the general held-out loss; \"undecided\" while a front it "
-            "compares is incomplete.", "",
+            f"Each verdict from the mean over the seeds that ran each rate ({', '.join(str(s) for s in data['seeds'])}), on the "
+            "general held-out loss; \"undecided\" while a front it compares is incomplete.", "",
             "| target | status | numbers |", "|---|---|---|"]
     out += [f"| {t['target']} | **{t['status']}** | {t['detail']} |" for t in targets]
     out += ["", *toy, END]

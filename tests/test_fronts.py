@@ -30,6 +30,7 @@ def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[
             rows[f"{name}@{fronts.rate_name(rate)}"] = {
                 "gain_pct": gain, "domain_loss_change_pct": -gain, "forgetting_pct": forgetting,
                 "general_acc_change": {"diff": -forgetting / 100, "ci": [-forgetting / 100 - 0.03, -forgetting / 100 + 0.03]},
+                "domain_acc_change": {"diff": gain / 100, "ci": [gain / 100 - 0.05, gain / 100 + 0.05]},
                 "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0, "curve": [],
             }
     return {"seeds": {0: rows}, "base": {0: {"general_loss": 4.0, "domain_loss": 2.0}}}
@@ -85,6 +86,18 @@ def test_budget_note_says_where_full_cpt_clearly_forgets():
     text = fronts.budget_note(_data({"full": [(18, 1), (20, 4), (22, 15)]}), 32768)[0]
     assert "only at 3e-4, 1e-3." in text and "little forgetting" not in text
     assert fronts.budget_note(_data({"adept": [(10, 1)]}), 32768) == []
+
+
+def test_seeds_are_averaged_and_their_spread_is_kept(tmp_path):
+    data = _data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5)]})
+    second = _data({"full": [(14, 3)]})["seeds"][0]
+    data["seeds"][1], data["base"][1] = second, data["base"][0]
+    assert fronts.front_points(data, GRID[0], "forgetting_pct")[0] == (1e-4, 12.0, 2.0)
+    assert fronts.seed_range(data, GRID[0], 1e-4, "forgetting_pct") == (1, 3)
+    assert fronts.seed_range(data, GRID[0], 3e-4, "forgetting_pct") is None  # one seed: no bar
+    text = "\n".join(fronts.notes(data))
+    assert "1 of 5 runs so far have 2 seeds" in text and "One seed so far" not in text
+    assert fronts.plot_fronts(data, tmp_path / "f.png").stat().st_size > 0
 
 
 def test_targets_undecided_until_the_fronts_are_complete():
