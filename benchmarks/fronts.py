@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fronts", default=None, help="comma-separated front names to run (default: all of GRID)")
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many labels in this sitting")
     parser.add_argument("--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)")
+    parser.add_argument("--title", default="Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
+                        help="heading of the section written (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, repeatable")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each label's intermediate checkpoints")
@@ -106,11 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def regenerate_command(args: argparse.Namespace) -> str:
-    """The command that runs (or resumes) this grid, without where its docs happened to go."""
+    """The command that runs (or resumes) this grid and rewrites this document (not ``--max-runs``)."""
     parts = ["python", "benchmarks/fronts.py"]
     defaults = parse_args([])
     for flag, value in (("--config", args.config), ("--seeds", args.seeds), ("--output-root", args.output_root),
-                        ("--fronts", args.fronts)):
+                        ("--fronts", args.fronts), ("--docs", args.docs), ("--title", args.title)):
         if value != getattr(defaults, flag[2:].replace("-", "_")):
             parts += [flag, value]
     for override in args.overrides:
@@ -772,14 +774,15 @@ def toy_comparison(data: dict[str, Any], toy_path: Path) -> list[str]:
 
 
 def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list[str], commands: list[str], config: str,
-           cfg, png: Path, curve: Path | None, hours: float, done: int, total: int, toy: list[str]) -> str:
+           cfg, png: Path, curve: Path | None, hours: float, done: int, total: int, toy: list[str],
+           title: str = "Real model: forgetting-versus-gain fronts") -> str:
     base = next(iter(data["base"].values()))
     args = cfg.train.training_args
     tokens = int(args["max_steps"]) * int(args["per_device_train_batch_size"]) * cfg.data.block_size
     grids = "; ".join(f"{f.name}: {', '.join(rate_name(r) for r in f.rates)}" for f in GRID)
     out = [
         START,
-        "## Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
+        f"## {title}",
         "",
         f"Every method adapts `{cfg.model}` (SmolLM2-135M-Instruct, dequantized from the PyPI GGUF; "
         "[`docs/real_models.md`](real_models.md)) to Gene Ontology text at each learning rate of its own grid, "
@@ -888,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     total = len(seeds) * sum(len(f.rates) for f in fronts)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
                      png=png, curve=curve, hours=seconds / 3600, done=done, total=total,
-                     toy=toy_comparison(data, docs.with_suffix(".json")))
+                     toy=toy_comparison(data, docs.with_suffix(".json")), title=args.title)
     write_section(docs, section)
     write_json(docs.with_name(f"{docs.stem}_fronts.json"), {
         **artifact_header("fronts"), "config": args.config, "seeds": seeds, "done": done, "total": total,
