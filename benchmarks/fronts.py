@@ -586,8 +586,9 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
     axes[1].axvline(0, color="grey", lw=0.5)
     axes[1].set(xlabel="gain: domain benchmark acc_norm change (points)",
                 ylabel="forgetting: general benchmark accuracy drop (points)", title="Benchmarks (bars: 95% paired CI)")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -606,11 +607,11 @@ def _clip_past_range(ax, fronts_points: list[tuple[Front, list[tuple[float, floa
     if max(all_values) <= top:
         return
     ax.set_ylim(low - 0.1 * (top - low), top)
-    for front, points in fronts_points:
-        for rate, gain, value in points:
-            if value > top:
-                ax.annotate(f"{front.name} {rate_name(rate)}: {value:+.1f}% ↑", (gain, top), fontsize=7, ha="center",
-                            xytext=(0, -10), textcoords="offset points")
+    clipped = sorted((gain, value, f"{front.name} {rate_name(rate)}") for front, points in fronts_points
+                     for rate, gain, value in points if value > top)
+    for i, (gain, value, name) in enumerate(clipped):  # staggered, so labels at close gains stay apart
+        ax.annotate(f"{name}: {value:+.1f}% ↑", (gain, top), fontsize=7, ha="center", xytext=(0, -10 - 9 * (i % 3)),
+                    textcoords="offset points")
 
 
 def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
@@ -826,7 +827,7 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
             "CPT's fastest: a step's work does not depend on the rate, and other load on the shared 2-core machine only "
             "slows a run down. Peak memory is the mean over the method's runs relative to full CPT's.", "", *matched, "",
             "### Targets", "",
-            f"Each verdict from the mean over the seeds that ran each rate ({', '.join(str(s) for s in data['seeds'])}), on the "
+            f"Each verdict from the mean over the seeds that ran each rate (seeds run: {', '.join(str(s) for s in data['seeds'])}), on the "
             "general held-out loss; \"undecided\" while a front it compares is incomplete.", "",
             "| target | status | numbers |", "|---|---|---|"]
     out += [f"| {t['target']} | **{t['status']}** | {t['detail']} |" for t in targets]
