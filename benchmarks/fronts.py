@@ -16,6 +16,8 @@ Usage:
   python benchmarks/fronts.py [--config configs/fronts_smollm2.yaml] [--seeds 0] [--max-runs N]
   python benchmarks/fronts.py --report-only        # docs from the labels done so far
   python benchmarks/fronts.py --list               # the grid, in run order, with what is done
+  python benchmarks/fronts.py --fronts full,adept --rates 3e-4,3e-3 --output-root runs/fronts/smollm2-x4 \
+      --set train.training_args.max_steps=128 --docs docs/results_budget.md   # a few labels at another budget
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--output-root", default="runs/fronts/smollm2", help="one run directory per seed under it (default: %(default)s)")
     parser.add_argument("--fronts", default=None, help="comma-separated front names to run (default: all of GRID)")
+    parser.add_argument("--rates", default=None, help="comma-separated learning rates to run, of those in each front's grid "
+                        "(default: all)")
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many labels in this sitting")
     parser.add_argument("--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)")
     parser.add_argument("--title", default="Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
@@ -112,7 +116,7 @@ def regenerate_command(args: argparse.Namespace) -> str:
     parts = ["python", "benchmarks/fronts.py"]
     defaults = parse_args([])
     for flag, value in (("--config", args.config), ("--seeds", args.seeds), ("--output-root", args.output_root),
-                        ("--fronts", args.fronts), ("--docs", args.docs), ("--title", args.title)):
+                        ("--fronts", args.fronts), ("--rates", args.rates), ("--docs", args.docs), ("--title", args.title)):
         if value != getattr(defaults, flag[2:].replace("-", "_")):
             parts += [flag, value]
     for override in args.overrides:
@@ -159,14 +163,14 @@ def tidy(run_dir: Path, label: str) -> None:
         shutil.rmtree(path)
 
 
-def run_grid(args: argparse.Namespace, fronts: list[Front], seeds: list[int], root: Path, command: str) -> None:
+def run_grid(args: argparse.Namespace, fronts: list[Front], rates: set[float], seeds: list[int], root: Path, command: str) -> None:
     from compare_methods import machine_info
 
     from adept.artifacts import write_json
     from adept.config import load_config
     from adept.pipeline import run_pipeline
 
-    todo = [(front, rate) for front, rate in run_order() if front in fronts]
+    todo = [(front, rate) for front, rate in run_order() if front in fronts and (not rates or rate in rates)]
     ran = 0
     for seed in seeds:
         run_dir = root / f"seed{seed}"
@@ -859,16 +863,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --fronts: unknown front(s) {', '.join(unknown)}; known: {', '.join(f.name for f in GRID)}", file=sys.stderr)
         return 2
     fronts = [f for f in GRID if f.name in names]
+    try:
+        asked = {float(r) for r in args.rates.split(",") if r.strip()} if args.rates else set()
+    except ValueError:
+        print(f"error: --rates: '{args.rates}' is not a comma-separated list of numbers", file=sys.stderr)
+        return 2
+    if asked - {r for f in fronts for r in f.rates}:
+        known = ", ".join(rate_name(r) for r in sorted({r for f in fronts for r in f.rates}))
+        print(f"error: --rates: {', '.join(rate_name(r) for r in sorted(asked))} not all in the grid of the fronts asked for; known: {known}",
+              file=sys.stderr)
+        return 2
     if args.list:
         for seed in seeds:
             for front, rate in run_order():
-                if front in fronts:
+                if front in fronts and (not asked or rate in asked):
                     done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
                     print(f"seed {seed}  {label_of(front, rate):24s} {done}")
         return 0
     command = regenerate_command(args)
     if not args.report_only:
-        run_grid(args, fronts, seeds, root, command)
+        run_grid(args, fronts, asked, seeds, root, command)
 
     from adept.artifacts import artifact_header, read_json, write_json
     from adept.config import load_config
@@ -888,8 +902,9 @@ def main(argv: list[str] | None = None) -> int:
         record = root / f"seed{seed}" / "pipeline.json"
         if record.is_file():
             seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record, kind="pipeline")["stages"].values())
-    done = sum(label_of(f, r) in rows for rows in data["seeds"].values() for f in fronts for r in f.rates)
-    total = len(seeds) * sum(len(f.rates) for f in fronts)
+    labels = [label_of(f, r) for f in fronts for r in f.rates if not asked or r in asked]
+    done = sum(label in rows for rows in data["seeds"].values() for label in labels)
+    total = len(seeds) * len(labels)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
                      png=png, curve=curve, hours=seconds / 3600, done=done, total=total,
                      toy=toy_comparison(data, docs.with_suffix(".json")), title=args.title)

@@ -182,3 +182,12 @@ def test_toy_comparison_names_the_pairs_the_two_order_differently(tmp_path):
     assert "toy full < adept; real adept < full" in text
     assert "differently (toy's better one first): full / adept." in text
     assert fronts.toy_comparison(_data({"full": full}), tmp_path / "missing.json") == []
+
+
+def test_list_runs_only_the_fronts_and_rates_asked_for(tmp_path, capsys):
+    assert fronts.main(["--output-root", str(tmp_path), "--fronts", "adept,full", "--rates", "3e-3,3e-4", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines] == ["full@3e-4", "adept@3e-3", "adept@3e-4"]
+    assert all(line.endswith("todo") for line in lines)
+    assert fronts.main(["--output-root", str(tmp_path), "--fronts", "full", "--rates", "3e-3", "--list"]) == 2
+    assert "--rates: 3e-3 not all in the grid" in capsys.readouterr().err
