@@ -839,6 +839,17 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
     return "\n".join(out)
 
 
+def stage_seconds(stages: dict[str, Any], labels: set[str]) -> float:
+    """Time of the shared stages and of the training and evaluation of ``labels`` (the runs reported),
+    not of other labels a run directory also records (e.g. another grid's, or unfinished ones)."""
+    total = 0.0
+    for name, stage in stages.items():
+        kind, _, label = name.partition(":")
+        if kind not in ("train", "eval") or label == "base" or label in labels:
+            total += stage.get("seconds") or 0.0
+    return total
+
+
 def write_section(path: Path, section: str) -> Path:
     """Replace the fronts section of ``path`` (or put it under the title), keeping everything else."""
     from adept.artifacts import write_text
@@ -897,12 +908,13 @@ def main(argv: list[str] | None = None) -> int:
     curve = plot_curve(data, docs.with_name(f"{docs.stem}_fronts_curve.png"))
     targets = check_targets(data)
     matched, matched_json = matched_table(data)
+    labels = [label_of(f, r) for f in fronts for r in f.rates if not asked or r in asked]
     seconds = 0.0
     for seed in seeds:
         record = root / f"seed{seed}" / "pipeline.json"
         if record.is_file():
-            seconds += sum(stage.get("seconds", 0.0) for stage in read_json(record, kind="pipeline")["stages"].values())
-    labels = [label_of(f, r) for f in fronts for r in f.rates if not asked or r in asked]
+            stages = read_json(record, kind="pipeline")["stages"]
+            seconds += stage_seconds(stages, {label for label in labels if label in data["seeds"].get(seed, {})})
     done = sum(label in rows for rows in data["seeds"].values() for label in labels)
     total = len(seeds) * len(labels)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,

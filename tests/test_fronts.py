@@ -191,3 +191,11 @@ def test_list_runs_only_the_fronts_and_rates_asked_for(tmp_path, capsys):
     assert all(line.endswith("todo") for line in lines)
     assert fronts.main(["--output-root", str(tmp_path), "--fronts", "full", "--rates", "3e-3", "--list"]) == 2
     assert "--rates: 3e-3 not all in the grid" in capsys.readouterr().err
+
+
+def test_cpu_time_counts_shared_stages_and_the_reported_runs_only():
+    stages = {"data": {"seconds": 1.0}, "importance": {"seconds": 10.0}, "expand:adept": {"seconds": 2.0},
+              "eval:base": {"seconds": 20.0}, "train:full@3e-4": {"seconds": 100.0}, "eval:full@3e-4": {"seconds": 30.0},
+              "train:adept@3e-3": {"seconds": None, "status": "running"}, "train:lora@1e-3": {"seconds": 500.0}}
+    assert fronts.stage_seconds(stages, {"full@3e-4"}) == 163.0
+    assert fronts.stage_seconds(stages, {"full@3e-4", "adept@3e-3", "lora@1e-3"}) == 663.0
