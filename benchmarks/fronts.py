@@ -163,14 +163,14 @@ def tidy(run_dir: Path, label: str) -> None:
         shutil.rmtree(path)
 
 
-def run_grid(args: argparse.Namespace, fronts: list[Front], rates: set[float], seeds: list[int], root: Path, command: str) -> None:
+def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: list[int], root: Path, command: str) -> None:
+    """Train every (front, rate) of ``todo`` not done yet, seed by seed, in that order."""
     from compare_methods import machine_info
 
     from adept.artifacts import write_json
     from adept.config import load_config
     from adept.pipeline import run_pipeline
 
-    todo = [(front, rate) for front, rate in run_order() if front in fronts and (not rates or rate in rates)]
     ran = 0
     for seed in seeds:
         run_dir = root / f"seed{seed}"
@@ -884,16 +884,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --rates: {', '.join(rate_name(r) for r in sorted(asked))} not all in the grid of the fronts asked for; known: {known}",
               file=sys.stderr)
         return 2
+    selected = [(front, rate) for front, rate in run_order() if front in fronts and (not asked or rate in asked)]
     if args.list:
         for seed in seeds:
-            for front, rate in run_order():
-                if front in fronts and (not asked or rate in asked):
-                    done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
-                    print(f"seed {seed}  {label_of(front, rate):24s} {done}")
+            for front, rate in selected:
+                done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
+                print(f"seed {seed}  {label_of(front, rate):24s} {done}")
         return 0
     command = regenerate_command(args)
     if not args.report_only:
-        run_grid(args, fronts, asked, seeds, root, command)
+        run_grid(args, selected, seeds, root, command)
 
     from adept.artifacts import artifact_header, read_json, write_json
     from adept.config import load_config
@@ -908,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = plot_curve(data, docs.with_name(f"{docs.stem}_fronts_curve.png"))
     targets = check_targets(data)
     matched, matched_json = matched_table(data)
-    labels = [label_of(f, r) for f in fronts for r in f.rates if not asked or r in asked]
+    labels = [label_of(front, rate) for front, rate in selected]
     seconds = 0.0
     for seed in seeds:
         record = root / f"seed{seed}" / "pipeline.json"
