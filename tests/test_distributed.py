@@ -29,7 +29,8 @@ def _torchrun(nproc: int, worker: str, *args) -> None:
     # --master_port would collide between concurrent runs, and --master_port 0 is handed to the
     # workers verbatim, so they wait forever to connect to port 0.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
-           "DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU accelerator, for the deepspeed engine
+           "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator, for the deepspeed engine
+           "PYTHONFAULTHANDLER": "1"}  # a worker killed by a signal prints every thread's stack
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            str(WORKERS / worker), *map(str, args)]
     # Own session, so a timeout kills the workers too, not just the launcher.

@@ -426,6 +426,9 @@ def run_training(
             "log_history": trainer.state.log_history,
         }
         write_json(output_dir / SUMMARY_NAME, summary)
+    # Every rank returns once the final model exists, so code after the call can read it on any
+    # rank, and no rank tears its process group down while rank 0 is still writing.
+    trainer.accelerator.wait_for_everyone()
     return output_dir / FINAL_MODEL_DIR
 
 
