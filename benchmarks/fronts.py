@@ -16,7 +16,7 @@ Usage:
   python benchmarks/fronts.py [--config configs/fronts_smollm2.yaml] [--seeds 0] [--max-runs N]
   python benchmarks/fronts.py --report-only        # docs from the labels done so far
   python benchmarks/fronts.py --list               # the grid, in run order, with what is done
-  python benchmarks/fronts.py --fronts full,adept --rates 3e-4,3e-3 --output-root runs/fronts/smollm2-x4 \
+  python benchmarks/fronts.py --labels full@3e-4,adept@3e-3 --output-root runs/fronts/smollm2-x4 \
       --set train.training_args.max_steps=128 --docs docs/results_budget.md   # a few labels at another budget
 """
 
@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fronts", default=None, help="comma-separated front names to run (default: all of GRID)")
     parser.add_argument("--rates", default=None, help="comma-separated learning rates to run, of those in each front's grid "
                         "(default: all)")
+    parser.add_argument("--labels", default=None, help="comma-separated front@rate labels to run, each in the grid; "
+                        "instead of --fronts and --rates, whose selection is their cross product")
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many labels in this sitting")
     parser.add_argument("--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)")
     parser.add_argument("--title", default="Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
@@ -116,7 +118,8 @@ def regenerate_command(args: argparse.Namespace) -> str:
     parts = ["python", "benchmarks/fronts.py"]
     defaults = parse_args([])
     for flag, value in (("--config", args.config), ("--seeds", args.seeds), ("--output-root", args.output_root),
-                        ("--fronts", args.fronts), ("--rates", args.rates), ("--docs", args.docs), ("--title", args.title)):
+                        ("--fronts", args.fronts), ("--rates", args.rates), ("--labels", args.labels), ("--docs", args.docs),
+                        ("--title", args.title)):
         if value != getattr(defaults, flag[2:].replace("-", "_")):
             parts += [flag, value]
     for override in args.overrides:
@@ -801,7 +804,8 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
         *commands,
         "```",
         "",
-        f"**Status: {done} of {total} runs done** ({hours:.1f} hours of 2-core CPU time so far, training plus evaluation).",
+        f"**Status: {done} of {total} runs done** ({hours:.1f} hours of 2-core CPU time{' so far' if done < total else ''}, "
+        "training plus evaluation).",
         "",
         f"Rate grids: {grids}.",
         "",
@@ -885,6 +889,18 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     selected = [(front, rate) for front, rate in run_order() if front in fronts and (not asked or rate in asked)]
+    if args.labels:
+        if args.fronts or args.rates:
+            print("error: --labels names exact runs; give it without --fronts and --rates", file=sys.stderr)
+            return 2
+        wanted = [label.strip() for label in args.labels.split(",") if label.strip()]
+        grid = {label_of(front, rate): (front, rate) for front, rate in run_order()}
+        unknown = [label for label in wanted if label not in grid]
+        if unknown:
+            print(f"error: --labels: {', '.join(unknown)} not in the grid (front@rate, e.g. {label_of(GRID[0], GRID[0].rates[0])}; "
+                  "see --list)", file=sys.stderr)
+            return 2
+        selected = [(front, rate) for front, rate in run_order() if label_of(front, rate) in wanted]
     if args.list:
         for seed in seeds:
             for front, rate in selected:

@@ -193,6 +193,18 @@ def test_list_runs_only_the_fronts_and_rates_asked_for(tmp_path, capsys):
     assert "--rates: 3e-3 not all in the grid" in capsys.readouterr().err
 
 
+def test_labels_select_exact_runs(tmp_path, capsys):
+    root = ["--output-root", str(tmp_path)]
+    assert fronts.main([*root, "--labels", "adept@3e-3, full@3e-4", "--list"]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == ["full@3e-4", "adept@3e-3"]
+    assert fronts.main([*root, "--labels", "full@3e-3", "--list"]) == 2
+    assert "--labels: full@3e-3 not in the grid" in capsys.readouterr().err
+    assert fronts.main([*root, "--labels", "full@3e-4", "--rates", "3e-4", "--list"]) == 2
+    assert "without --fronts and --rates" in capsys.readouterr().err
+    args = fronts.parse_args([*root, "--labels", "full@3e-4,adept@3e-3"])
+    assert "--labels full@3e-4,adept@3e-3" in fronts.regenerate_command(args)
+
+
 def test_cpu_time_counts_shared_stages_and_the_reported_runs_only():
     stages = {"data": {"seconds": 1.0}, "importance": {"seconds": 10.0}, "expand:adept": {"seconds": 2.0},
               "eval:base": {"seconds": 20.0}, "train:full@3e-4": {"seconds": 100.0}, "eval:full@3e-4": {"seconds": 30.0},
