@@ -671,7 +671,9 @@ def budget_note(data: dict[str, Any], tokens: int) -> list[str]:
                          f"general loss {row['forgetting_pct']:+.2f}%, general accuracy {_paired_cell(row['general_acc_change'])} pts")
     if not parts:
         return []
-    verdict = (f"clearly (accuracy interval below zero) only at {', '.join(tag for tag, _ in clear)}" if clear
+    tags = ", ".join(tag for tag, _ in clear)
+    where = f"at every rate run ({tags})" if len(clear) == len(parts) else f"only at {tags}"
+    verdict = (f"clearly (accuracy interval below zero) {where}" if clear
                else "clearly at no rate (no accuracy interval below zero)")
     line = f"- Budget, {tokens:,} domain tokens per run: full CPT's general measures degraded {verdict}. " + "; ".join(parts) + "."
     if not any(efficient_rate for _, efficient_rate in clear):

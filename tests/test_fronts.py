@@ -85,6 +85,8 @@ def test_budget_note_says_where_full_cpt_clearly_forgets():
     assert "leaves little forgetting to prevent" in text  # 1e-3 is not on full CPT's front
     text = fronts.budget_note(_data({"full": [(18, 1), (20, 4), (22, 15)]}), 32768)[0]
     assert "only at 3e-4, 1e-3." in text and "little forgetting" not in text
+    text = fronts.budget_note(_data({"full": [(22, 5)]}), 524288)[0]
+    assert "at every rate run (1e-4)." in text and "little forgetting" not in text
     assert fronts.budget_note(_data({"adept": [(10, 1)]}), 32768) == []
 
 
