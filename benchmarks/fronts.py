@@ -890,19 +890,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --rates: {', '.join(rate_name(r) for r in sorted(asked))} not all in the grid of the fronts asked for; known: {known}",
               file=sys.stderr)
         return 2
-    selected = [(front, rate) for front, rate in run_order() if front in fronts and (not asked or rate in asked)]
+    grid = {label_of(front, rate): (front, rate) for front, rate in run_order()}
     if args.labels:
         if args.fronts or args.rates:
             print("error: --labels names exact runs; give it without --fronts and --rates", file=sys.stderr)
             return 2
-        wanted = [label.strip() for label in args.labels.split(",") if label.strip()]
-        grid = {label_of(front, rate): (front, rate) for front, rate in run_order()}
-        unknown = [label for label in wanted if label not in grid]
+        wanted = {label.strip() for label in args.labels.split(",") if label.strip()}
+        unknown = sorted(wanted - grid.keys())
         if unknown:
             print(f"error: --labels: {', '.join(unknown)} not in the grid (front@rate, e.g. {label_of(GRID[0], GRID[0].rates[0])}; "
                   "see --list)", file=sys.stderr)
             return 2
-        selected = [(front, rate) for front, rate in run_order() if label_of(front, rate) in wanted]
+        selected = [pair for label, pair in grid.items() if label in wanted]
+    else:
+        selected = [(front, rate) for front, rate in grid.values() if front in fronts and (not asked or rate in asked)]
     if args.list:
         for seed in seeds:
             for front, rate in selected:
