@@ -170,6 +170,12 @@ def test_resume_after_interruption_is_bit_identical(workspace, tmp_path):
         training.NonFiniteLossGuard = original
     assert (tmp_path / "resumed" / "checkpoint-3" / "adept_tuning_state.json").is_file()
     assert not (tmp_path / "resumed" / "model").exists()
+    # A later checkpoint cut short while saving (weights half written, no trainer state) is
+    # skipped: the run resumes from checkpoint-3 and overwrites it when it reaches step 6.
+    partial = tmp_path / "resumed" / "checkpoint-6"
+    partial.mkdir()
+    whole = (tmp_path / "resumed" / "checkpoint-3" / "model.safetensors").read_bytes()
+    (partial / "model.safetensors").write_bytes(whole[: len(whole) // 2])
     resumed = run_training(_config(workspace, tmp_path / "resumed"), progress=False)
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

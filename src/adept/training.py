@@ -235,9 +235,27 @@ def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
 
 
 def _last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete ``checkpoint-N``: one holding the trainer state, which is saved last.
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    A run killed while saving leaves a checkpoint without it, and resuming from that one would
+    fail; it is skipped with a warning, so the run resumes from the complete one before it.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not output_dir.is_dir():
+        return None
+    steps = {}
+    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if path.is_dir() and step.isdigit():
+            steps[int(step)] = path
+    for step in sorted(steps, reverse=True):
+        if (steps[step] / TRAINER_STATE_NAME).is_file():
+            return str(steps[step])
+        logger.warning("%s is incomplete (no %s; the run stopped while saving it): not resuming from it",
+                       steps[step], TRAINER_STATE_NAME)
+    return None
 
 
 class PeakMemory:
