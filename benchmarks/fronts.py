@@ -158,11 +158,13 @@ def is_done(run_dir: Path, label: str) -> bool:
 
 def tidy(run_dir: Path, label: str) -> None:
     """Drop a finished label's intermediate checkpoints (GBs each), keeping its trainer log."""
+    from adept.training import last_complete_checkpoint
+
     out = run_dir / "train" / label
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    if checkpoints and (checkpoints[-1] / "trainer_state.json").is_file():
-        shutil.copy2(checkpoints[-1] / "trainer_state.json", out / "trainer_state.json")
-    for path in checkpoints:
+    last = last_complete_checkpoint(out)
+    if last is not None:
+        shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
+    for path in out.glob("checkpoint-*"):
         shutil.rmtree(path)
 
 

@@ -128,8 +128,8 @@ def test_crash_during_training_resumes_from_checkpoint_without_redoing_stage1(wo
 
     monkeypatch.setattr(training, "NonFiniteLossGuard", guard)
     resumed_from = []
-    original = training._last_checkpoint
-    monkeypatch.setattr(training, "_last_checkpoint", lambda out: resumed_from.append(original(out)) or resumed_from[-1])
+    original = training.last_complete_checkpoint
+    monkeypatch.setattr(training, "last_complete_checkpoint", lambda out: resumed_from.append(original(out)) or resumed_from[-1])
     _, pipeline = run_pipeline(load_config(config), progress=False)
     assert {"importance", "expand:adept"} <= set(pipeline.skipped)
     assert resumed_from == [str(run / "train" / "adept" / "checkpoint-2")]

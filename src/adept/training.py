@@ -234,7 +234,7 @@ def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
     return path if payload.get("unit_grad_weight") else None
 
 
-def _last_checkpoint(output_dir: Path) -> str | None:
+def last_complete_checkpoint(output_dir: Path) -> str | None:
     """The newest complete ``checkpoint-N``: one holding the trainer state, which is saved last.
 
     A run killed while saving leaves a checkpoint without it, and resuming from that one would
@@ -370,7 +370,7 @@ def run_training(
     # (ranks racing to publish the same cache directory would crash).
     with args.main_process_first(desc="building datasets"):
         train_data, eval_data = build_datasets(cfg, tokenizer)
-    resume_from = _last_checkpoint(output_dir) if cfg.resume else None
+    resume_from = last_complete_checkpoint(output_dir) if cfg.resume else None
     timer = StepTimer()
     all_callbacks: list[TrainerCallback] = [timer, NonFiniteLossGuard()]
     if cfg.method != "lora":
