@@ -395,6 +395,16 @@ def fastest(data: dict[str, Any], front: Front) -> float | None:
     return max(_front_values(data, front, "tokens_per_second"), default=None)
 
 
+def shared_breakpoints(a: list[tuple[float, float, float]], b: list[tuple[float, float, float]], lo: float, hi: float) -> list[float]:
+    """The gains in ``[lo, hi]`` where either front has a rate, plus both ends.
+
+    Between these gains both fronts are straight, so their difference is too: one front lies
+    below the other at every gain of the range exactly when it does at each of these.
+    """
+    inside = {g for _, g, _ in (*efficient(a), *efficient(b)) if lo < g < hi}
+    return sorted({lo, hi} | inside)
+
+
 def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target met or missed with its numbers; undecided while a front it needs is incomplete."""
     targets = [_judge_fronts(data, target, names) for target, names in _targets(data)]
@@ -421,11 +431,11 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
         if len(adept) < 2 or len(other) < 2 or lo > hi:
             target.update(status="undecided", detail="the two fronts have no common gain range yet")
         else:
-            gains = [lo + (hi - lo) * i / 4 for i in range(5)]
-            gaps = [(g, interpolate(adept, g), interpolate(other, g)) for g in gains]
+            gaps = [(g, interpolate(adept, g), interpolate(other, g)) for g in shared_breakpoints(adept, other, lo, hi)]
             below = all(a < o for _, a, o in gaps)
+            digits = 1 if hi - lo >= 1 else 2
             target.update(status="met" if below else "missed",
-                          detail="; ".join(f"gain {g:.1f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps))
+                          detail="; ".join(f"gain {g:.{digits}f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps))
         targets.append((target, (ADEPT, rival)))
 
     full_best = best_rate(data, _front(FULL))

@@ -144,6 +144,24 @@ def test_targets_met_and_missed_with_their_numbers():
     assert quarter["status"] == "missed" and "at most 18.0%" in quarter["detail"]
 
 
+def test_front_comparison_checks_every_rate_not_a_few_samples():
+    # ADEPT jumps above llama-pro only between gains 14.1% and ~14.3%: evenly spaced samples of
+    # the shared range (10, 12.5, 15, 17.5, 20) all see ADEPT below; its rate at 14.1% does not.
+    data = _data({"adept": [(10, 0.2), (13.8, 0.3), (14.1, 3.0), (20, 3.8)],
+                  "llama-pro": [(10, 1.0), (14.2, 1.2), (14.4, 3.5), (20, 4.0)]})
+    target = next(t for t in check_targets(data) if "below llama-pro's" in t["target"])
+    assert target["status"] == "missed"
+    assert "gain 14.1%: ADEPT +3.00% vs +1.20%" in target["detail"]
+    assert fronts.shared_breakpoints(fronts.front_points(data, fronts._front("adept"), "forgetting_pct"),
+                                     fronts.front_points(data, fronts._front("llama-pro"), "forgetting_pct"),
+                                     10, 20) == [10, 13.8, 14.1, 14.2, 14.4, 20]
+    # A narrow shared range prints gains to two decimals, so distinct gains read as distinct.
+    data = _data({"adept": [(28.9, 0.5), (29.01, 1.09), (29.17, 2.51), (29.19, 2.54)],
+                  "llama-pro": [(27.28, 0.68), (30.91, 1.70), (32.09, 2.51), (32.10, 2.56)]})
+    target = next(t for t in check_targets(data) if "below llama-pro's" in t["target"])
+    assert target["status"] == "missed" and "gain 29.17%: ADEPT +2.51%" in target["detail"]
+
+
 def test_matched_accuracy_follows_the_loss_front():
     # full 1e-4: less gain, less forgetting in loss and in accuracy; 3e-4 more of both; 1e-3 past the range.
     data = _data({"full": [(18.0, -1.0), (20.0, 2.0), (8.0, 15.0)], "adept": [(10, 0.2), (15, 0.5), (17.0, 1.0)]})
