@@ -709,7 +709,9 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
     for front in GRID:
         points = front_points(data, front, "forgetting_pct")
         if len(points) == len(front.rates) and max(points, key=lambda p: p[1])[0] == max(front.rates):
-            rising.append(front.name)
+            top = next(p for p in points if p[0] == max(front.rates))
+            below = max((p for p in points if p is not top), key=lambda p: p[1])
+            rising.append(f"{front.name} (+{top[1] - below[1]:.2f} points of domain-loss gain over {rate_name(below[0])})")
     if rising:
         lines.append(f"- Still gaining at the highest rate of its grid: {', '.join(rising)}. A higher rate may reach more "
                      "domain gain (at more forgetting); what such a front cannot reach here was not tried, not shown impossible.")
