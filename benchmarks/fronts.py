@@ -708,8 +708,8 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
     rising = []
     for front in GRID:
         points = front_points(data, front, "forgetting_pct")
-        if len(points) == len(front.rates) and max(points, key=lambda p: p[1])[0] == max(front.rates):
-            top = next(p for p in points if p[0] == max(front.rates))
+        top = max(points, key=lambda p: p[1], default=None)
+        if len(points) == len(front.rates) and top[0] == max(front.rates):
             below = max((p for p in points if p is not top), key=lambda p: p[1])
             rising.append(f"{front.name} (+{top[1] - below[1]:.2f} points of domain-loss gain over {rate_name(below[0])})")
     if rising:
