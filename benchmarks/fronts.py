@@ -6,7 +6,10 @@ same domain-token budget, then evaluated on general held-out text and general be
 label is one `adept run` of the config with the label added as a ``train.variants`` entry, run
 in-process into one run directory per seed; importance, expansion and the base model's
 evaluation are shared, and every finished label is skipped, so the grid can be stopped at any
-point and completed over several sittings (``--max-runs`` bounds one sitting).
+point and completed over several sittings (``--max-runs`` bounds one sitting). Finished labels are
+also kept in the page's JSON (``<docs>_fronts.json``, committed with the page): on a machine without
+their run directories they count as done and are reported from there, once the config, overrides,
+budget and base-model evaluation are checked to be the same.
 
 Then the real-model section of ``docs/results.md`` (between its ``fronts`` markers) is rewritten
 from whatever labels are done: the fronts plot, full CPT's general loss over steps, the
@@ -130,18 +133,22 @@ def regenerate_command(args: argparse.Namespace) -> str:
 # --- running --------------------------------------------------------------------------------
 
 
-def label_overrides(front: Front, rate: float, cfg) -> list[str]:
-    """The label as a ``train.variants`` entry: its method, rate, replay and domain-token budget."""
+def label_steps(front: Front, cfg) -> int:
+    """Optimizer steps of a label: the config's, or more for replay, which adds steps instead of
+    taking them so that every label sees as many domain tokens."""
     from adept.training import DEFAULT_TRAINING_ARGS
 
+    steps = int({**DEFAULT_TRAINING_ARGS, **cfg.train.training_args}["max_steps"])
+    return math.ceil(steps / (1 - front.replay_ratio)) if front.replay_ratio else steps
+
+
+def label_overrides(front: Front, rate: float, cfg) -> list[str]:
+    """The label as a ``train.variants`` entry: its method, rate, replay and domain-token budget."""
     label = label_of(front, rate)
     key = f"train.variants.{label}"
-    shared = {**DEFAULT_TRAINING_ARGS, **cfg.train.training_args}
-    steps = int(shared["max_steps"])
+    steps = label_steps(front, cfg)
     overrides = [f"train.methods=[{label}]", f"{key}.method={front.method}", f"{key}.training_args.learning_rate={rate}"]
     if front.replay_ratio:
-        # As many domain tokens as every other label: replay adds steps instead of taking them.
-        steps = math.ceil(steps / (1 - front.replay_ratio))
         overrides += [f"{key}.replay_ratio={front.replay_ratio}", f"{key}.training_args.max_steps={steps}"]
     eval_steps = max(1, steps // CURVE_POINTS) if front.method == FULL else steps
     overrides.append(f"{key}.training_args.eval_steps={eval_steps}")
@@ -168,8 +175,9 @@ def tidy(run_dir: Path, label: str) -> None:
         shutil.rmtree(path)
 
 
-def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: list[int], root: Path, command: str) -> None:
-    """Train every (front, rate) of ``todo`` not done yet, seed by seed, in that order."""
+def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: list[int], root: Path, command: str,
+             recorded: set[tuple[int, str]]) -> None:
+    """Train every (front, rate) of ``todo`` not done yet, here or in the page's record, seed by seed, in that order."""
     from compare_methods import machine_info
 
     from adept.artifacts import write_json
@@ -181,7 +189,7 @@ def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: l
         run_dir = root / f"seed{seed}"
         for front, rate in todo:
             label = label_of(front, rate)
-            if is_done(run_dir, label):
+            if is_done(run_dir, label) or (seed, label) in recorded:
                 continue
             if args.max_runs is not None and ran >= args.max_runs:
                 print(f"== --max-runs {args.max_runs} reached; rerun to continue", flush=True)
@@ -286,6 +294,73 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
         data["base"][seed] = {"general_loss": weighted_loss(base["perplexity"], "general"), "domain_loss": weighted_loss(base["perplexity"], "domain"),
                               "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
     return data
+
+
+# --- the record: labels an earlier sitting reported ---------------------------------------
+# Run directories hold gigabytes and stay on the machine that trained them; the page's JSON is
+# committed. Reading its rows back lets a grid continue on another machine without retraining
+# what is done, as long as the record was made with the same config, overrides and budget, and
+# from the same base model (checked against the base evaluation made here).
+
+BASE_TOLERANCE = 1e-4  # relative; the same model on the same data evaluates alike far closer than this
+
+
+def read_record(path: Path, config: str, overrides: list[str], cfg) -> dict[str, Any] | None:
+    """The fronts record at ``path`` (a page's JSON), or None where there is none; refuses one made
+    with another config, other ``--set`` overrides or another number of steps per label."""
+    from adept.artifacts import read_json
+
+    if not path.is_file():
+        return None
+    record = read_json(path, kind="fronts")
+    fix = "rerun with the record's settings, or remove the file to start this page afresh"
+    if record.get("config") != config:
+        raise ValueError(f"{path}: config: the recorded runs used {record.get('config')}, not {config}; {fix}")
+    if "overrides" in record and sorted(record["overrides"]) != sorted(overrides):
+        raise ValueError(f"{path}: overrides: the recorded runs used --set {record['overrides']}, not {overrides}; {fix}")
+    fronts = {label_of(front, rate): front for front in GRID for rate in front.rates}
+    for seed, rows in record.get("runs", {}).items():
+        for label, row in rows.items():
+            if label not in fronts:
+                raise ValueError(f"{path}: runs.{seed}.{label}: not a label of the grid; {fix}")
+            if row.get("steps") != label_steps(fronts[label], cfg):
+                raise ValueError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains "
+                                 f"{label_steps(fronts[label], cfg)}; {fix}")
+    return record
+
+
+def recorded_labels(record: dict[str, Any] | None) -> set[tuple[int, str]]:
+    return {(int(seed), label) for seed, rows in (record or {}).get("runs", {}).items() for label in rows}
+
+
+def merge_record(data: dict[str, Any], record: dict[str, Any], path: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    """Add to ``data`` the recorded rows of ``seeds`` that no run directory here holds, and return
+    them. A seed whose base model was evaluated here must match the recorded base evaluation: every
+    row is a change from it."""
+    kept = []
+    for seed in seeds:
+        rows = record.get("runs", {}).get(str(seed), {})
+        base = record.get("base", {}).get(str(seed))
+        if not rows or base is None:
+            continue
+        here = data["base"].get(seed)
+        if here is not None:
+            for key in ("general_loss", "domain_loss"):
+                if not math.isclose(here[key], base[key], rel_tol=BASE_TOLERANCE):
+                    raise ValueError(f"{path}: base.{seed}.{key}: recorded {base[key]:.6f}, evaluated here {here[key]:.6f}; the "
+                                     "recorded runs started from another model or data: remove the file to start this page afresh")
+            if here["benchmarks"] != base["benchmarks"]:
+                raise ValueError(f"{path}: base.{seed}.benchmarks: the recorded accuracies differ from those evaluated here; the "
+                                 "recorded runs started from another model or data: remove the file to start this page afresh")
+        data["base"].setdefault(seed, base)
+        fresh = data["seeds"].setdefault(seed, {})
+        for label, row in rows.items():
+            if label not in fresh:
+                fresh[label] = row
+                kept.append(row)
+    data["seeds"] = dict(sorted(data["seeds"].items()))
+    data["base"] = dict(sorted(data["base"].items()))
+    return kept
 
 
 def front_points(data: dict[str, Any], front: Front, key: str) -> list[tuple[float, float, float]]:
@@ -918,25 +993,38 @@ def main(argv: list[str] | None = None) -> int:
         selected = [pair for label, pair in grid.items() if label in wanted]
     else:
         selected = [(front, rate) for front, rate in grid.values() if front in fronts and (not asked or rate in asked)]
-    if args.list:
-        for seed in seeds:
-            for front, rate in selected:
-                done = "done" if is_done(root / f"seed{seed}", label_of(front, rate)) else "todo"
-                print(f"seed {seed}  {label_of(front, rate):24s} {done}")
-        return 0
-    command = regenerate_command(args)
-    if not args.report_only:
-        run_grid(args, selected, seeds, root, command)
-
     from adept.artifacts import artifact_header, read_json, write_json
     from adept.config import load_config
 
-    data = collect(root, seeds)
-    if not any(data["seeds"].values()):
-        print(f"no finished label under {root}", file=sys.stderr)
-        return 1
     cfg = load_config(args.config, list(args.overrides))
     docs = Path(args.docs)
+    record_path = docs.with_name(f"{docs.stem}_fronts.json")
+    try:
+        record = read_record(record_path, args.config, list(args.overrides), cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    recorded = recorded_labels(record)
+    if args.list:
+        for seed in seeds:
+            for front, rate in selected:
+                label = label_of(front, rate)
+                done = "done" if is_done(root / f"seed{seed}", label) else f"done (in {record_path})" if (seed, label) in recorded else "todo"
+                print(f"seed {seed}  {label:24s} {done}")
+        return 0
+    command = regenerate_command(args)
+    if not args.report_only:
+        run_grid(args, selected, seeds, root, command, recorded)
+
+    data = collect(root, seeds)
+    try:
+        kept = merge_record(data, record, record_path, seeds) if record else []
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not any(data["seeds"].values()):
+        print(f"no finished label under {root}" + (f" or in {record_path}" if record else ""), file=sys.stderr)
+        return 1
     png = plot_fronts(data, docs.with_name(f"{docs.stem}_fronts.png"))
     curve = plot_curve(data, docs.with_name(f"{docs.stem}_fronts_curve.png"))
     targets = check_targets(data)
@@ -948,6 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
         if record.is_file():
             stages = read_json(record, kind="pipeline")["stages"]
             seconds += stage_seconds(stages, {label for label in labels if label in data["seeds"].get(seed, {})})
+    # A recorded label's time is its whole `adept run`, the shared stages included when it ran first.
+    seconds += sum(row.get("run_seconds") or 0.0 for row in kept if row["label"] in labels)
     done = sum(label in rows for rows in data["seeds"].values() for label in labels)
     total = len(seeds) * len(labels)
     section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
@@ -955,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
                      toy=toy_comparison(data, docs.with_suffix(".json")), title=args.title)
     write_section(docs, section)
     write_json(docs.with_name(f"{docs.stem}_fronts.json"), {
-        **artifact_header("fronts"), "config": args.config, "seeds": seeds, "done": done, "total": total,
+        **artifact_header("fronts"), "config": args.config, "overrides": list(args.overrides), "seeds": seeds, "done": done, "total": total,
         "cpu_hours": seconds / 3600, "grid": [{"name": f.name, "method": f.method, "rates": list(f.rates),
                                                "replay_ratio": f.replay_ratio} for f in GRID],
         "base": data["base"], "runs": {str(s): rows for s, rows in data["seeds"].items()},

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adept.artifacts import artifact_header, write_json
+from adept.artifacts import artifact_header, read_json, write_json
 from adept.config import load_config
 
 ROOT = Path(__file__).parent.parent
@@ -206,16 +206,17 @@ def test_toy_comparison_names_the_pairs_the_two_order_differently(tmp_path):
 
 
 def test_list_runs_only_the_fronts_and_rates_asked_for(tmp_path, capsys):
-    assert fronts.main(["--output-root", str(tmp_path), "--fronts", "adept,full", "--rates", "3e-3,3e-4", "--list"]) == 0
+    root = ["--output-root", str(tmp_path), "--docs", str(tmp_path / "page.md")]
+    assert fronts.main([*root, "--fronts", "adept,full", "--rates", "3e-3,3e-4", "--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in lines] == ["full@3e-4", "adept@3e-3", "adept@3e-4"]
     assert all(line.endswith("todo") for line in lines)
-    assert fronts.main(["--output-root", str(tmp_path), "--fronts", "full", "--rates", "3e-3", "--list"]) == 2
+    assert fronts.main([*root, "--fronts", "full", "--rates", "3e-3", "--list"]) == 2
     assert "--rates: 3e-3 not all in the grid" in capsys.readouterr().err
 
 
 def test_labels_select_exact_runs(tmp_path, capsys):
-    root = ["--output-root", str(tmp_path)]
+    root = ["--output-root", str(tmp_path), "--docs", str(tmp_path / "page.md")]
     assert fronts.main([*root, "--labels", "adept@3e-3, full@3e-4", "--list"]) == 0
     assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == ["full@3e-4", "adept@3e-3"]
     assert fronts.main([*root, "--labels", "full@3e-3", "--list"]) == 2
@@ -232,3 +233,56 @@ def test_cpu_time_counts_shared_stages_and_the_reported_runs_only():
               "train:adept@3e-3": {"seconds": None, "status": "running"}, "train:lora@1e-3": {"seconds": 500.0}}
     assert fronts.stage_seconds(stages, {"full@3e-4"}) == 163.0
     assert fronts.stage_seconds(stages, {"full@3e-4", "adept@3e-3", "lora@1e-3"}) == 663.0
+
+
+X4 = ["--labels", "full@3e-4,adept@3e-3", "--set", "train.training_args.max_steps=128", "--set", "train.training_args.save_steps=32"]
+
+
+def _x4_record(tmp_path: Path) -> Path:
+    """The 4x page's committed record (two real runs), placed beside a scratch page."""
+    record = tmp_path / "page_fronts.json"
+    record.write_text((ROOT / "docs" / "results_budget_fronts.json").read_text())
+    return record
+
+
+def test_a_page_is_rebuilt_from_its_record_alone(tmp_path, capsys):
+    _x4_record(tmp_path)
+    root = ["--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md"), *X4]
+    assert fronts.main([*root, "--list"]) == 0
+    assert all("done (in" in line for line in capsys.readouterr().out.splitlines())
+    assert fronts.main([*root, "--report-only"]) == 0
+    committed = (ROOT / "docs" / "results_budget.md").read_text()
+    rebuilt = (tmp_path / "page.md").read_text()
+    tables = [[line for line in text.splitlines() if line.startswith("| ")] for text in (committed, rebuilt)]
+    assert tables[0] and tables[0] == tables[1]
+    runs = read_json(tmp_path / "page_fronts.json", kind="fronts")["runs"]["0"]
+    assert sorted(runs) == ["adept@3e-3", "full@3e-4"]
+
+
+def test_a_record_from_other_settings_is_refused_by_name(tmp_path, capsys):
+    record = _x4_record(tmp_path)
+    docs = ["--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md")]
+    assert fronts.main([*docs, *X4[:2], "--set", "train.training_args.max_steps=64", "--list"]) == 2
+    assert "page_fronts.json: runs.0.full@3e-4.steps: recorded 128, this config trains 64" in capsys.readouterr().err
+    assert fronts.main([*docs, *X4, "--config", "configs/demo.yaml", "--list"]) == 2
+    assert "page_fronts.json: config: the recorded runs used configs/fronts_smollm2.yaml" in capsys.readouterr().err
+    text = record.read_text().replace('"config": "configs/fronts_smollm2.yaml"',
+                                      '"config": "configs/fronts_smollm2.yaml", "overrides": ["train.training_args.max_steps=128"]')
+    record.write_text(text)
+    assert fronts.main([*docs, *X4, "--list"]) == 2
+    assert "page_fronts.json: overrides: the recorded runs used --set" in capsys.readouterr().err
+
+
+def test_recorded_rows_need_the_base_evaluated_here(tmp_path):
+    record = read_json(_x4_record(tmp_path), kind="fronts")
+    base = record["base"]["0"]
+    fresh = {"seeds": {0: {"full@3e-4": {"label": "full@3e-4", "fresh": True}}}, "base": {0: dict(base)}}
+    kept = fronts.merge_record(fresh, record, tmp_path / "r.json", [0, 1])
+    assert [row["label"] for row in kept] == ["adept@3e-3"]  # the label run here wins over its record
+    assert fresh["seeds"][0]["full@3e-4"] == {"label": "full@3e-4", "fresh": True}
+    other = {"seeds": {0: {}}, "base": {0: {**base, "general_loss": base["general_loss"] * 1.01}}}
+    with pytest.raises(ValueError, match=r"r.json: base.0.general_loss: recorded .* evaluated here"):
+        fronts.merge_record(other, record, tmp_path / "r.json", [0])
+    moved = {"seeds": {0: {}}, "base": {0: {**base, "benchmarks": {**base["benchmarks"], "piqa": {"acc": 0.0, "acc_norm": 0.0, "n": 100}}}}}
+    with pytest.raises(ValueError, match=r"r.json: base.0.benchmarks"):
+        fronts.merge_record(moved, record, tmp_path / "r.json", [0])
