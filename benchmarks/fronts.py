@@ -501,8 +501,9 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
     for rival in RIVALS:
         other = front_points(data, _front(rival), "forgetting_pct")
         target = {"target": f"ADEPT's front lies below {rival}'s (less general-loss increase at every matched gain)"}
-        lo = max(min((g for _, g, _ in adept), default=math.inf), min((g for _, g, _ in other), default=math.inf))
-        hi = min(max((g for _, g, _ in adept), default=-math.inf), max((g for _, g, _ in other), default=-math.inf))
+        # The shared range of the efficient rates: a rate past the useful range is not interpolated.
+        lo = max(min((g for _, g, _ in efficient(adept)), default=math.inf), min((g for _, g, _ in efficient(other)), default=math.inf))
+        hi = min(max((g for _, g, _ in efficient(adept)), default=-math.inf), max((g for _, g, _ in efficient(other)), default=-math.inf))
         if len(adept) < 2 or len(other) < 2 or lo > hi:
             target.update(status="undecided", detail="the two fronts have no common gain range yet")
         else:

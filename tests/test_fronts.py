@@ -163,6 +163,15 @@ def test_front_comparison_checks_every_rate_not_a_few_samples():
     assert target["status"] == "missed" and "gain 29.17%: ADEPT +2.51%" in target["detail"]
 
 
+def test_a_past_range_rate_below_the_rivals_gains_does_not_widen_the_shared_range():
+    # ADEPT's lowest rate gains less *and* forgets more than its next: the shared range starts at
+    # the next rate's gain, not at the rival's lowest, where ADEPT's front has no value.
+    data = _data({"adept": [(8, 2.0), (10, 0.5), (12, 1.0), (12.1, 1.1)], "llama-pro": [(9, 0.5), (11, 1.5), (13, 2.5), (13, 2.6)]})
+    verdict = next(t for t in check_targets(data) if "llama-pro" in t["target"])
+    assert verdict["status"] == "met"
+    assert verdict["detail"].startswith("gain 10.0%: ADEPT +0.50% vs +1.00%")
+
+
 def test_matched_accuracy_follows_the_loss_front():
     # full 1e-4: less gain, less forgetting in loss and in accuracy; 3e-4 more of both; 1e-3 past the range.
     data = _data({"full": [(18.0, -1.0), (20.0, 2.0), (8.0, 15.0)], "adept": [(10, 0.2), (15, 0.5), (17.0, 1.0)]})
