@@ -1033,9 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = [label_of(front, rate) for front, rate in selected]
     seconds = 0.0
     for seed in seeds:
-        record = root / f"seed{seed}" / "pipeline.json"
-        if record.is_file():
-            stages = read_json(record, kind="pipeline")["stages"]
+        pipeline = root / f"seed{seed}" / "pipeline.json"
+        if pipeline.is_file():
+            stages = read_json(pipeline, kind="pipeline")["stages"]
             seconds += stage_seconds(stages, {label for label in labels if label in data["seeds"].get(seed, {})})
     # A recorded label's time is its whole `adept run`, the shared stages included when it ran first.
     seconds += sum(row.get("run_seconds") or 0.0 for row in kept if row["label"] in labels)
@@ -1045,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
                      png=png, curve=curve, hours=seconds / 3600, done=done, total=total,
                      toy=toy_comparison(data, docs.with_suffix(".json")), title=args.title)
     write_section(docs, section)
-    write_json(docs.with_name(f"{docs.stem}_fronts.json"), {
+    write_json(record_path, {
         **artifact_header("fronts"), "config": args.config, "overrides": list(args.overrides), "seeds": seeds, "done": done, "total": total,
         "cpu_hours": seconds / 3600, "grid": [{"name": f.name, "method": f.method, "rates": list(f.rates),
                                                "replay_ratio": f.replay_ratio} for f in GRID],
