@@ -798,7 +798,8 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
             if row and row["curve"]:
                 first_step, first = row["curve"][0]
                 last_step, last = row["curve"][-1]
-                lines.append(f"- Full CPT at {rate_name(rate)}: general loss {base:.3f} at step 0, {first:.3f} at step {first_step}, "
+                tag = rate_name(rate) + (f" (seed {seed})" if len(data["seeds"]) > 1 else "")
+                lines.append(f"- Full CPT at {tag}: general loss {base:.3f} at step 0, {first:.3f} at step {first_step}, "
                              f"{last:.3f} at step {last_step}.")
     for front in GRID:
         probes = _front_values(data, front, "reestimation_seconds")
