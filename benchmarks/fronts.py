@@ -323,9 +323,9 @@ def read_record(path: Path, config: str, overrides: list[str], cfg) -> dict[str,
         for label, row in rows.items():
             if label not in fronts:
                 raise ValueError(f"{path}: runs.{seed}.{label}: not a label of the grid; {fix}")
-            if row.get("steps") != label_steps(fronts[label], cfg):
-                raise ValueError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains "
-                                 f"{label_steps(fronts[label], cfg)}; {fix}")
+            steps = label_steps(fronts[label], cfg)
+            if row.get("steps") != steps:
+                raise ValueError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains {steps}; {fix}")
     return record
 
 
@@ -502,8 +502,9 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
         other = front_points(data, _front(rival), "forgetting_pct")
         target = {"target": f"ADEPT's front lies below {rival}'s (less general-loss increase at every matched gain)"}
         # The shared range of the efficient rates: a rate past the useful range is not interpolated.
-        lo = max(min((g for _, g, _ in efficient(adept)), default=math.inf), min((g for _, g, _ in efficient(other)), default=math.inf))
-        hi = min(max((g for _, g, _ in efficient(adept)), default=-math.inf), max((g for _, g, _ in efficient(other)), default=-math.inf))
+        gains = [[g for _, g, _ in efficient(points)] for points in (adept, other)]
+        lo = max(min(g, default=math.inf) for g in gains)
+        hi = min(max(g, default=-math.inf) for g in gains)
         if len(adept) < 2 or len(other) < 2 or lo > hi:
             target.update(status="undecided", detail="the two fronts have no common gain range yet")
         else:
