@@ -176,17 +176,22 @@ def tidy(run_dir: Path, label: str) -> None:
 
 
 def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: list[int], root: Path, command: str,
-             recorded: set[tuple[int, str]]) -> None:
-    """Train every (front, rate) of ``todo`` not done yet, here or in the page's record, seed by seed, in that order."""
+             record: dict[str, Any] | None, record_path: Path) -> None:
+    """Train every (front, rate) of ``todo`` not done yet, here or in the page's record, seed by seed, in that order.
+
+    Before the first label of a seed with recorded runs, the base model is evaluated here and
+    checked against the record, so a record from another model is refused before any training."""
     from compare_methods import machine_info
 
-    from adept.artifacts import write_json
+    from adept.artifacts import read_json, write_json
     from adept.config import load_config
-    from adept.pipeline import run_pipeline
+    from adept.pipeline import Pipeline, run_pipeline
 
+    recorded = recorded_labels(record)
     ran = 0
     for seed in seeds:
         run_dir = root / f"seed{seed}"
+        checked = record is None or str(seed) not in record.get("base", {})
         for front, rate in todo:
             label = label_of(front, rate)
             if is_done(run_dir, label) or (seed, label) in recorded:
@@ -194,6 +199,10 @@ def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: l
             if args.max_runs is not None and ran >= args.max_runs:
                 print(f"== --max-runs {args.max_runs} reached; rerun to continue", flush=True)
                 return
+            if not checked:
+                results = Pipeline(load_config(args.config, [*args.overrides, *seed_overrides(root, seed)])).evaluate_base()
+                check_base(record["base"][str(seed)], base_summary(read_json(results, kind="evaluation")["runs"][0]), record_path, seed)
+                checked = True
             base = load_config(args.config, list(args.overrides))
             cfg = load_config(args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, base)])
             print(f"== seed {seed}: {label} -> {run_dir}", flush=True)
@@ -275,7 +284,6 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Every finished label of every seed, as rows grouped by front and rate."""
     from adept.artifacts import read_json
-    from adept.evaluation import weighted_loss
 
     data: dict[str, Any] = {"seeds": {}, "base": {}}
     for seed in seeds:
@@ -284,6 +292,7 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
         if not base_path.is_file():
             continue
         base = read_json(base_path, kind="evaluation")["runs"][0]
+        data["base"][seed] = base_summary(base)
         rows = {}
         for front in GRID:
             for rate in front.rates:
@@ -291,9 +300,15 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
                 if is_done(run_dir, label) and (run_dir / "train" / label / "training_summary.json").is_file():
                     rows[label] = read_label(run_dir, label, base)
         data["seeds"][seed] = rows
-        data["base"][seed] = {"general_loss": weighted_loss(base["perplexity"], "general"), "domain_loss": weighted_loss(base["perplexity"], "domain"),
-                              "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
     return data
+
+
+def base_summary(base: dict[str, Any]) -> dict[str, Any]:
+    """What the page keeps of the base model's evaluation: the losses every row is a change from, and its accuracies."""
+    from adept.evaluation import weighted_loss
+
+    return {"general_loss": weighted_loss(base["perplexity"], "general"), "domain_loss": weighted_loss(base["perplexity"], "domain"),
+            "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
 
 
 # --- the record: labels an earlier sitting reported ---------------------------------------
@@ -305,7 +320,11 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
 BASE_TOLERANCE = 1e-4  # relative; the same model on the same data evaluates alike far closer than this
 
 
-def read_record(path: Path, config: str, overrides: list[str], cfg) -> dict[str, Any] | None:
+class RecordError(ValueError):
+    """A page's record that cannot be continued here; the message names the file and key."""
+
+
+def read_record(path: Path, config: str, overrides: list[str], cfg, grid: dict[str, tuple[Front, float]]) -> dict[str, Any] | None:
     """The fronts record at ``path`` (a page's JSON), or None where there is none; refuses one made
     with another config, other ``--set`` overrides or another number of steps per label."""
     from adept.artifacts import read_json
@@ -315,18 +334,27 @@ def read_record(path: Path, config: str, overrides: list[str], cfg) -> dict[str,
     record = read_json(path, kind="fronts")
     fix = "rerun with the record's settings, or remove the file to start this page afresh"
     if record.get("config") != config:
-        raise ValueError(f"{path}: config: the recorded runs used {record.get('config')}, not {config}; {fix}")
+        raise RecordError(f"{path}: config: the recorded runs used {record.get('config')}, not {config}; {fix}")
     if "overrides" in record and sorted(record["overrides"]) != sorted(overrides):
-        raise ValueError(f"{path}: overrides: the recorded runs used --set {record['overrides']}, not {overrides}; {fix}")
-    fronts = {label_of(front, rate): front for front in GRID for rate in front.rates}
+        raise RecordError(f"{path}: overrides: the recorded runs used --set {record['overrides']}, not {overrides}; {fix}")
     for seed, rows in record.get("runs", {}).items():
         for label, row in rows.items():
-            if label not in fronts:
-                raise ValueError(f"{path}: runs.{seed}.{label}: not a label of the grid; {fix}")
-            steps = label_steps(fronts[label], cfg)
+            if label not in grid:
+                raise RecordError(f"{path}: runs.{seed}.{label}: not a label of the grid; {fix}")
+            steps = label_steps(grid[label][0], cfg)
             if row.get("steps") != steps:
-                raise ValueError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains {steps}; {fix}")
+                raise RecordError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains {steps}; {fix}")
     return record
+
+
+def check_base(recorded: dict[str, Any], here: dict[str, Any], path: Path, seed: int) -> None:
+    """Refuse a record whose base evaluation differs from the one made here: every row is a change from it."""
+    why = "the recorded runs started from another model or data: remove the file to start this page afresh"
+    for key in ("general_loss", "domain_loss"):
+        if not math.isclose(here[key], recorded[key], rel_tol=BASE_TOLERANCE):
+            raise RecordError(f"{path}: base.{seed}.{key}: recorded {recorded[key]:.6f}, evaluated here {here[key]:.6f}; {why}")
+    if here["benchmarks"] != recorded["benchmarks"]:
+        raise RecordError(f"{path}: base.{seed}.benchmarks: the recorded accuracies differ from those evaluated here; {why}")
 
 
 def recorded_labels(record: dict[str, Any] | None) -> set[tuple[int, str]]:
@@ -345,13 +373,7 @@ def merge_record(data: dict[str, Any], record: dict[str, Any], path: Path, seeds
             continue
         here = data["base"].get(seed)
         if here is not None:
-            for key in ("general_loss", "domain_loss"):
-                if not math.isclose(here[key], base[key], rel_tol=BASE_TOLERANCE):
-                    raise ValueError(f"{path}: base.{seed}.{key}: recorded {base[key]:.6f}, evaluated here {here[key]:.6f}; the "
-                                     "recorded runs started from another model or data: remove the file to start this page afresh")
-            if here["benchmarks"] != base["benchmarks"]:
-                raise ValueError(f"{path}: base.{seed}.benchmarks: the recorded accuracies differ from those evaluated here; the "
-                                 "recorded runs started from another model or data: remove the file to start this page afresh")
+            check_base(base, here, path, seed)
         data["base"].setdefault(seed, base)
         fresh = data["seeds"].setdefault(seed, {})
         for label, row in rows.items():
@@ -1003,8 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
     docs = Path(args.docs)
     record_path = docs.with_name(f"{docs.stem}_fronts.json")
     try:
-        record = read_record(record_path, args.config, list(args.overrides), cfg)
-    except ValueError as err:
+        record = read_record(record_path, args.config, list(args.overrides), cfg, grid)
+    except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     recorded = recorded_labels(record)
@@ -1016,13 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed}  {label:24s} {done}")
         return 0
     command = regenerate_command(args)
-    if not args.report_only:
-        run_grid(args, selected, seeds, root, command, recorded)
-
-    data = collect(root, seeds)
     try:
+        if not args.report_only:
+            run_grid(args, selected, seeds, root, command, record, record_path)
+        data = collect(root, seeds)
         kept = merge_record(data, record, record_path, seeds) if record else []
-    except ValueError as err:
+    except RecordError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not any(data["seeds"].values()):

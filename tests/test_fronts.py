@@ -298,3 +298,36 @@ def test_recorded_rows_need_the_base_evaluated_here(tmp_path):
     moved = {"seeds": {0: {}}, "base": {0: {**base, "benchmarks": {**base["benchmarks"], "piqa": {"acc": 0.0, "acc_norm": 0.0, "n": 100}}}}}
     with pytest.raises(ValueError, match=r"r.json: base.0.benchmarks"):
         fronts.merge_record(moved, record, tmp_path / "r.json", [0])
+
+
+class Trained(Exception):
+    """Raised in place of training, to show how far a grid got."""
+
+
+@pytest.mark.parametrize("drift", [1.0, 1.01])
+def test_the_base_is_checked_against_the_record_before_any_training(tmp_path, capsys, monkeypatch, drift):
+    import adept.pipeline
+
+    base = read_json(_x4_record(tmp_path), kind="fronts")["base"]["0"]
+
+    def evaluate_base(self):  # the base model "evaluated here": the recorded one, its general loss times ``drift``
+        sides = {"general": base["general_loss"] * drift, "domain": base["domain_loss"]}
+        out = Path(self.config.run_dir) / "eval" / "base" / "results.json"
+        write_json(out, {**artifact_header("evaluation"), "runs": [{
+            "perplexity": {side: {"domain": side, "loss": loss, "tokens": 100} for side, loss in sides.items()},
+            "benchmarks": base["benchmarks"]}]})
+        return out
+
+    def run_pipeline(cfg):
+        raise Trained(cfg.train.methods)
+
+    monkeypatch.setattr(adept.pipeline.Pipeline, "evaluate_base", evaluate_base)
+    monkeypatch.setattr(adept.pipeline, "run_pipeline", run_pipeline)
+    argv = ["--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md"),
+            "--labels", "full@3e-4,adept@3e-3,llama-pro@3e-3", *X4[2:]]
+    if drift == 1.0:
+        with pytest.raises(Trained, match="llama-pro@3e-3"):  # the recorded labels are skipped, the new one trains
+            fronts.main(argv)
+    else:
+        assert fronts.main(argv) == 2
+        assert "page_fronts.json: base.0.general_loss: recorded" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 import adept.training as training
 from adept.cli import main
 from adept.config import load_config
-from adept.pipeline import run_pipeline
+from adept.pipeline import Pipeline, run_pipeline
 
 from conftest import PROBE_TEXT, save_tiny_checkpoint
 
@@ -89,6 +89,16 @@ def test_run_writes_every_stage_and_skips_them_when_unchanged(workspace, capsys)
     assert "up to date, skipped: data, importance, expand:adept, expand:uniform, train:adept" in capsys.readouterr().out
     assert {stage: record["time"] for stage, record in _records(run).items()} == stamps
     assert (run / "importance" / "importance.json").stat().st_mtime_ns == importance_mtime
+
+
+def test_the_base_model_can_be_evaluated_alone_first(workspace):
+    tmp_path, config = workspace
+    cfg = load_config(config)
+    results = Pipeline(cfg).evaluate_base()
+    assert results == tmp_path / "run" / "eval" / "base" / "results.json" and results.is_file()
+    assert list(_records(tmp_path / "run")) == ["eval:base"]
+    _, pipeline = run_pipeline(cfg)
+    assert "eval:base" in pipeline.skipped and "train:adept" in pipeline.ran
 
 
 def test_changing_a_training_key_reruns_only_training_and_later(workspace):

@@ -150,15 +150,20 @@ class Pipeline:
         return [self._identity(p) for p in paths]
 
     # -- stages --------------------------------------------------------------------------------
-    def run(self) -> Path:
-        """Run every stage; returns the HTML report's path."""
+    def _open(self) -> None:
+        """Write the resolved config, read the stage records and check the inputs exist."""
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
         if is_gguf(cfg.model):  # every stage then reads the cached plain checkpoint
-            self.config = cfg = replace(cfg, model=str(resolve_model_path(cfg.model)))
+            self.config = replace(cfg, model=str(resolve_model_path(cfg.model)))
         self.records = StageRecords(self.run_dir)
         self._check_inputs()
+
+    def run(self) -> Path:
+        """Run every stage; returns the HTML report's path."""
+        self._open()
+        cfg = self.config
         labels = list(cfg.train.methods)
         settings = {label: cfg.method_settings(label) for label in labels}
         methods = {label: s.method for label, s in settings.items()}
@@ -180,6 +185,13 @@ class Pipeline:
             for label in labels:
                 self.shift_stage(label)
         return self.report_stage()
+
+    def evaluate_base(self) -> Path:
+        """Evaluate the starting model alone and return its results' path; a caller can check it
+        before hours of training. Recorded like any stage, so a later `run` skips it."""
+        self._open()
+        self.eval_stage(BASE_LABEL)
+        return self.run_dir / "eval" / BASE_LABEL / "results.json"
 
     def _check_inputs(self) -> None:
         cfg = self.config
