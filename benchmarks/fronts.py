@@ -8,8 +8,9 @@ in-process into one run directory per seed; importance, expansion and the base m
 evaluation are shared, and every finished label is skipped, so the grid can be stopped at any
 point and completed over several sittings (``--max-runs`` bounds one sitting). Finished labels are
 also kept in the page's JSON (``<docs>_fronts.json``, committed with the page): on a machine without
-their run directories they count as done and are reported from there, once the config, overrides,
-budget and base-model evaluation are checked to be the same.
+their run directories they count as done and are reported from there, once the config, overrides
+and budget are checked to be the same; before a new label trains, the base model is evaluated here
+and checked against the recorded evaluation too.
 
 Then the real-model section of ``docs/results.md`` (between its ``fronts`` markers) is rewritten
 from whatever labels are done: the fronts plot, full CPT's general loss over steps, the
