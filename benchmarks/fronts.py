@@ -35,7 +35,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from adept.config import PipelineConfig
 
 FULL, ADEPT = "full", "adept"
 RIVALS = ("llama-pro", "adept-no-stage2")
@@ -143,7 +146,7 @@ def label_steps(front: Front, cfg) -> int:
     return math.ceil(steps / (1 - front.replay_ratio)) if front.replay_ratio else steps
 
 
-def label_overrides(front: Front, rate: float, cfg) -> list[str]:
+def label_overrides(front: Front, rate: float, cfg: PipelineConfig) -> list[str]:
     """The label as a ``train.variants`` entry: its method, rate, replay and domain-token budget."""
     label = label_of(front, rate)
     key = f"train.variants.{label}"
@@ -161,7 +164,9 @@ def seed_overrides(root: Path, seed: int) -> list[str]:
 
 
 def is_done(run_dir: Path, label: str) -> bool:
-    return (run_dir / "eval" / label / "results.json").is_file()
+    from adept.pipeline import results_path
+
+    return results_path(run_dir, label).is_file()
 
 
 def tidy(run_dir: Path, label: str) -> None:
@@ -176,8 +181,8 @@ def tidy(run_dir: Path, label: str) -> None:
         shutil.rmtree(path)
 
 
-def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: list[int], root: Path, command: str,
-             record: dict[str, Any] | None, record_path: Path) -> None:
+def run_grid(args: argparse.Namespace, config: PipelineConfig, todo: list[tuple[Front, float]], seeds: list[int], root: Path,
+             command: str, record: dict[str, Any] | None, record_path: Path) -> None:
     """Train every (front, rate) of ``todo`` not done yet, here or in the page's record, seed by seed, in that order.
 
     Before the first label of a seed with recorded runs, the base model is evaluated here and
@@ -204,8 +209,7 @@ def run_grid(args: argparse.Namespace, todo: list[tuple[Front, float]], seeds: l
                 results = Pipeline(load_config(args.config, [*args.overrides, *seed_overrides(root, seed)])).evaluate_base()
                 check_base(record["base"][str(seed)], base_summary(read_json(results, kind="evaluation")["runs"][0]), record_path, seed)
                 checked = True
-            base = load_config(args.config, list(args.overrides))
-            cfg = load_config(args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, base)])
+            cfg = load_config(args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, config)])
             print(f"== seed {seed}: {label} -> {run_dir}", flush=True)
             started = time.monotonic()
             run_pipeline(cfg)
@@ -255,8 +259,9 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
     from adept.artifacts import read_json
     from adept.benchmarks import paired_difference
     from adept.evaluation import weighted_loss
+    from adept.pipeline import results_path
 
-    run = read_json(run_dir / "eval" / label / "results.json", kind="evaluation")["runs"][0]
+    run = read_json(results_path(run_dir, label), kind="evaluation")["runs"][0]
     summary = read_json(run_dir / "train" / label / "training_summary.json", kind="training")
     machine_path = run_dir / "train" / label / MACHINE_NAME
     row: dict[str, Any] = {"label": label}
@@ -285,11 +290,12 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Every finished label of every seed, as rows grouped by front and rate."""
     from adept.artifacts import read_json
+    from adept.pipeline import BASE_LABEL, results_path
 
     data: dict[str, Any] = {"seeds": {}, "base": {}}
     for seed in seeds:
         run_dir = root / f"seed{seed}"
-        base_path = run_dir / "eval" / "base" / "results.json"
+        base_path = results_path(run_dir, BASE_LABEL)
         if not base_path.is_file():
             continue
         base = read_json(base_path, kind="evaluation")["runs"][0]
@@ -1041,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     command = regenerate_command(args)
     try:
         if not args.report_only:
-            run_grid(args, selected, seeds, root, command, record, record_path)
+            run_grid(args, cfg, selected, seeds, root, command, record, record_path)
         data = collect(root, seeds)
         kept = merge_record(data, record, record_path, seeds) if record else []
     except RecordError as err:

@@ -46,6 +46,11 @@ _HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are i
 _NOT_CONTENT = {"README.md", "measurements.json", "training_summary.json"}
 
 
+def results_path(run_dir: Path, label: str) -> Path:
+    """Where one model's evaluation lands in a run directory: ``eval/<label>/results.json``."""
+    return Path(run_dir) / "eval" / label / "results.json"
+
+
 # --- fingerprints --------------------------------------------------------------------------
 
 
@@ -190,8 +195,7 @@ class Pipeline:
         """Evaluate the starting model alone and return its results' path; a caller can check it
         before hours of training. Recorded like any stage, so a later `run` skips it."""
         self._open()
-        self.eval_stage(BASE_LABEL)
-        return self.run_dir / "eval" / BASE_LABEL / "results.json"
+        return self.eval_stage(BASE_LABEL)
 
     def _check_inputs(self) -> None:
         cfg = self.config
@@ -364,12 +368,14 @@ class Pipeline:
     def _upstream_of(self, label: str) -> Any:
         return self._identity(self.config.model) if label == BASE_LABEL else self._prints[f"train:{label}"]
 
-    def eval_stage(self, label: str) -> None:
+    def eval_stage(self, label: str) -> Path:
+        """Evaluate one model (skipped when its record is current); returns its results' path."""
         from adept.evaluation import run_evaluation
 
         cfg = self.config
         ev = cfg.evaluation
-        out = self.run_dir / "eval" / label
+        path = results_path(self.run_dir, label)
+        out = path.parent
         sets = {k: getattr(cfg.data, k) for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")}
         print_ = fingerprint(settings=asdict(ev), sets={k: self._identity(v) for k, v in sets.items()},
                              block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
@@ -383,6 +389,7 @@ class Pipeline:
                 device=cfg.device, dtype=cfg.dtype, summaries={label: None}, progress=self.progress, seed=ev.benchmark_seed,
             ),
         )
+        return path
 
     def compare_stage(self, labels: list[str]) -> Path:
         """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt)."""
@@ -390,7 +397,7 @@ class Pipeline:
 
         runs, summaries = [], {}
         for label in labels:
-            runs.append(read_results(self.run_dir / "eval" / label / "results.json")["runs"][0])
+            runs.append(read_results(results_path(self.run_dir, label))["runs"][0])
             summary = self.run_dir / "train" / label / SUMMARY_NAME
             summaries[label] = read_json(summary, kind="training") if summary.is_file() else None
         return write_results(runs, summaries, self.run_dir / "eval" / "results.json")
