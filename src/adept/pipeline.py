@@ -35,7 +35,7 @@ from typing import Any, Callable
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.checkpoints import is_gguf, load_tokenizer, resolve_model_path
 from adept.config import EXPANDED_METHODS, GUIDED_EXPANSION_METHODS, MethodSettings, PipelineConfig, TrainConfig, save_config
-from adept.evaluation import SUMMARY_NAME
+from adept.evaluation import RESULTS_NAME, SUMMARY_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ _NOT_CONTENT = {"README.md", "measurements.json", "training_summary.json"}
 
 def results_path(run_dir: Path, label: str) -> Path:
     """Where one model's evaluation lands in a run directory: ``eval/<label>/results.json``."""
-    return Path(run_dir) / "eval" / label / "results.json"
+    return Path(run_dir) / "eval" / label / RESULTS_NAME
 
 
 # --- fingerprints --------------------------------------------------------------------------
@@ -380,7 +380,7 @@ class Pipeline:
         print_ = fingerprint(settings=asdict(ev), sets={k: self._identity(v) for k, v in sets.items()},
                              block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
         self._stage(
-            f"eval:{label}", print_, [out / "results.json"],
+            f"eval:{label}", print_, [path],
             lambda: run_evaluation(
                 [(label, self.model_of(label))], out,
                 general=sets["general_heldout"], domain=sets["domain_heldout"],
