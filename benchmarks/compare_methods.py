@@ -151,8 +151,9 @@ def read_seed(run_dir: Path) -> dict[str, Any]:
     from adept.artifacts import read_json
     from adept.config import load_config
     from adept.evaluation import read_results
+    from adept.pipeline import comparison_path
 
-    results = read_results(run_dir / "eval" / "results.json")
+    results = read_results(comparison_path(run_dir))
     machine = run_dir / MACHINE_NAME
     return {
         "rows": {row["label"]: row for row in results["comparison"]},
@@ -414,6 +415,7 @@ def multiplier_lines(root: Path, seeds: dict[int, dict[str, Any]], labels: list[
     At one base learning rate a dynamic method trains its units at base x multiplier, so a mean
     multiplier above 1 acts partly as a higher learning rate than the uniform methods get.
     """
+    from adept.pipeline import train_dir
     from adept.stage2 import read_rate_log
     from adept.training import RATES_LOG
 
@@ -421,7 +423,7 @@ def multiplier_lines(root: Path, seeds: dict[int, dict[str, Any]], labels: list[
     for label in labels:
         means = []
         for seed in seeds:
-            log = root / f"seed{seed}" / "train" / label / RATES_LOG
+            log = train_dir(root / f"seed{seed}", label) / RATES_LOG
             if log.is_file():
                 means += [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(log)]
         if means:
@@ -520,13 +522,14 @@ def main(argv: list[str] | None = None) -> int:
         run_seeds(args, seeds_wanted, root, command.strip())
 
     from adept.artifacts import artifact_header, write_json
+    from adept.pipeline import comparison_path
     from adept.report import build_report
 
     seeds = {}
     for seed in seeds_wanted:
         run_dir = root / f"seed{seed}"
-        if not (run_dir / "eval" / "results.json").is_file():
-            print(f"seed {seed}: {run_dir}/eval/results.json not found, left out", file=sys.stderr)
+        if not comparison_path(run_dir).is_file():
+            print(f"seed {seed}: {comparison_path(run_dir)} not found, left out", file=sys.stderr)
             continue
         seeds[seed] = read_seed(run_dir)
     if not seeds:

@@ -171,9 +171,10 @@ def is_done(run_dir: Path, label: str) -> bool:
 
 def tidy(run_dir: Path, label: str) -> None:
     """Drop a finished label's intermediate checkpoints (GBs each), keeping its trainer log."""
+    from adept.pipeline import train_dir
     from adept.training import last_complete_checkpoint
 
-    out = run_dir / "train" / label
+    out = train_dir(run_dir, label)
     last = last_complete_checkpoint(out)
     if last is not None:
         shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
@@ -191,7 +192,7 @@ def run_grid(args: argparse.Namespace, config: PipelineConfig, todo: list[tuple[
 
     from adept.artifacts import read_json, write_json
     from adept.config import load_config
-    from adept.pipeline import Pipeline, run_pipeline
+    from adept.pipeline import Pipeline, run_pipeline, train_dir
 
     recorded = recorded_labels(record)
     ran = 0
@@ -215,7 +216,7 @@ def run_grid(args: argparse.Namespace, config: PipelineConfig, todo: list[tuple[
             run_pipeline(cfg)
             if not args.keep_checkpoints:
                 tidy(run_dir, label)
-            write_json(run_dir / "train" / label / MACHINE_NAME,
+            write_json(train_dir(run_dir, label) / MACHINE_NAME,
                        {"seed": seed, "command": command, "seconds": time.monotonic() - started, **machine_info(cfg.device)})
             ran += 1
 
@@ -244,8 +245,9 @@ def pooled_items(benchmarks: dict[str, Any], domain: str) -> dict[str, list]:
 def eval_curve(run_dir: Path, label: str, corpus: str) -> list[tuple[int, float]]:
     """(step, loss on held-out ``corpus``) from the label's trainer log (``eval_<corpus>_loss``)."""
     from adept.artifacts import read_json
+    from adept.pipeline import train_dir
 
-    path = run_dir / "train" / label / "trainer_state.json"
+    path = train_dir(run_dir, label) / "trainer_state.json"
     if not path.is_file():
         return []
     points = []
@@ -258,12 +260,12 @@ def eval_curve(run_dir: Path, label: str, corpus: str) -> list[tuple[int, float]
 def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any]:
     from adept.artifacts import read_json
     from adept.benchmarks import paired_difference
-    from adept.evaluation import weighted_loss
-    from adept.pipeline import results_path
+    from adept.evaluation import SUMMARY_NAME, weighted_loss
+    from adept.pipeline import results_path, train_dir
 
     run = read_json(results_path(run_dir, label), kind="evaluation")["runs"][0]
-    summary = read_json(run_dir / "train" / label / "training_summary.json", kind="training")
-    machine_path = run_dir / "train" / label / MACHINE_NAME
+    summary = read_json(train_dir(run_dir, label) / SUMMARY_NAME, kind="training")
+    machine_path = train_dir(run_dir, label) / MACHINE_NAME
     row: dict[str, Any] = {"label": label}
     for side in ("general", "domain"):
         loss, base_loss = weighted_loss(run["perplexity"], side), weighted_loss(base["perplexity"], side)
@@ -290,7 +292,8 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     """Every finished label of every seed, as rows grouped by front and rate."""
     from adept.artifacts import read_json
-    from adept.pipeline import BASE_LABEL, results_path
+    from adept.evaluation import SUMMARY_NAME
+    from adept.pipeline import BASE_LABEL, results_path, train_dir
 
     data: dict[str, Any] = {"seeds": {}, "base": {}}
     for seed in seeds:
@@ -304,7 +307,7 @@ def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
         for front in GRID:
             for rate in front.rates:
                 label = label_of(front, rate)
-                if is_done(run_dir, label) and (run_dir / "train" / label / "training_summary.json").is_file():
+                if is_done(run_dir, label) and (train_dir(run_dir, label) / SUMMARY_NAME).is_file():
                     rows[label] = read_label(run_dir, label, base)
         data["seeds"][seed] = rows
     return data

@@ -35,19 +35,19 @@ SWEEP = [
 
 def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     from adept.config import load_config
-    from adept.pipeline import run_pipeline
+    from adept.evaluation import SUMMARY_NAME
+    from adept.pipeline import comparison_path, run_pipeline, train_dir
+    from adept.stage2 import read_rate_log
+    from adept.training import RATES_LOG
 
     run_dir = Path("runs/sweep") / name
     cfg = load_config(config, [*COMMON, *overrides, f"train.methods=[{method}]", f"run_dir={run_dir}"])
     run_pipeline(cfg)
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    results = json.loads(comparison_path(run_dir).read_text())
     row = next(r for r in results["comparison"] if r["label"] == method)
-    summary = json.loads((run_dir / "train" / method / "training_summary.json").read_text())
+    summary = json.loads((train_dir(run_dir, method) / SUMMARY_NAME).read_text())
     layers = json.loads((run_dir / "expanded" / "adept" / "expansion.json").read_text())["inserted_layers"]
-    from adept.stage2 import read_rate_log
-    from adept.training import RATES_LOG
-
-    rates = run_dir / "train" / method / RATES_LOG
+    rates = train_dir(run_dir, method) / RATES_LOG
     means = [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)] if rates.is_file() else [1.0]
     return {**row, "copies_of": [layer["source_layer_idx"] for layer in layers], "train_wall": summary["wall_seconds"],
             "mean_multiplier": statistics.fmean(means)}

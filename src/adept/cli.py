@@ -284,7 +284,7 @@ def run_command(
     """Importance -> expansion -> training -> evaluation -> report in one run directory, resumable."""
     from adept.config import load_config
     from adept.evaluation import benchmark_markdown, comparison_markdown, read_results
-    from adept.pipeline import run_pipeline
+    from adept.pipeline import comparison_path, run_pipeline
 
     try:
         extra = list(overrides or [])
@@ -294,7 +294,7 @@ def run_command(
             extra.append(f"run_dir={run_dir}")
         cfg = load_config(config, extra)
         report_path, pipeline = run_pipeline(cfg)
-        results = read_results(Path(cfg.run_dir) / "eval" / "results.json")
+        results = read_results(comparison_path(cfg.run_dir))
     except _USER_ERRORS as err:
         _fail(err)
     typer.echo("")

@@ -43,12 +43,22 @@ RECORD_NAME = "pipeline.json"
 BASE_LABEL = "base"
 _HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are identified by size and mtime
 # Files in a checkpoint or dataset directory that describe it rather than define it.
-_NOT_CONTENT = {"README.md", "measurements.json", "training_summary.json"}
+_NOT_CONTENT = {"README.md", "measurements.json", SUMMARY_NAME}
+
+
+def train_dir(run_dir: Path, label: str) -> Path:
+    """Where one method's training lands in a run directory: ``train/<label>/`` (model, summary, logs)."""
+    return Path(run_dir) / "train" / label
 
 
 def results_path(run_dir: Path, label: str) -> Path:
     """Where one model's evaluation lands in a run directory: ``eval/<label>/results.json``."""
     return Path(run_dir) / "eval" / label / RESULTS_NAME
+
+
+def comparison_path(run_dir: Path) -> Path:
+    """Where the models of a run directory are compared side by side: ``eval/results.json``."""
+    return Path(run_dir) / "eval" / RESULTS_NAME
 
 
 # --- fingerprints --------------------------------------------------------------------------
@@ -317,7 +327,7 @@ class Pipeline:
 
         cfg = self.config
         method = settings.method
-        out = self.run_dir / "train" / label
+        out = train_dir(self.run_dir, label)
         if method in EXPANDED_METHODS:
             variant = "uniform" if method == "llama-pro" else "adept"
             model = str(self.run_dir / "expanded" / variant)
@@ -361,9 +371,11 @@ class Pipeline:
         )
 
     def model_of(self, label: str) -> str:
+        from adept.training import FINAL_MODEL_DIR
+
         if label == BASE_LABEL:
             return self.config.model
-        return str(self.run_dir / "train" / label / "model")
+        return str(train_dir(self.run_dir, label) / FINAL_MODEL_DIR)
 
     def _upstream_of(self, label: str) -> Any:
         return self._identity(self.config.model) if label == BASE_LABEL else self._prints[f"train:{label}"]
@@ -398,9 +410,9 @@ class Pipeline:
         runs, summaries = [], {}
         for label in labels:
             runs.append(read_results(results_path(self.run_dir, label))["runs"][0])
-            summary = self.run_dir / "train" / label / SUMMARY_NAME
+            summary = train_dir(self.run_dir, label) / SUMMARY_NAME
             summaries[label] = read_json(summary, kind="training") if summary.is_file() else None
-        return write_results(runs, summaries, self.run_dir / "eval" / "results.json")
+        return write_results(runs, summaries, comparison_path(self.run_dir))
 
     def shift_stage(self, label: str) -> None:
         from adept.shift import run_shift
