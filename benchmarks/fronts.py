@@ -264,8 +264,9 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
     from adept.pipeline import results_path, train_dir
 
     run = read_json(results_path(run_dir, label), kind="evaluation")["runs"][0]
-    summary = read_json(train_dir(run_dir, label) / SUMMARY_NAME, kind="training")
-    machine_path = train_dir(run_dir, label) / MACHINE_NAME
+    trained = train_dir(run_dir, label)
+    summary = read_json(trained / SUMMARY_NAME, kind="training")
+    machine_path = trained / MACHINE_NAME
     row: dict[str, Any] = {"label": label}
     for side in ("general", "domain"):
         loss, base_loss = weighted_loss(run["perplexity"], side), weighted_loss(base["perplexity"], side)

@@ -36,7 +36,7 @@ SWEEP = [
 def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     from adept.config import load_config
     from adept.evaluation import SUMMARY_NAME
-    from adept.pipeline import comparison_path, run_pipeline, train_dir
+    from adept.pipeline import comparison_path, expanded_dir, run_pipeline, train_dir
     from adept.stage2 import read_rate_log
     from adept.training import RATES_LOG
 
@@ -46,7 +46,7 @@ def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     results = json.loads(comparison_path(run_dir).read_text())
     row = next(r for r in results["comparison"] if r["label"] == method)
     summary = json.loads((train_dir(run_dir, method) / SUMMARY_NAME).read_text())
-    layers = json.loads((run_dir / "expanded" / "adept" / "expansion.json").read_text())["inserted_layers"]
+    layers = json.loads((expanded_dir(run_dir, "adept") / "expansion.json").read_text())["inserted_layers"]
     rates = train_dir(run_dir, method) / RATES_LOG
     means = [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)] if rates.is_file() else [1.0]
     return {**row, "copies_of": [layer["source_layer_idx"] for layer in layers], "train_wall": summary["wall_seconds"],

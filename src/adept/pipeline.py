@@ -51,6 +51,11 @@ def train_dir(run_dir: Path, label: str) -> Path:
     return Path(run_dir) / "train" / label
 
 
+def expanded_dir(run_dir: Path, variant: str) -> Path:
+    """Where one expanded checkpoint lands in a run directory: ``expanded/<variant>/`` (``adept`` or ``uniform``)."""
+    return Path(run_dir) / "expanded" / variant
+
+
 def results_path(run_dir: Path, label: str) -> Path:
     """Where one model's evaluation lands in a run directory: ``eval/<label>/results.json``."""
     return Path(run_dir) / "eval" / label / RESULTS_NAME
@@ -301,7 +306,7 @@ class Pipeline:
         from adept.expansion import run_expansion
 
         cfg = self.config
-        out = self.run_dir / "expanded" / variant
+        out = expanded_dir(self.run_dir, variant)
         if variant == "uniform":
             kwargs: dict[str, Any] = {"uniform": new_layers}
             upstream = None
@@ -330,7 +335,7 @@ class Pipeline:
         out = train_dir(self.run_dir, label)
         if method in EXPANDED_METHODS:
             variant = "uniform" if method == "llama-pro" else "adept"
-            model = str(self.run_dir / "expanded" / variant)
+            model = str(expanded_dir(self.run_dir, variant))
             upstream = self._prints[f"expand:{variant}"]
         else:
             model = cfg.model
