@@ -184,6 +184,7 @@ def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults
                  "--gradient-accumulation-steps": "gradient_accumulation_steps", "--seed": "seed", "--bf16": "bf16",
                  "--gradient-checkpointing": "gradient_checkpointing"}
     train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
+    train["--learning-rate"] = None  # absent: the method's own (default_training_args)
     actual = _flags("train")
     for flag in ("--eval-data", "--replay-data"):  # repeatable: absent means the field's empty list
         assert actual[flag] is None and train[flag] == []
@@ -207,7 +208,7 @@ def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
     monkeypatch.setattr(adept.training, "run_training", lambda cfg: seen.append(cfg) or tmp_path)
     base = ["train", "--model", str(tmp_path), "--data", "d.txt", "--output", "out", "--probe", "p.txt"]
     assert main(base) == 0
-    shortcut_args = {"learning_rate": 3e-4, "max_steps": 200, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+    shortcut_args = {"max_steps": 200, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                      "seed": 0, "data_seed": 0, "bf16": False, "gradient_checkpointing": False}
     assert seen[-1] == TrainConfig(model=str(tmp_path), data=["d.txt"], output_dir="out", probe_data="p.txt",
                                    training_args=shortcut_args)

@@ -92,6 +92,24 @@ def test_an_override_that_is_not_yaml_names_the_override():
         load_config(None, ["train.methods=[adept"])
 
 
+def test_a_config_without_a_rate_gets_each_methods_default_and_a_set_rate_wins(tmp_path):
+    from adept.config import DEFAULT_LEARNING_RATES, DEFAULT_TRAINING_ARGS, TrainConfig
+    from adept.training import make_training_arguments
+
+    config = load_config(_minimal(tmp_path, ""), ["train.variants.full-replay={method: full, replay_ratio: 0.25}"])
+    rates = {label: config.method_settings(label).training_args["learning_rate"] for label in ("full", "full-replay", "adept", "llama-pro", "lora")}
+    assert rates == {"full": 1e-4, "full-replay": 1e-4, "adept": 1e-3, "llama-pro": 1e-3, "lora": DEFAULT_TRAINING_ARGS["learning_rate"]}
+    assert DEFAULT_TRAINING_ARGS["learning_rate"] not in {DEFAULT_LEARNING_RATES["full"], DEFAULT_LEARNING_RATES["adept"]}
+    config = load_config(_minimal(tmp_path, "train: {training_args: {learning_rate: 5.0e-4}}\n"))
+    assert {config.method_settings(m).training_args["learning_rate"] for m in ("full", "adept", "lora")} == {5e-4}
+    # `adept train` without --learning-rate: the method's rate reaches the Trainer
+    cfg = TrainConfig(model="m", data=["d.txt"], output_dir=str(tmp_path / "out"), method="full")
+    assert make_training_arguments(cfg).learning_rate == 1e-4
+    cfg = TrainConfig(model="m", data=["d.txt"], output_dir=str(tmp_path / "out"), method="adept", probe_data="p.txt",
+                      training_args={"learning_rate": 2e-3})
+    assert make_training_arguments(cfg).learning_rate == 2e-3
+
+
 def test_overrides_are_typed_and_dotted_and_round_trip(tmp_path):
     path = _minimal(tmp_path, "train: {training_args: {learning_rate: 1.0e-3}}\n")
     config = load_config(path, ["train.training_args.max_steps=7", "train.methods=adept,full", "train.rule.floor=0.1",

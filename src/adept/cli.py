@@ -21,6 +21,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from adept.config import (
+    DEFAULT_LEARNING_RATES,
     DEFAULT_TRAINING_ARGS,
     ImportanceSection,
     PipelineConfig,
@@ -157,9 +158,11 @@ TRAIN_OPTIONS = setting_options(TrainConfig, skip=("training_args",), rename={"o
                                 nested={"rule": "", "probe": "probe_"}, first=("method", "probe"))
 DEVICE_OPTIONS = setting_options(PipelineConfig, only=("device", "dtype"))
 # `adept train` flags for the most used TrainingArguments fields (any other goes through --set):
-# flag -> (field, help); each defaults to DEFAULT_TRAINING_ARGS[field].
+# flag -> (field, help); each defaults to DEFAULT_TRAINING_ARGS[field], the learning rate to the method's.
+_RATES = ", ".join(f"{method} {value:g}" for method, value in DEFAULT_LEARNING_RATES.items())
 TRAINING_ARG_FLAGS = {
-    "learning_rate": ("learning_rate", "Base learning rate (multipliers scale it per unit)."),
+    "learning_rate": ("learning_rate", f"Base learning rate (multipliers scale it per unit); default by method: {_RATES}, "
+                                       f"others {DEFAULT_TRAINING_ARGS['learning_rate']:g}."),
     "max_steps": ("max_steps", "Optimizer steps."),
     "batch_size": ("per_device_train_batch_size", "Per-device training batch size."),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", "Micro-batches per optimizer step."),
@@ -168,6 +171,8 @@ TRAINING_ARG_FLAGS = {
     "gradient_checkpointing": ("gradient_checkpointing", "Gradient checkpointing."),
 }
 _TRAINING_ARG_PARAMS = [
+    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[float], typer.Option(help=help_)])
+    if name == "learning_rate" else
     inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_TRAINING_ARGS[name],
                       annotation=Annotated[type(DEFAULT_TRAINING_ARGS[name]), typer.Option(help=help_)])
     for flag, (name, help_) in TRAINING_ARG_FLAGS.items()
@@ -254,6 +259,8 @@ def train(
 
     try:
         training_args = {name: values.pop(flag) for flag, (name, _) in TRAINING_ARG_FLAGS.items()}
+        if training_args["learning_rate"] is None:  # the method's default (default_training_args)
+            del training_args["learning_rate"]
         training_args["data_seed"] = training_args["seed"]
         for item in set_ or []:
             try:

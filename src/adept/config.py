@@ -42,7 +42,7 @@ DEFAULT_REFRESHES = 10
 
 # TrainingArguments of every training run unless the config or `adept train` sets them.
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
-    "learning_rate": 3e-4,  # the best forgetting/gain trade-off in docs/results.md (knob sweep)
+    "learning_rate": 3e-4,  # methods not in DEFAULT_LEARNING_RATES (lora, freeze, adept-no-stage1)
     "max_steps": 200,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8,
@@ -62,6 +62,17 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "bf16": False,
     "gradient_checkpointing": False,
 }
+
+
+# Base learning rate by method where the fronts on SmolLM2-135M chose one (docs/real_models.md,
+# "Defaults chosen from the fronts"): at both budgets run, full CPT at 1e-4 does not forget and
+# the methods that train new zero-output copies reach their best trade-off at 1e-3.
+DEFAULT_LEARNING_RATES: dict[str, float] = {"full": 1e-4, "adept": 1e-3, "llama-pro": 1e-3, "adept-no-stage2": 1e-3}
+
+
+def default_training_args(method: str) -> dict[str, Any]:
+    """adept's TrainingArguments defaults for one method: `DEFAULT_TRAINING_ARGS` with its base learning rate."""
+    return {**DEFAULT_TRAINING_ARGS, "learning_rate": DEFAULT_LEARNING_RATES.get(method, DEFAULT_TRAINING_ARGS["learning_rate"])}
 
 
 def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
@@ -241,7 +252,7 @@ class TrainSettings:
     lora_alpha: int = setting(32, "LoRA alpha (method lora).")
     layer_metric: str = setting("masking", "Layer metric of importance.json that chooses the layers of freeze and adept-no-stage1.")
     training_args: dict[str, Any] = setting(
-        factory=dict, help="Hugging Face TrainingArguments fields, over adept's defaults (DEFAULT_TRAINING_ARGS).")
+        factory=dict, help="Hugging Face TrainingArguments fields, over adept's defaults (default_training_args).")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.replay_ratio < 1.0:
@@ -359,7 +370,7 @@ class PipelineConfig:
         shared = asdict(self.train)
         del shared["methods"], shared["variants"]
         merged = _deep_merge({**shared, "method": label}, self.train.variants.get(label, {}))
-        merged["training_args"] = {**DEFAULT_TRAINING_ARGS, **merged["training_args"]}
+        merged["training_args"] = {**default_training_args(merged["method"]), **merged["training_args"]}
         return _build(MethodSettings, merged, f"train.variants.{label}.", source)
 
 
@@ -576,4 +587,6 @@ def config_reference() -> str:
 
     walk(PipelineConfig, "")
     defaults = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in DEFAULT_TRAINING_ARGS.items())
-    return "\n".join(lines) + f"\n\nadept's `TrainingArguments` defaults (`DEFAULT_TRAINING_ARGS`): {defaults}.\n"
+    rates = ", ".join(f"`{method}: {json.dumps(value)}`" for method, value in DEFAULT_LEARNING_RATES.items())
+    return "\n".join(lines) + (f"\n\nadept's `TrainingArguments` defaults (`DEFAULT_TRAINING_ARGS`): {defaults}. "
+                                f"These methods' `learning_rate` replaces the one above (`DEFAULT_LEARNING_RATES`): {rates}.\n")

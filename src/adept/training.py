@@ -31,6 +31,7 @@ from adept.config import (
     EXPANDED_METHODS,
     LAYER_SUBSET_METHODS,
     TrainConfig,
+    default_training_args,
 )
 from adept.distributed import full_numel, is_sharded
 from adept.evaluation import SUMMARY_NAME
@@ -160,10 +161,10 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def make_training_arguments(cfg: TrainConfig):
-    """adept's defaults (`DEFAULT_TRAINING_ARGS`), overridden by ``cfg.training_args`` (checked by `TrainConfig`)."""
+    """adept's defaults for the method (`default_training_args`), overridden by ``cfg.training_args`` (checked by `TrainConfig`)."""
     from transformers import TrainingArguments
 
-    merged = {**DEFAULT_TRAINING_ARGS, **cfg.training_args, "output_dir": cfg.output_dir}
+    merged = {**default_training_args(cfg.method), **cfg.training_args, "output_dir": cfg.output_dir}
     if cfg.eval_data:
         merged.setdefault("eval_strategy", "steps")
         merged.setdefault("eval_steps", merged.get("save_steps", 100))
