@@ -850,9 +850,11 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
     elif counts:
         most = max(counts.values())
         full_set = sum(n == most for n in counts.values())
-        lines.append(f"- Seeds: each point is the mean over the seeds that ran it; {full_set} of {len(counts)} runs so far have "
-                     f"{most} seeds, the others fewer. On the loss plot the bars span the seeds' values; the spread of a "
-                     "rate run twice is the scale of training noise against which the fronts' gaps are read.")
+        share = (f"all {len(counts)} rates have {most} seeds" if full_set == len(counts) else
+                 f"{full_set} of {len(counts)} rates so far have {most} seeds, the others fewer")
+        lines.append(f"- Seeds: each point is the mean over the seeds that ran it; {share}. On the loss plot the bars span "
+                     "the seeds' values; the spread of a rate run twice is the scale of training noise against which the "
+                     "fronts' gaps are read.")
     if lines:
         lines.append("- The starting point is the instruction-tuned SmolLM2-135M (the only SmolLM2 the package registry ships). "
                      "Training on plain running text can first *lower* its loss on other plain text (the model leaves its chat "

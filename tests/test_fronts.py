@@ -100,10 +100,12 @@ def test_seeds_are_averaged_and_their_spread_is_kept(tmp_path):
     assert fronts.seed_range(data, GRID[0], 3e-4, "forgetting_pct") is None  # one seed: no bar
     data["seeds"][0]["full@1e-4"]["curve"], second["full@1e-4"]["curve"] = [[8, 4.1], [32, 4.2]], [[8, 4.0], [32, 4.3]]
     text = "\n".join(fronts.notes(data))
-    assert "1 of 5 runs so far have 2 seeds" in text and "One seed so far" not in text
+    assert "1 of 5 rates so far have 2 seeds, the others fewer" in text and "One seed so far" not in text
     assert "Full CPT at 1e-4 (seed 0): general loss 4.000 at step 0, 4.100 at step 8, 4.200 at step 32." in text
     assert "Full CPT at 1e-4 (seed 1): general loss 4.000 at step 0, 4.000 at step 8, 4.300 at step 32." in text
     assert fronts.plot_fronts(data, tmp_path / "f.png").stat().st_size > 0
+    data["seeds"][1] = {label: {**row, "curve": []} for label, row in data["seeds"][0].items()}
+    assert "all 5 rates have 2 seeds." in "\n".join(fronts.notes(data))
 
 
 def test_targets_undecided_until_the_fronts_are_complete():
