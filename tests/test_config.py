@@ -97,8 +97,9 @@ def test_a_config_without_a_rate_gets_each_methods_default_and_a_set_rate_wins(t
     from adept.training import make_training_arguments
 
     config = load_config(_minimal(tmp_path, ""), ["train.variants.full-replay={method: full, replay_ratio: 0.25}"])
-    rates = {label: config.method_settings(label).training_args["learning_rate"] for label in ("full", "full-replay", "adept", "llama-pro", "lora")}
-    assert rates == {"full": 1e-4, "full-replay": 1e-4, "adept": 1e-3, "llama-pro": 1e-3, "lora": DEFAULT_TRAINING_ARGS["learning_rate"]}
+    rates = {label: config.method_settings(label).training_args["learning_rate"] for label in ("full", "full-replay", "adept", "llama-pro", "freeze", "lora")}
+    assert rates == {"full": 1e-4, "full-replay": 1e-4, "adept": 1e-3, "llama-pro": 1e-3, "freeze": 1e-3,
+                     "lora": DEFAULT_TRAINING_ARGS["learning_rate"]}
     assert DEFAULT_TRAINING_ARGS["learning_rate"] not in {DEFAULT_LEARNING_RATES["full"], DEFAULT_LEARNING_RATES["adept"]}
     config = load_config(_minimal(tmp_path, "train: {training_args: {learning_rate: 5.0e-4}}\n"))
     assert {config.method_settings(m).training_args["learning_rate"] for m in ("full", "adept", "lora")} == {5e-4}
