@@ -46,11 +46,10 @@ def main() -> None:
         LlamaForCausalLM,
         Trainer,
         TrainingArguments,
-        default_data_collator,
         set_seed,
     )
 
-    from adept.data import build_packed_dataset
+    from adept.data import build_packed_dataset, collate_blocks
 
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
@@ -93,7 +92,7 @@ def main() -> None:
         disable_tqdm=False,
     )
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train, eval_dataset=heldout, data_collator=default_data_collator
+        model=model, args=training_args, train_dataset=train, eval_dataset=heldout, data_collator=collate_blocks
     )
     start = time.time()
     trainer.train()

@@ -62,3 +62,27 @@ def test_block_batches_of_a_dataset_and_of_tensors():
         assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) and a[key].dtype == torch.long for key in a)
     with pytest.raises(ValueError, match="batch_size"):
         BlockBatches(rows, 0)
+
+
+def test_block_batches_make_labels_of_stored_uint32_blocks(tmp_path, tokenizer):
+    """Packed blocks store only uint32 ``input_ids``; asked for labels, a batch gets int64 copies of them."""
+    import datasets
+
+    from adept.forward import first_blocks
+
+    path = tmp_path / "c.txt"
+    path.write_text(PROBE_TEXT)
+    blocks = first_blocks(path, tokenizer, 16, max_blocks=5)
+    assert blocks.column_names == ["input_ids"] and blocks.features["input_ids"].feature.dtype == "uint32"
+    batches = BlockBatches(blocks, 2, ("input_ids", "labels"))
+    assert [batch["input_ids"].shape for batch in batches] == [(2, 16), (2, 16), (1, 16)]
+    for index, batch in enumerate(batches):
+        assert list(batch) == ["input_ids", "labels"]
+        assert batch["input_ids"].dtype == batch["labels"].dtype == torch.long
+        assert batch["labels"].equal(batch["input_ids"]) and batch["labels"].data_ptr() != batch["input_ids"].data_ptr()
+        assert batch["input_ids"].tolist() == blocks[index * 2 : index * 2 + 2]["input_ids"]
+    only_labels = BlockBatches(blocks, 4, ("labels",))
+    assert list(only_labels[0]) == ["labels"]
+    assert only_labels[0]["labels"].tolist() == blocks[:4]["input_ids"]
+    with pytest.raises(ValueError, match=r"no column \['token_ids'\]"):
+        BlockBatches(datasets.Dataset.from_dict({"input_ids": [[1, 2]]}), 1, ("input_ids", "token_ids"))

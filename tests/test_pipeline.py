@@ -154,7 +154,10 @@ def test_bad_config_gives_one_line_error_naming_the_key(workspace, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {config}: unknown key 'train.training_args.learnig_rate' (did you mean 'train.training_args.learning_rate'?)"
     assert main(["run", str(config), "data.domain_train=missing.txt"]) == 2
-    assert "data.domain_train[0]: missing.txt not found" in capsys.readouterr().err
+    assert "error: data.domain_train[0]: missing.txt: no such file or directory" in capsys.readouterr().err
+    assert main(["run", str(config), f"data.domain_train={tmp_path}/shards/*.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.domain_train[0]: ") and "the glob matches no file" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "train").exists()
 
 

@@ -99,7 +99,9 @@ def test_only_inserted_layers_change_and_zero_multiplier_units_stay(workspace, t
 
 def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
     """Per-unit groups with every multiplier 1 follow the plain Trainer's loss trajectory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, default_data_collator
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
+
+    from adept.data import collate_blocks
 
     from adept.data import build_packed_dataset
     from adept.training import freeze_all_but, layer_parameter_names, make_training_arguments
@@ -117,7 +119,7 @@ def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
     freeze_all_but(model, layer_parameter_names(model, [2, 4]))
     tokenizer = AutoTokenizer.from_pretrained(workspace / "expanded")
     data = build_packed_dataset(cfg.data, tokenizer, 32, cache_dir=tmp_path / "cache")
-    trainer = Trainer(model=model, args=make_training_arguments(cfg), train_dataset=data, data_collator=default_data_collator)
+    trainer = Trainer(model=model, args=make_training_arguments(cfg), train_dataset=data, data_collator=collate_blocks)
     trainer.train()
     plain = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(ours) == len(plain) == 6
@@ -227,7 +229,9 @@ def test_config_errors_are_named(workspace, tmp_path):
 def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     """The README recipe: build_param_groups + AdeptCallback in an unmodified transformers Trainer."""
     from torch.optim import AdamW
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    from adept.data import collate_blocks
 
     from adept.data import build_packed_dataset, load_probe_batches
     from adept.expansion import load_manifest
@@ -250,7 +254,7 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=5e-3,
                              lr_scheduler_type="constant", report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
     train = build_packed_dataset(workspace / "domain.txt", tokenizer, 32, cache_dir=tmp_path / "cache")
-    Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator,
+    Trainer(model=model, args=args, train_dataset=train, data_collator=collate_blocks,
             optimizers=(optimizer, None), callbacks=[callback]).train()
 
     assert len(optimizer.param_groups) == len(trainable)

@@ -23,7 +23,7 @@ from typing import Any
 
 from adept.artifacts import artifact_header, read_artifact, read_json, write_json
 from adept.benchmarks import benchmark_files, is_named_benchmark, paired_difference
-from adept.data import iter_jsonl
+from adept.data import iter_jsonl, resolve_corpus
 from adept.report_tables import benchmark_markdown, comparison_markdown  # noqa: F401  (the CLI imports them from here)
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def evaluate_perplexity(
     max_blocks: int | None = None,
     progress: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    text_field: str = "text",
 ) -> dict[str, Any]:
     """Token-weighted mean next-token loss of ``model`` on a held-out corpus.
 
@@ -55,12 +56,13 @@ def evaluate_perplexity(
     Args:
         model: a causal LM; evaluated in eval mode without gradients on its own device.
         tokenizer: the model's tokenizer (needs an EOS token to join documents).
-        path: held-out corpus in any format ``adept.data.load_documents`` reads.
+        path: held-out corpus: a file, glob or folder in any format ``adept.data.resolve_corpus`` reads.
         block_size: tokens per packed block.
         batch_size: blocks per forward pass.
         max_blocks: evaluate only the first N blocks (all when None).
         progress: show a tqdm bar.
         cache_dir: where the packed corpus is cached (no cache when None).
+        text_field: the text column of tabular corpora.
 
     Returns:
         ``{"loss", "perplexity", "tokens", "bytes", "bits_per_byte", "path"}``; ``tokens`` counts
@@ -72,7 +74,7 @@ def evaluate_perplexity(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir)
+    dataset = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field)
     total_loss = 0.0
     total_tokens = 0
     total_bytes = 0
@@ -456,11 +458,13 @@ def evaluate_model(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     seed: int = 1234,
+    text_field: str = "text",
 ) -> dict[str, dict[str, Any]]:
     """Perplexity and benchmark entries of one loaded model; sets are ``(key, path, domain)``."""
     perplexity = {}
     for key, path, domain in perplexity_sets:
-        entry = evaluate_perplexity(model, tokenizer, path, block_size, batch_size, max_blocks, progress, cache_dir)
+        entry = evaluate_perplexity(model, tokenizer, path, block_size, batch_size, max_blocks, progress, cache_dir,
+                                    text_field=text_field)
         perplexity[key] = {**entry, "domain": domain}
     scores = run_benchmarks(model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed)
     benchmarks = {key: {**scores[key], "domain": domain} for key, _, domain in benchmark_sets}
@@ -481,6 +485,8 @@ def run_evaluation(
     limit: int | float | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    text_field: str = "text",
     summaries: Mapping[str, Mapping[str, Any] | None] | None = None,
     progress: bool = True,
     seed: int = 1234,
@@ -495,7 +501,9 @@ def run_evaluation(
         block_size, batch_size, max_blocks: perplexity packing and batching.
         limit: at most this many questions per benchmark (a seeded subset of named benchmarks).
         seed: seed of the named benchmarks' item subset.
-        device, dtype: where and in which precision models are loaded.
+        device, dtype, attn_implementation: where, in which precision and with which attention
+            kernel models are loaded.
+        text_field: the text column of tabular held-out corpora.
         summaries: label -> training summary; when None each checkpoint's own
             ``training_summary.json`` is looked up (see ``load_training_summary``).
         progress: show tqdm bars.
@@ -515,8 +523,7 @@ def run_evaluation(
     corpora = [*general, *domain]
     corpus_domains = ["general"] * len(general) + ["domain"] * len(domain)
     for path in corpora:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: held-out corpus not found")
+        resolve_corpus(path)  # a missing file, or a glob that matches nothing, fails before any model loads
     perplexity_sets = list(zip(_unique_keys(corpora), corpora, corpus_domains)) if corpora else []
     benches = [*general_benchmarks, *domain_benchmarks]
     bench_domains = ["general"] * len(general_benchmarks) + ["domain"] * len(domain_benchmarks)
@@ -533,7 +540,8 @@ def run_evaluation(
     for label, model_path in models:
         logger.info("evaluating %s (%s)", label, model_path)
         start = time.perf_counter()
-        model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype)
+        model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype,
+                                                    attn_implementation=attn_implementation)
         try:
             entries = evaluate_model(
                 model,
@@ -547,6 +555,7 @@ def run_evaluation(
                 cache_dir=output_dir / ".cache",
                 progress=progress,
                 seed=seed,
+                text_field=text_field,
             )
         finally:
             del model

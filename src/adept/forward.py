@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,16 +24,20 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def first_blocks(path: str | os.PathLike, tokenizer, block_size: int, max_blocks: int | None = None, cache_dir=None):
+def first_blocks(
+    path: str | os.PathLike, tokenizer, block_size: int, max_blocks: int | None = None, cache_dir=None, *,
+    text_field: str = "text",
+):
     """The first ``max_blocks`` blocks (all when None) of a corpus packed like the training data.
 
-    Returns a ``datasets.Dataset`` with ``input_ids`` and ``labels`` (see `build_packed_dataset`).
+    Returns a ``datasets.Dataset`` with one uint32 ``input_ids`` column (see `build_packed_dataset`);
+    `BlockBatches` derives the labels.
     """
     from adept.data import build_packed_dataset
 
     if max_blocks is not None and max_blocks < 1:
         raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
-    dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir)
+    dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir, text_field=text_field)
     if max_blocks is not None:
         dataset = dataset.select(range(min(max_blocks, len(dataset))))
     return dataset
@@ -43,13 +48,28 @@ class BlockBatches(Sequence):
 
     ``rows`` is a ``datasets.Dataset`` (read one batch at a time, so a large corpus is never held
     as Python lists) or a mapping of column name to a tensor whose first dimension is the row.
+    Asked for ``labels`` that ``rows`` does not store (packed blocks store only ``input_ids``),
+    a batch gets a copy of its ``input_ids``: the model shifts them. uint32 ids become int64.
     """
 
     def __init__(self, rows, batch_size: int, columns: Sequence[str] = ("input_ids",)):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.rows, self.batch_size, self.columns = rows, batch_size, tuple(columns)
-        self.num_rows = len(rows[self.columns[0]]) if isinstance(rows, Mapping) else len(rows)
+        self.batch_size, self.columns = batch_size, tuple(columns)
+        stored = set(rows) if isinstance(rows, Mapping) else set(rows.column_names)
+        self.derived_labels = "labels" in self.columns and "labels" not in stored
+        self.read = [name for name in self.columns if not (name == "labels" and self.derived_labels)]
+        if self.derived_labels and "input_ids" not in self.read:
+            self.read.append("input_ids")
+        missing = [name for name in self.read if name not in stored]
+        if missing:
+            raise ValueError(f"rows have no column {missing} (columns: {sorted(stored)})")
+        if isinstance(rows, Mapping):
+            self.rows = rows
+            self.num_rows = len(rows[self.read[0]])
+        else:
+            self.rows = rows.select_columns(self.read).with_format("numpy")
+            self.num_rows = len(rows)
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.batch_size)
@@ -58,8 +78,17 @@ class BlockBatches(Sequence):
         if not 0 <= index < len(self):
             raise IndexError(index)
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        part = {name: self.rows[name][rows] for name in self.columns} if isinstance(self.rows, Mapping) else self.rows[rows]
-        return {name: torch.as_tensor(part[name], dtype=torch.long) for name in self.columns}
+        part = {name: self.rows[name][rows] for name in self.read} if isinstance(self.rows, Mapping) else self.rows[rows]
+        batch = {name: _long_tensor(part[name]) for name in self.read}
+        if self.derived_labels:
+            batch["labels"] = batch["input_ids"].clone()
+        return {name: batch[name] for name in self.columns}
+
+
+def _long_tensor(values) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.to(torch.long)
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
 
 
 def forward_batches(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, write_json
+from adept.data import resolve_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,16 @@ CATEGORIES = ("unshifted", "marginal", "shifted")
 RANK_BINS = ("1", "2", "3", "4-10", ">10")
 
 
-def packed_blocks(tokenizer, path: str | os.PathLike, block_size: int = 256, max_blocks: int | None = 64, cache_dir=None):
+def packed_blocks(tokenizer, path: str | os.PathLike, block_size: int = 256, max_blocks: int | None = 64, cache_dir=None,
+                  text_field: str = "text"):
     """The first ``max_blocks`` packed blocks of a corpus as a ``(blocks, block_size)`` LongTensor."""
+    import numpy as np
     import torch
 
     from adept.forward import first_blocks
 
-    return torch.tensor(first_blocks(path, tokenizer, block_size, max_blocks, cache_dir)["input_ids"], dtype=torch.long)
+    blocks = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field).with_format("numpy")
+    return torch.from_numpy(np.asarray(blocks["input_ids"], dtype=np.int64))
 
 
 def top1_tokens(model, blocks, batch_size: int = 8, progress: bool = True):
@@ -155,6 +159,8 @@ def run_shift(
     batch_size: int = 8,
     device: str = "auto",
     dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    text_field: str = "text",
     progress: bool = True,
 ) -> Path:
     """Compare two checkpoints on a held-out corpus; write ``shift.json`` and ``shift.png``.
@@ -170,19 +176,20 @@ def run_shift(
     output_dir = Path(output_dir)
     for checkpoint in (base_path, tuned_path):
         read_model_config(checkpoint)  # fail on a wrong path before running either model
-    if not Path(data_path).exists():
-        raise FileNotFoundError(f"{data_path}: held-out corpus not found")
+    resolve_corpus(data_path)  # a missing file, or a glob that matches nothing, fails before any model loads
     cache_dir = output_dir / ".cache"
 
-    tuned, tokenizer = load_model_and_tokenizer(tuned_path, device=device, dtype=dtype)
-    blocks = packed_blocks(tokenizer, data_path, block_size, max_blocks, cache_dir)
+    tuned, tokenizer = load_model_and_tokenizer(tuned_path, device=device, dtype=dtype,
+                                                 attn_implementation=attn_implementation)
+    blocks = packed_blocks(tokenizer, data_path, block_size, max_blocks, cache_dir, text_field=text_field)
     tuned_top1 = top1_tokens(tuned, blocks, batch_size, progress)
     del tuned
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-    base, base_tokenizer = load_model_and_tokenizer(base_path, device=device, dtype=dtype)
+    base, base_tokenizer = load_model_and_tokenizer(base_path, device=device, dtype=dtype,
+                                                     attn_implementation=attn_implementation)
     if not _same_vocabulary(base_tokenizer, tokenizer):
         raise ValueError(f"{base_path} and {tuned_path}: the tokenizers differ, so token ranks cannot be compared")
     ranks = ranks_of(base, blocks, tuned_top1, batch_size, progress)
