@@ -208,8 +208,8 @@ def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
     monkeypatch.setattr(adept.training, "run_training", lambda cfg: seen.append(cfg) or tmp_path)
     base = ["train", "--model", str(tmp_path), "--data", "d.txt", "--output", "out", "--probe", "p.txt"]
     assert main(base) == 0
-    shortcut_args = {"max_steps": 200, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "seed": 0, "data_seed": 0, "bf16": False, "gradient_checkpointing": False}
+    shortcut_args = {"max_steps": -1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                     "seed": 0, "data_seed": 0, "gradient_checkpointing": False}
     assert seen[-1] == TrainConfig(model=str(tmp_path), data=["d.txt"], output_dir="out", probe_data="p.txt",
                                    training_args=shortcut_args)
     assert main(base + ["--method", "adept-no-stage1", "--importance", "i.json", "--num-layers", "2", "--scale", "3",

@@ -10,17 +10,22 @@ reused (``resolve_model_path``); `adept convert` writes one to a folder of your 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, atomic_directory, read_json, write_json
+from adept.config import DTYPES
 
 logger = logging.getLogger(__name__)
 
 CONVERSION_NAME = "conversion.json"
+INDEX_NAME = "model.safetensors.index.json"
+_SINGLE_NAME = "model.safetensors"
 GGUF_SUFFIX = ".gguf"
 CONVERT_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -157,9 +162,59 @@ def resolve_model_path(path: str | os.PathLike, cache_dir: str | os.PathLike | N
     return convert_gguf(path, target, dtype="float32", overwrite=True, sha256=sha256)
 
 
+# --- reading a local checkpoint's files ---
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """Return the header dict and the byte offset where tensor data starts."""
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path}: not a safetensors file (too short)")
+        (header_len,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
+    return header, 8 + header_len
+
+
+def checkpoint_shards(model_dir: Path) -> dict[str, list[str]]:
+    """Map shard file name -> tensor keys, in file order, for a safetensors checkpoint."""
+    index_path = model_dir / INDEX_NAME
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+        shards: dict[str, list[str]] = {}
+        for key, shard in weight_map.items():
+            shards.setdefault(shard, []).append(key)
+        for shard in shards:
+            if not (model_dir / shard).is_file():
+                raise FileNotFoundError(f"{model_dir / shard}: shard listed in {INDEX_NAME} is missing")
+        return shards
+    single = model_dir / _SINGLE_NAME
+    if single.is_file():
+        header, _ = read_safetensors_header(single)
+        return {_SINGLE_NAME: [key for key in header if key != "__metadata__"]}
+    if any(model_dir.glob("*.bin")):
+        raise ValueError(
+            f"{model_dir}: only PyTorch .bin weights found; re-save the model with "
+            f"save_pretrained(..., safe_serialization=True) to get safetensors"
+        )
+    raise FileNotFoundError(f"{model_dir}: no {_SINGLE_NAME} or {INDEX_NAME} found")
+
+
+def read_model_config(model_dir: str | os.PathLike):
+    """Load a local checkpoint's config, with a one-line error when it is missing."""
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir / 'config.json'}: not found (expected a local Hugging Face checkpoint)")
+    return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+
+
 # --- loading a local checkpoint for any stage ---
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def resolve_device(device: str) -> str:
@@ -192,17 +247,35 @@ def load_tokenizer(model_path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(model_path, local_files_only=True)
 
 
-def load_model(model_path: str | os.PathLike, dtype):
-    """A local checkpoint as a causal LM in ``dtype`` (a torch dtype), on the CPU; never reaches a hub."""
+def load_model(model_path: str | os.PathLike, dtype, attn_implementation: str = "sdpa"):
+    """A local checkpoint as a causal LM in ``dtype`` (a torch dtype), on the CPU; never reaches a hub.
+
+    ``attn_implementation`` (sdpa, eager, flash_attention_2) is passed to every load, so a run
+    uses one attention kernel in every stage.
+    """
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, local_files_only=True)
+    kernel = supported_attn_implementation(read_model_config(model_path), attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=kernel, local_files_only=True)
 
 
-def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32"):
+def supported_attn_implementation(config, requested: str) -> str:
+    """``requested``, or ``eager`` when the architecture has no such kernel (Gemma2 has no SDPA path: its
+    attention logits are soft-capped), said once in the log."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    flag = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}.get(requested)
+    if model_class is None or flag is None or getattr(model_class, flag, True):
+        return requested
+    logger.info("%s has no %s attention: using eager", model_class.__name__, requested)
+    return "eager"
+
+
+def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
+                             attn_implementation: str = "sdpa"):
     """Load a local checkpoint and its tokenizer onto ``device``, checking its architecture first."""
     from adept.architectures import get_architecture
-    from adept.expansion import read_model_config
 
     model_path = Path(model_path)
     config = read_model_config(model_path)
@@ -210,5 +283,23 @@ def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu",
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, torch_dtype)
+    model = load_model(model_path, torch_dtype, attn_implementation)
     return model.to(device), tokenizer
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def checkpoint_dtype(model_path: str | os.PathLike) -> str:
+    """The dtype a checkpoint's floating-point weights are stored in (``float32``, ``bfloat16``, ...).
+
+    Read from the first floating-point tensor of its safetensors header, which is what the file
+    holds; ``config.json``'s ``dtype`` only says what it was saved from, and may be absent.
+    """
+    model_dir = Path(model_path)
+    for shard in checkpoint_shards(model_dir):
+        header, _ = read_safetensors_header(model_dir / shard)
+        for key, info in header.items():
+            if key != "__metadata__" and info["dtype"] in _SAFETENSORS_DTYPES:
+                return _SAFETENSORS_DTYPES[info["dtype"]]
+    return "float32"

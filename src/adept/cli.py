@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
 import sys
 import types
 import typing
@@ -22,6 +23,7 @@ import typer
 
 from adept.config import (
     DEFAULT_LEARNING_RATES,
+    DataSection,
     DEFAULT_TRAINING_ARGS,
     ImportanceSection,
     PipelineConfig,
@@ -156,23 +158,28 @@ def _instantiate(cls: type, tree: dict[str, Any]) -> Any:
 IMPORTANCE_OPTIONS = setting_options(ImportanceSection, comma=("metrics",))
 TRAIN_OPTIONS = setting_options(TrainConfig, skip=("training_args",), rename={"output_dir": "output", "probe_data": "probe"},
                                 nested={"rule": "", "probe": "probe_"}, first=("method", "probe"))
-DEVICE_OPTIONS = setting_options(PipelineConfig, only=("device", "dtype"))
+DEVICE_OPTIONS = setting_options(PipelineConfig, only=("device", "dtype", "attn_implementation"))
+TEXT_OPTIONS = setting_options(DataSection, only=("text_field",))
+_HELP = {f.name: f.metadata["help"] for cls in (PipelineConfig, DataSection) for f in dataclasses.fields(cls)}
 # `adept train` flags for the most used TrainingArguments fields (any other goes through --set):
 # flag -> (field, help); each defaults to DEFAULT_TRAINING_ARGS[field], the learning rate to the method's.
 _RATES = ", ".join(f"{method} {value:g}" for method, value in DEFAULT_LEARNING_RATES.items())
 TRAINING_ARG_FLAGS = {
     "learning_rate": ("learning_rate", f"Base learning rate (multipliers scale it per unit); default by method: {_RATES}, "
                                        f"others {DEFAULT_TRAINING_ARGS['learning_rate']:g}."),
-    "max_steps": ("max_steps", "Optimizer steps."),
+    "max_steps": ("max_steps", "Optimizer steps (-1: num_train_epochs, or --max-tokens, decides)."),
     "batch_size": ("per_device_train_batch_size", "Per-device training batch size."),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", "Micro-batches per optimizer step."),
     "seed": ("seed", "Training seed: initialisation, data order (data_seed) and the re-estimation's probe sample."),
-    "bf16": ("bf16", "bf16 mixed precision."),
+    "bf16": ("bf16", "bf16 autocast (default: on with --dtype bfloat16, else off)."),
     "gradient_checkpointing": ("gradient_checkpointing", "Gradient checkpointing."),
 }
+# Flags whose default depends on other settings (the method's rate; bf16 on with a bf16 dtype): None leaves them out.
+_DERIVED_DEFAULTS = {"learning_rate": float, "bf16": bool}
 _TRAINING_ARG_PARAMS = [
-    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Optional[float], typer.Option(help=help_)])
-    if name == "learning_rate" else
+    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=None,
+                      annotation=Annotated[Optional[_DERIVED_DEFAULTS[name]], typer.Option(help=help_)])
+    if name in _DERIVED_DEFAULTS else
     inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_TRAINING_ARGS[name],
                       annotation=Annotated[type(DEFAULT_TRAINING_ARGS[name]), typer.Option(help=help_)])
     for flag, (name, help_) in TRAINING_ARG_FLAGS.items()
@@ -181,13 +188,14 @@ _TRAINING_ARG_PARAMS = [
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
+    # Under torchrun / accelerate launch only rank 0 logs progress; the others report warnings.
+    replica = int(os.environ.get("RANK", "0")) != 0
+    level = logging.WARNING if replica else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
 @app.command()
-@_with_options(IMPORTANCE_OPTIONS, DEVICE_OPTIONS)
+@_with_options(IMPORTANCE_OPTIONS, DEVICE_OPTIONS, TEXT_OPTIONS)
 def importance(
     model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory or .gguf file.")],
     probe: Annotated[Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")],
@@ -204,7 +212,8 @@ def importance(
     try:
         settings = settings_from_options(ImportanceSection, IMPORTANCE_OPTIONS, values)
         path = run_importance(_model_path(model), probe, output, settings, txt_split=txt_split, device=values["device"],
-                              dtype=values["dtype"])
+                              dtype=values["dtype"], attn_implementation=values["attn_implementation"],
+                              text_field=values["text_field"])
     except _USER_ERRORS as err:
         _fail(err)
     typer.echo(f"importance: {path}")
@@ -259,8 +268,9 @@ def train(
 
     try:
         training_args = {name: values.pop(flag) for flag, (name, _) in TRAINING_ARG_FLAGS.items()}
-        if training_args["learning_rate"] is None:  # the method's default (default_training_args)
-            del training_args["learning_rate"]
+        for name in _DERIVED_DEFAULTS:  # the method's rate (default_training_args); autocast by --dtype
+            if training_args[name] is None:
+                del training_args[name]
         training_args["data_seed"] = training_args["seed"]
         for item in set_ or []:
             try:
@@ -300,10 +310,15 @@ def run_command(
         if run_dir is not None:
             extra.append(f"run_dir={run_dir}")
         cfg = load_config(config, extra)
-        report_path, pipeline = run_pipeline(cfg)
+        try:
+            report_path, pipeline = run_pipeline(cfg)
+        finally:
+            _close_process_group()  # under torchrun / accelerate launch
         results = read_results(comparison_path(cfg.run_dir))
     except _USER_ERRORS as err:
         _fail(err)
+    if not pipeline.main:
+        return
     typer.echo("")
     typer.echo(comparison_markdown(results))
     typer.echo("")
@@ -323,10 +338,9 @@ def run_command(
 
 def _close_process_group() -> None:
     """Under torchrun/accelerate the process group must be closed or the launcher waits forever."""
-    import torch.distributed as dist
+    from adept.distributed import leave_launched_processes
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    leave_launched_processes()
 
 
 @app.command()
@@ -374,6 +388,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the named benchmarks' item subset under --limit (the same items for every model).")] = 1234,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+    attn_implementation: Annotated[str, typer.Option(help=_HELP["attn_implementation"])] = "sdpa",
+    text_field: Annotated[str, typer.Option(help=_HELP["text_field"])] = "text",
 ) -> None:
     """Held-out loss and benchmark accuracy (95% intervals, paired differences) of a base model and adapted ones."""
     from adept.evaluation import benchmark_markdown, comparison_markdown, default_label, read_results, run_evaluation
@@ -395,6 +411,8 @@ def evaluate(
             limit=_parse_limit(limit),
             device=device,
             dtype=dtype,
+            attn_implementation=attn_implementation,
+            text_field=text_field,
             seed=seed,
         )
     except _USER_ERRORS as err:
@@ -423,6 +441,25 @@ def convert(
     typer.echo(f"checkpoint: {path}")
 
 
+@app.command()
+def interpolate(
+    base: Annotated[Path, typer.Option(help="Where training started: the base model (for an expanded run the "
+                                            "unexpanded base or the expanded starting checkpoint), or a .gguf file.")],
+    tuned: Annotated[Path, typer.Option(help="The trained model's folder, or a training output directory (its model/).")],
+    alpha: Annotated[float, typer.Option(help="Share of the training update kept: 0 the starting model, 1 the trained one.")],
+    output: Annotated[Path, typer.Option(help="Directory for the interpolated checkpoint and interpolation.json.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+) -> None:
+    """Move a trained model back towards its start: w = w_start + alpha * (w_tuned - w_start) (a forgetting dial)."""
+    from adept.interpolation import run_interpolation
+
+    try:
+        path = run_interpolation(_model_path(base), tuned, output, alpha, overwrite=overwrite)
+    except _USER_ERRORS as err:
+        _fail(err)
+    typer.echo(f"interpolated checkpoint: {path}")
+
+
 analyze_app = typer.Typer(help="Analyses of trained models.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 
@@ -439,6 +476,8 @@ def analyze_shift(
     batch_size: Annotated[int, typer.Option(help="Blocks per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
+    attn_implementation: Annotated[str, typer.Option(help=_HELP["attn_implementation"])] = "sdpa",
+    text_field: Annotated[str, typer.Option(help=_HELP["text_field"])] = "text",
 ) -> None:
     """Where the adapted model's top-1 token ranks in the base model's distribution (paper Fig. 5)."""
     from adept.shift import run_shift
@@ -446,7 +485,7 @@ def analyze_shift(
     try:
         path = run_shift(
             _model_path(base), _model_path(tuned), data, output, block_size=block_size, max_blocks=max_blocks, top_k=top_k,
-            batch_size=batch_size, device=device, dtype=dtype,
+            batch_size=batch_size, device=device, dtype=dtype, attn_implementation=attn_implementation, text_field=text_field,
         )
     except _USER_ERRORS as err:
         _fail(err)

@@ -37,17 +37,22 @@ METRICS = ("masking", "grad_weight", "rank", "fisher")
 RULES = ("linear", "inverse")
 NORMALIZATIONS = ("minmax", "rank", "none")
 UNIT_SCORES = ("mean", "sum")
+RATE_BUDGETS = ("none", "parameters")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # Refreshes of the unit rates per run when no interval is set.
 DEFAULT_REFRESHES = 10
 
 # TrainingArguments of every training run unless the config or `adept train` sets them.
 DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "learning_rate": 3e-4,  # methods not in DEFAULT_LEARNING_RATES (lora, adept-no-stage1)
-    "max_steps": 200,
+    # One pass over the domain corpus unless max_steps or train.max_tokens says otherwise.
+    "num_train_epochs": 1.0,
+    "max_steps": -1,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8,
     "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.05,  # < 1: a fraction of max_steps
+    "warmup_steps": 0.05,  # < 1: a fraction of the run's optimizer steps
     "weight_decay": 0.0,
     "logging_steps": 10,
     "save_steps": 100,
@@ -140,6 +145,16 @@ def check_training_args(args: Mapping[str, Any]) -> None:
                                   f"training_args.{key} is not a TrainingArguments field{_hint(near)}")
 
 
+def check_report_to(report_to: Any) -> None:
+    """A logging backend named in ``training_args.report_to`` must be installed (the Trainer would fail later)."""
+    import importlib.util
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+        raise FieldError("training_args.report_to", "names tensorboard, which is not installed "
+                                                    "(pip install 'adept-cpt[tensorboard]')")
+
+
 def _deepspeed_config(value: Any) -> dict:
     """A DeepSpeed config given as a dict or a JSON path; empty when absent or unreadable here."""
     if isinstance(value, (str, os.PathLike)):
@@ -148,6 +163,21 @@ def _deepspeed_config(value: Any) -> dict:
         except (OSError, ValueError):
             return {}  # DeepSpeed names the file itself when it loads it
     return value if isinstance(value, dict) else {}
+
+
+def check_model_loading(dtype: str, attn_implementation: str) -> None:
+    """``dtype`` and ``attn_implementation`` name things that exist (flash-attn must be installed to be named)."""
+    if dtype not in DTYPES:
+        raise FieldError("dtype", f"must be one of {', '.join(DTYPES)}, got '{dtype}'{_hint(nearest(dtype, DTYPES))}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        hint = _hint(nearest(attn_implementation, ATTN_IMPLEMENTATIONS))
+        raise FieldError("attn_implementation", f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got '{attn_implementation}'{hint}")
+    if attn_implementation == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise FieldError("attn_implementation", "is flash_attention_2, but the flash-attn package is not installed "
+                                                    "(pip install flash-attn, on a CUDA machine), or use sdpa")
 
 
 # --- the settings ---------------------------------------------------------------------------
@@ -165,7 +195,12 @@ class DataSection:
     general_benchmarks: list[str] = setting(factory=list, help="Multiple-choice JSONL files, named benchmarks or lm-eval tasks for general ability.")
     domain_benchmarks: list[str] = setting(factory=list, help="The same for the domain.")
     block_size: int = setting(256, "Tokens per packed block, for training and held-out evaluation.")
-    tokenize_workers: int | None = setting(None, "Processes that tokenise the corpora (null: one); the blocks are the same for any number.")
+    text_field: str = setting(
+        "text", "Column of the text in jsonl/json/parquet/csv/arrow corpora (rows with instruction and output, or chat "
+                "messages, are read without it).")
+    tokenize_workers: int | None = setting(
+        None, "Processes that tokenise the corpora (null: the cores available, fewer for small corpora); the blocks are "
+              "the same for any number.")
 
 
 @dataclass
@@ -216,20 +251,36 @@ class MultiplierRule:
     its own zeroed output makes every |w * dL/dw| of the copy 0 there). The ``mean`` unit score
     (|w * dL/dw| averaged over the tensor's elements) is the paper's and its reference code's;
     ``sum`` (over the tensor), with min-max over all units, mostly ranks tensors by size.
+
+    Nothing in the paper's rule holds the mean multiplier at 1: with per-element scores most units
+    sit near ``scale``, so Stage 2 also raises the run's overall rate. ``rate_budget='parameters'``
+    rescales the clamped multipliers by one factor (solved exactly, clamping included) so that their
+    mean weighted by parameter count is 1: the units keep the paper's order and Stage 2 only
+    reallocates the base rate. ``shuffle`` (ablation only) permutes the multipliers across units at
+    every refresh, seeded by the training seed and the step, before any budget rescaling. The
+    defaults (``none``, no shuffle) are the paper's rule.
     """
 
     rule: str = setting("linear", "Multiplier rule: linear (m = scale * (1 - I)) or inverse (m = scale / (1 + I)).")
-    scale: float = setting(2.0, "Multiplier scale (2.0 in the paper, so the mean multiplier is about 1).")
+    scale: float = setting(2.0, "Multiplier scale: m of the least important unit (2.0 in the paper). The mean multiplier "
+                                "is not held at 1 (1.75 over units in the demo's runs); see rate_budget.")
     normalization: str = setting("minmax", "Importance normalisation over all trainable units: minmax, rank or none.")
     unit_score: str = setting("mean", "Unit score: mean (the paper's) or sum of abs(w * dL/dw) over the tensor.")
     floor: float = setting(0.05, "Smallest multiplier.")
     ceiling: float = setting(10.0, "Largest multiplier.")
+    rate_budget: str = setting(
+        "none", "none (the paper's rule) or parameters: rescale the multipliers by one factor, after floor and ceiling, "
+                "so their parameter-weighted mean over the trainable units is 1 (Stage 2 only reallocates the base rate).")
+    shuffle: bool = setting(
+        False, "Ablation only: permute the multipliers across units at every refresh (seeded by the training seed and "
+               "the step), keeping their distribution but not which unit gets which.")
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("rule", self.rule, RULES),
             ("normalization", self.normalization, NORMALIZATIONS),
             ("unit_score", self.unit_score, UNIT_SCORES),
+            ("rate_budget", self.rate_budget, RATE_BUDGETS),
         ):
             if value not in allowed:
                 raise ValueError(f"tuning.{name} must be one of {', '.join(allowed)}, got '{value}'")
@@ -237,6 +288,9 @@ class MultiplierRule:
             raise ValueError(f"tuning.floor ({self.floor}) must be >= 0 and <= tuning.ceiling ({self.ceiling})")
         if self.scale <= 0:
             raise ValueError(f"tuning.scale must be positive, got {self.scale}")
+        if self.rate_budget == "parameters" and not self.floor <= 1.0 <= self.ceiling:
+            raise ValueError(f"tuning.rate_budget=parameters needs tuning.floor <= 1 <= tuning.ceiling (a mean multiplier "
+                             f"of 1 is out of reach), got floor {self.floor} and ceiling {self.ceiling}")
 
 
 @dataclass
@@ -248,6 +302,9 @@ class TrainSettings:
     reestimate_fraction: float | None = setting(None, "Refresh interval as a fraction of max_steps (instead of reestimate_every).")
     rule: MultiplierRule = setting(factory=MultiplierRule, help="How unit importance becomes a learning-rate multiplier.")
     replay_ratio: float = setting(0.0, "Share of general-domain replay blocks in the training stream (0: no replay).")
+    max_tokens: int | None = setting(
+        None, "Training token budget: max_steps becomes ceil(max_tokens / tokens per optimizer step) (null: "
+              "training_args.max_steps, else num_train_epochs).")
     probe: ProbeConfig = setting(factory=ProbeConfig, help="Probe batches of the re-estimation (sampled with the training seed).")
     lora_r: int = setting(16, "LoRA rank (method lora).")
     lora_alpha: int = setting(32, "LoRA alpha (method lora).")
@@ -263,6 +320,12 @@ class TrainSettings:
         if self.reestimate_fraction is not None and not 0 < self.reestimate_fraction <= 1:
             raise FieldError("reestimate_fraction", f"must be in (0, 1], got {self.reestimate_fraction}")
         check_training_args(self.training_args)
+        check_report_to(self.training_args.get("report_to"))
+        if self.max_tokens is not None:
+            if self.max_tokens < 1:
+                raise FieldError("max_tokens", f"must be a positive number of tokens, got {self.max_tokens}")
+            if int(self.training_args.get("max_steps", -1)) > 0:
+                raise FieldError("max_tokens", f"and training_args.max_steps ({self.training_args['max_steps']}) are both set; keep one")
         zero = _deepspeed_config(self.training_args.get("deepspeed")).get("zero_optimization", {})
         if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
             raise ValueError("training_args.deepspeed: ZeRO stage 3 needs zero_optimization."
@@ -316,12 +379,20 @@ class TrainConfig(MethodSettings):
     num_layers: int | None = setting(None, "How many least important layers freeze and adept-no-stage1 train.")
     replay_data: list[str] = setting(factory=list, help="General-domain corpora mixed into training (with replay_ratio > 0).")
     block_size: int = same_as(DataSection, "block_size")
+    text_field: str = same_as(DataSection, "text_field")
     tokenize_workers: int | None = same_as(DataSection, "tokenize_workers")
+    dtype: str = setting(
+        "float32", "Dtype of the loaded model: float32, bfloat16, float16 or auto (bfloat16 on a GPU that has it). "
+                   "Frozen weights stay in it; trainable ones train in float32 under autocast; the final model is "
+                   "saved in the base checkpoint's dtype.")
+    attn_implementation: str = setting(
+        "sdpa", "Attention kernel of every model load: sdpa, eager or flash_attention_2 (needs the flash-attn package).")
     cache_dir: str | None = setting(None, "Tokenised-corpus cache (null: OUTPUT_DIR/.cache).")
     resume: bool = setting(True, "Resume from the newest checkpoint in the output directory when there is one.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_model_loading(self.dtype, self.attn_implementation)
         if self.replay_ratio > 0 and not self.replay_data:
             raise ValueError("replay_ratio > 0 needs replay_data (general-domain corpora)")
         if self.method in DYNAMIC_METHODS and not self.probe_data:
@@ -356,12 +427,16 @@ class PipelineConfig:
     model: str = setting("", "Local Hugging Face checkpoint directory or .gguf file (required).")
     run_dir: str = setting("runs/adept", "Run directory of every stage's output.")
     device: str = setting("auto", "cpu, cuda[:N] or auto.")
-    dtype: str = setting("float32", "float32, bfloat16, float16 or auto (importance, evaluation and shift; training keeps fp32 weights).")
+    dtype: str = same_as(TrainConfig, "dtype")
+    attn_implementation: str = same_as(TrainConfig, "attn_implementation")
     data: DataSection = setting(factory=DataSection, help="Corpora and benchmarks.")
     importance: ImportanceSection = setting(factory=ImportanceSection, help="Stage 1 importance on data.general_probe.")
     expansion: ExpansionSection = setting(factory=ExpansionSection, help="Layer expansion.")
     train: TrainSection = setting(factory=TrainSection, help="Stage 2 training.")
     evaluation: EvaluationSection = setting(factory=EvaluationSection, help="Evaluation after training.")
+
+    def __post_init__(self) -> None:
+        check_model_loading(self.dtype, self.attn_implementation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

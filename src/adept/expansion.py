@@ -22,13 +22,12 @@ from typing import Any
 
 from adept.architectures import ArchitectureSpec, get_architecture
 from adept.artifacts import artifact_header, atomic_directory, write_json
+from adept.checkpoints import INDEX_NAME, checkpoint_shards, read_model_config, read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "expansion.json"
 MODEL_CARD_NAME = "README.md"
-_INDEX_NAME = "model.safetensors.index.json"
-_SINGLE_NAME = "model.safetensors"
 _COPY_CHUNK = 16 * 1024 * 1024
 
 
@@ -270,20 +269,6 @@ def expand_model(model, plan: ExpansionPlan):
 # --- streaming safetensors ---------------------------------------------------------------
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """Return the header dict and the byte offset where tensor data starts."""
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
-        (header_len,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path}: not a safetensors file (unreadable header)") from None
-    return header, 8 + header_len
-
-
 def _fill_bytes(dtype: str, value: float) -> bytes:
     """One element of safetensors dtype ``dtype`` holding ``value``."""
     import torch
@@ -342,40 +327,6 @@ def _write_expanded_shard(source: Path, target: Path, copies: list[TensorCopy]) 
     return offset
 
 
-def checkpoint_shards(model_dir: Path) -> dict[str, list[str]]:
-    """Map shard file name -> tensor keys, in file order, for a safetensors checkpoint."""
-    index_path = model_dir / _INDEX_NAME
-    if index_path.is_file():
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        shards: dict[str, list[str]] = {}
-        for key, shard in weight_map.items():
-            shards.setdefault(shard, []).append(key)
-        for shard in shards:
-            if not (model_dir / shard).is_file():
-                raise FileNotFoundError(f"{model_dir / shard}: shard listed in {_INDEX_NAME} is missing")
-        return shards
-    single = model_dir / _SINGLE_NAME
-    if single.is_file():
-        header, _ = read_safetensors_header(single)
-        return {_SINGLE_NAME: [key for key in header if key != "__metadata__"]}
-    if any(model_dir.glob("*.bin")):
-        raise ValueError(
-            f"{model_dir}: only PyTorch .bin weights found; re-save the model with "
-            f"save_pretrained(..., safe_serialization=True) to get safetensors"
-        )
-    raise FileNotFoundError(f"{model_dir}: no {_SINGLE_NAME} or {_INDEX_NAME} found")
-
-
-def read_model_config(model_dir: str | os.PathLike):
-    """Load a local checkpoint's config, with a one-line error when it is missing."""
-    from transformers import AutoConfig
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir / 'config.json'}: not found (expected a local Hugging Face checkpoint)")
-    return AutoConfig.from_pretrained(model_dir, local_files_only=True)
-
-
 def expand_checkpoint(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -412,15 +363,15 @@ def expand_checkpoint(
                 weight_map[item.target_key] = shard
                 if item.fill is not None:
                     initialized[item.target_key] = item.fill
-        if (model_dir / _INDEX_NAME).is_file():
-            index = json.loads((model_dir / _INDEX_NAME).read_text())
+        if (model_dir / INDEX_NAME).is_file():
+            index = json.loads((model_dir / INDEX_NAME).read_text())
             index["metadata"] = {**index.get("metadata", {}), "total_size": total_size}
             index["weight_map"] = dict(sorted(weight_map.items()))
-            (tmp_dir / _INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            (tmp_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         new_config.save_pretrained(tmp_dir)
         skipped = []
         for item in sorted(model_dir.iterdir()):
-            if item.is_file() and item.name not in shards and item.name not in (_INDEX_NAME, "config.json"):
+            if item.is_file() and item.name not in shards and item.name not in (INDEX_NAME, "config.json"):
                 if _describes_the_model(item.name):
                     skipped.append(item.name)
                 else:

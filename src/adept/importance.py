@@ -126,15 +126,30 @@ def rank_aggregate(unit_scores: Sequence[Sequence[float]]) -> list[float]:
 # --- loss on the probe corpus --------------------------------------------------------------
 
 
+def mixed_precision(model: nn.Module) -> contextlib.AbstractContextManager:
+    """Autocast to the model's low precision when its weights mix dtypes, else nothing.
+
+    A bf16 run keeps its frozen base in bf16 and its trainable weights in fp32 (`run_training`);
+    the Trainer's steps run under autocast, and the probe inside training must too, or a
+    bf16 activation would meet an fp32 weight.
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) < 2:
+        return contextlib.nullcontext()
+    low = min(dtypes, key=lambda dtype: torch.finfo(dtype).bits)
+    return torch.autocast(device_type=model_device(model).type, dtype=low)
+
+
 def batch_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
     """Summed next-token cross entropy over non-masked targets (padding never counts).
 
     One pass of the shared forward loop; it keeps the autograd graph whenever gradients are on
     (the gradient probes backpropagate through it).
     """
-    ((moved, logits),) = forward_batches(model, [batch], inputs=PROBE_INPUTS, grad=torch.is_grad_enabled(),
-                                         progress=False, use_cache=False)
-    return next_token_loss_sum(logits, moved["labels"])
+    with mixed_precision(model):
+        ((moved, logits),) = forward_batches(model, [batch], inputs=PROBE_INPUTS, grad=torch.is_grad_enabled(),
+                                             progress=False, use_cache=False)
+        return next_token_loss_sum(logits, moved["labels"])
 
 
 @torch.no_grad()
@@ -142,9 +157,10 @@ def mean_loss(model: nn.Module, batches: Sequence[dict]) -> float:
     """Token-averaged loss over all batches."""
     total = torch.zeros((), dtype=torch.float64, device=model_device(model))
     tokens = 0
-    for batch, logits in forward_batches(model, batches, inputs=PROBE_INPUTS, progress=False, use_cache=False):
-        total += next_token_loss_sum(logits, batch["labels"]).double()
-        tokens += count_targets(batch["labels"])
+    with mixed_precision(model):
+        for batch, logits in forward_batches(model, batches, inputs=PROBE_INPUTS, progress=False, use_cache=False):
+            total += next_token_loss_sum(logits, batch["labels"]).double()
+            tokens += count_targets(batch["labels"])
     if tokens == 0:
         raise ValueError("probe batches contain no target tokens")
     return float(total) / tokens
@@ -399,12 +415,16 @@ def run_importance(
     txt_split: str = "paragraph",
     device: str = "cpu",
     dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    text_field: str = "text",
     progress: bool = True,
 ) -> Path:
     """Compute importance and write ``importance.json`` plus its two PNGs into ``output_dir``.
 
     ``settings``: the probe, metrics and seed (`ImportanceSection`'s defaults when None);
-    ``txt_split``: how ``.txt`` probe files split into documents (see `adept.data.load_documents`).
+    ``txt_split``: how ``.txt`` probe files split into documents (see `adept.data.load_documents`);
+    ``text_field``: the text column of tabular probe files. The model is loaded in ``dtype`` with
+    ``attn_implementation``, the run's precision and kernel.
     """
     from adept.checkpoints import load_model_and_tokenizer
     from adept.data import load_probe_batches
@@ -412,9 +432,9 @@ def run_importance(
 
     settings = settings or ImportanceSection()
     output_dir = Path(output_dir)
-    model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype)
+    model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
     torch.manual_seed(settings.seed)
-    batches = load_probe_batches(probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split)
+    batches = load_probe_batches(probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split, text_field=text_field)
     metrics = list(settings.metrics)
     result = compute_importance(model, batches, metrics=metrics, progress=progress)
     probe = {f.name: getattr(settings, f.name) for f in fields(ProbeConfig)}

@@ -161,14 +161,57 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def make_training_arguments(cfg: TrainConfig):
-    """adept's defaults for the method (`default_training_args`), overridden by ``cfg.training_args`` (checked by `TrainConfig`)."""
+    """adept's defaults for the method (`default_training_args`), overridden by ``cfg.training_args`` (checked by `TrainConfig`).
+
+    A low-precision ``cfg.dtype`` turns on the matching autocast (``bf16``/``fp16``) unless the
+    config sets it, and refuses a config that turns it off: the frozen weights are then bf16 and
+    the trainable ones fp32, which only autocast can multiply together. ``cfg.max_tokens``
+    becomes ``max_steps`` once the world size is known.
+    """
     from transformers import TrainingArguments
 
     merged = {**default_training_args(cfg.method), **cfg.training_args, "output_dir": cfg.output_dir}
     if cfg.eval_data:
         merged.setdefault("eval_strategy", "steps")
         merged.setdefault("eval_steps", merged.get("save_steps", 100))
-    return TrainingArguments(**merged)
+    low = {"bfloat16": "bf16", "float16": "fp16"}.get(resolve_run_dtype(cfg, merged))
+    if low is not None:
+        if low in cfg.training_args and not cfg.training_args[low]:
+            raise ValueError(f"dtype {cfg.dtype} needs training_args.{low}: true (autocast between the {cfg.dtype} frozen "
+                             f"weights and the float32 trainable ones); remove training_args.{low} or set it to true")
+        merged[low] = True
+    args = TrainingArguments(**merged)
+    if cfg.max_tokens is not None:
+        tokens_per_step = tokens_per_optimizer_step(args, cfg.block_size)
+        args.max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
+    return args
+
+
+def tokens_per_optimizer_step(args, block_size: int) -> int:
+    """Domain tokens one optimizer step consumes over all ranks."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
+
+
+def resolve_run_dtype(cfg: TrainConfig, training_args: Mapping[str, Any]) -> str:
+    """``cfg.dtype`` with ``auto`` resolved: bfloat16 when training on a GPU that has it, else float32."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    on_gpu = torch.cuda.is_available() and not training_args.get("use_cpu", False)
+    return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+
+
+def upcast_trainable_(model) -> int:
+    """Trainable parameters to float32 master weights (frozen ones keep the load dtype); returns how many moved.
+
+    Adam's update of a bf16 weight would round away most small steps; keeping the few trainable
+    tensors in fp32 costs little when the frozen base is what dominates memory.
+    """
+    moved = 0
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+            moved += 1
+    return moved
 
 
 def trainable_layers(cfg: TrainConfig, model) -> tuple[list[int] | None, dict[str, Any] | None]:
@@ -202,10 +245,10 @@ def build_datasets(cfg: TrainConfig, tokenizer):
     from adept.data import build_packed_dataset
 
     cache = cfg.cache_dir or str(Path(cfg.output_dir) / ".cache")
-    workers = cfg.tokenize_workers
-    train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
+    options = {"cache_dir": cache, "num_proc": cfg.tokenize_workers, "text_field": cfg.text_field}
+    train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, **options)
     if cfg.replay_ratio > 0:
-        replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
+        replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, **options)
         seed = int(cfg.training_args.get("seed", DEFAULT_TRAINING_ARGS["seed"]))
         train = datasets.interleave_datasets(
             [train, replay], probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio], seed=seed, stopping_strategy="first_exhausted"
@@ -213,7 +256,7 @@ def build_datasets(cfg: TrainConfig, tokenizer):
     stems = [Path(p).stem for p in cfg.eval_data]
     evals = {}
     for path, stem in zip(cfg.eval_data, stems):
-        blocks = build_packed_dataset(path, tokenizer, cfg.block_size, cache_dir=cache, num_proc=workers)
+        blocks = build_packed_dataset(path, tokenizer, cfg.block_size, **options)
         if cfg.eval_max_blocks is not None:
             blocks = blocks.select(range(min(cfg.eval_max_blocks, len(blocks))))
         # general/heldout.jsonl and domain/heldout.jsonl log as eval_general_heldout_loss, ...
@@ -341,21 +384,25 @@ def run_training(
             `AdeptCallback`, e.g. one that records or injects rates), built with the run's probe.
         adept_trainer: the Trainer class for the dynamic methods (a subclass of `AdeptTrainer`).
     """
-    from transformers import default_data_collator, set_seed
+    from transformers import set_seed
 
     from adept.artifacts import artifact_header, atomic_directory, write_json
-    from adept.checkpoints import load_model, load_tokenizer
-    from adept.data import load_probe_batches
+    from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer
+    from adept.data import collate_blocks, load_probe_batches
     from adept.expansion import MANIFEST_NAME, read_model_config
 
     memory = PeakMemory()
     output_dir = Path(cfg.output_dir)
     args = make_training_arguments(cfg)
+    progress = progress and args.process_index == 0  # one set of probe bars per run, not one per rank
     read_model_config(cfg.model)
     set_seed(args.seed)
     tokenizer = load_tokenizer(cfg.model)
-    # fp32 master weights; --bf16/--fp16 train in mixed precision through the Trainer.
-    model = load_model(cfg.model, torch.float32)
+    # The frozen base stays in the run's dtype; the trainable weights become fp32 master weights
+    # below, and the Trainer's autocast (bf16/fp16, set by make_training_arguments) mixes them.
+    run_dtype = resolve_run_dtype(cfg, cfg.training_args)
+    saved_dtype = checkpoint_dtype(cfg.model)
+    model = load_model(cfg.model, getattr(torch, run_dtype), cfg.attn_implementation)
     layers, manifest = trainable_layers(cfg, model)
 
     if cfg.method == "lora":
@@ -364,6 +411,7 @@ def run_training(
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
     elif layers is not None:
         freeze_all_but(model, layer_parameter_names(model, layers))
+    upcast_trainable_(model)
     trainable, total = count_parameters(model)
     logger.info("method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
 
@@ -378,7 +426,7 @@ def run_training(
         all_callbacks.append(FrozenPrefixCallback())
     rate_callback = None
     if cfg.method in DYNAMIC_METHODS:
-        probe = load_probe_batches(cfg.probe_data, tokenizer, cfg.probe, seed=args.seed)
+        probe = load_probe_batches(cfg.probe_data, tokenizer, cfg.probe, seed=args.seed, text_field=cfg.text_field)
         initial, source, started = None, "initial scores", time.perf_counter()
         if manifest is not None and resume_from is None:
             importance = cfg.importance or _manifest_importance(manifest)
@@ -394,7 +442,7 @@ def run_training(
     trainer_cls = adept_trainer if cfg.method in DYNAMIC_METHODS else GuardedTrainer
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_data, eval_dataset=eval_data or None,
-        data_collator=default_data_collator, callbacks=all_callbacks,
+        data_collator=collate_blocks, callbacks=all_callbacks,
     )
     if resume_from:
         logger.info("resuming from %s", resume_from)
@@ -414,7 +462,12 @@ def run_training(
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
     elif trainer.is_deepspeed_enabled and is_sharded(list(model.parameters())):  # ZeRO-3
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * cfg.block_size
+    # Saved in the base checkpoint's dtype: a bf16 base gives a bf16 result, whatever the masters were.
+    final = final.to(getattr(torch, saved_dtype))
+    if state_dict is not None:
+        state_dict = {key: value.to(getattr(torch, saved_dtype)) if value.is_floating_point() else value
+                      for key, value in state_dict.items()}
+    tokens_per_step = tokens_per_optimizer_step(args, cfg.block_size)
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:
             final.save_pretrained(tmp, state_dict=state_dict)
@@ -429,6 +482,11 @@ def run_training(
             "total_parameters": total,
             "trainable_share": trainable / total,
             "trainable_layers": layers,
+            "dtype": run_dtype,
+            "saved_dtype": saved_dtype,
+            "attn_implementation": cfg.attn_implementation,
+            "world_size": args.world_size,
+            "tokens_per_step": tokens_per_step,
             "train_loss": result.training_loss,
             "global_step": trainer.state.global_step,
             "wall_seconds": wall,
@@ -441,6 +499,8 @@ def run_training(
             "save_seconds": trainer.save_seconds,
             "peak_memory_bytes": peak_memory,
             "reestimation_seconds": rate_callback.seconds_spent if rate_callback else 0.0,
+            # Unit multipliers at the first assignment and the last refresh, overall and per unit type.
+            "multiplier_distribution": rate_callback.distribution() if rate_callback else None,
             "config": _config_dict(cfg),
             "log_history": trainer.state.log_history,
         }
