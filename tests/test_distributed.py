@@ -187,3 +187,75 @@ def test_fsdp2_sharded_importance_matches_single_process(tmp_path, nproc, replic
     saved_params = dict(saved.named_parameters())
     for name, tensor in reference["weights"].items():
         torch.testing.assert_close(saved_params[name].detach(), tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _launch(nproc: int, *args: str) -> str:
+    """``torchrun --nproc_per_node N -m adept.cli ARGS``: the command a user types; returns its output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "adept.cli", *args]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+    try:
+        output, _ = launcher.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        output, _ = launcher.communicate()
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{output[-3000:]}")
+    assert launcher.returncode == 0, output[-3000:]
+    return output
+
+
+def test_adept_run_under_torchrun_and_its_resume(tmp_path):
+    """`torchrun --nproc-per-node 2 -m adept.cli run`: rank 0 runs the single-process stages, both ranks train
+    (DDP on gloo), one table is printed; a run that died during training resumes from its checkpoint."""
+    save_tiny_checkpoint(tmp_path / "base", "llama")
+    (tmp_path / "probe.txt").write_text(PROBE_TEXT)
+    (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n."
+                                                       for i in range(80)))
+    (tmp_path / "heldout.txt").write_text(PROBE_TEXT.replace("river", "road"))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+model: {tmp_path / 'base'}
+run_dir: {tmp_path / 'run'}
+device: cpu
+data: {{domain_train: {tmp_path / 'domain.txt'}, general_probe: {tmp_path / 'probe.txt'},
+        general_heldout: {tmp_path / 'heldout.txt'}, domain_heldout: {tmp_path / 'domain.txt'}, block_size: 32}}
+importance: {{max_tokens: 2000, max_length: 48, batch_size: 2, metrics: [masking, grad_weight]}}
+expansion: {{num_new_layers: 1}}
+train:
+  methods: [adept]
+  reestimate_every: 2
+  probe: {{max_length: 48, batch_size: 2}}
+  training_args: {{max_steps: 4, per_device_train_batch_size: 1, learning_rate: 0.005, save_steps: 2, logging_steps: 1,
+                  disable_tqdm: true, ddp_timeout: 120}}
+evaluation: {{batch_size: 4, max_blocks: 2, shift: false}}
+""")
+    output = _launch(2, "run", str(config))
+    run = tmp_path / "run"
+    assert output.count("| adept |") == 1  # rank 0 prints the table, rank 1 nothing
+    summary = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
+    assert (summary["world_size"], summary["tokens_per_step"], summary["global_step"]) == (2, 2 * 32, 4)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert [row["label"] for row in results["comparison"]] == ["base", "adept"]
+    assert (run / "report" / "index.html").is_file()
+    records = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert all(record["status"] == "done" for record in records.values())
+
+    # The run died while training after checkpoint-2: its record says running, its model and later checkpoint are gone.
+    import shutil
+
+    checkpoint = run / "train" / "adept" / "checkpoint-2"
+    saved_at = (checkpoint / "trainer_state.json").stat().st_mtime_ns
+    shutil.rmtree(run / "train" / "adept" / "model")
+    shutil.rmtree(run / "train" / "adept" / "checkpoint-4")
+    records["train:adept"]["status"] = "running"
+    (run / "pipeline.json").write_text(json.dumps({**json.loads((run / "pipeline.json").read_text()), "stages": records}))
+    output = _launch(2, "run", str(config))
+    assert "up to date, skipped: data, importance, expand:adept, eval:base" in output
+    assert f"resuming from {checkpoint}" in output
+    assert (checkpoint / "trainer_state.json").stat().st_mtime_ns == saved_at
+    resumed = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
+    assert resumed["global_step"] == 4 and resumed["train_steps"] == 4
+    assert [e["loss"] for e in resumed["log_history"] if "loss" in e] == pytest.approx(
+        [e["loss"] for e in summary["log_history"] if "loss" in e], rel=1e-5)

@@ -5,12 +5,16 @@ probe batches; under FSDP2 (DTensor shards) and ZeRO-3 (partitions) every rank s
 on its own shard and the per-tensor sums are added over the shards. The helpers here take a
 rank's shard, its gradient and the sums across ranks, and refuse FSDP1, which leaves no
 per-tensor units. Used by `adept.importance` (Stage 1 and its re-estimation in Stage 2) and by
-the training runner. Reads and writes nothing.
+the training runner. Also joins the process group of an `adept run` started by torchrun or
+``accelerate launch``, so rank 0 can run the single-process stages while the others wait. Reads
+and writes nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from datetime import timedelta
 
 import torch
 from torch import nn
@@ -135,3 +139,54 @@ def check_engine(model) -> None:
             "dynamic per-unit rates need FSDP2: set \"version\": 2 in fsdp_config "
             "(FSDP1 flattens each wrapped module's tensors, so there are no units to score)"
         )
+
+
+# --- `adept run` under torchrun / accelerate launch -------------------------------------------
+
+# Rank 0 runs the single-process stages (importance, expansion, evaluation, report) while the other
+# ranks wait; an evaluation of a large model can take hours, longer than a collective's default
+# timeout, so the waiting happens on a CPU (gloo) group of its own with a long timeout.
+WAIT_TIMEOUT = timedelta(hours=48)
+_wait_group = None
+
+
+def launched_world_size() -> int:
+    """Processes started by torchrun or ``accelerate launch`` (their ``WORLD_SIZE``); 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join_launched_processes(device: str) -> None:
+    """Join the process group a launcher described in the environment, once, before any stage runs.
+
+    NCCL on GPUs (each rank on its ``LOCAL_RANK`` device), gloo on CPUs. The Trainer (through
+    Accelerate) finds the group already there and uses it. A second gloo group with a long
+    timeout carries the waits of `wait_for_main`.
+    """
+    global _wait_group
+    if launched_world_size() < 2 or _wait_group is not None:
+        return
+    if not dist_ready():
+        on_gpu = torch.cuda.is_available() and device != "cpu"
+        if on_gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend="nccl" if on_gpu else "gloo")
+    _wait_group = torch.distributed.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched group, or the only process."""
+    return not dist_ready() or torch.distributed.get_rank() == 0
+
+
+def wait_for_main() -> None:
+    """Every rank waits here until all have arrived (rank 0 arrives when its stage is done)."""
+    if dist_ready():
+        torch.distributed.barrier(group=_wait_group)
+
+
+def leave_launched_processes() -> None:
+    """Close the process group (a launcher waits forever for ranks that keep theirs open)."""
+    global _wait_group
+    if dist_ready():
+        torch.distributed.destroy_process_group()
+    _wait_group = None

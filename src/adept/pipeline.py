@@ -18,10 +18,17 @@ Run directory::
     eval/results.json               all of them compared with the base model
     shift/<label>/                  shift.json + shift.png against the base model
     report/index.html, report.md
+
+Under torchrun or ``accelerate launch`` every rank runs this same sequence: rank 0 alone runs
+the data, importance, expansion, evaluation, shift and report stages while the others wait, and
+all ranks train together (DDP, or FSDP2/DeepSpeed through ``training_args``). Every rank reads
+the same stage records, so all skip or run the same stages, and a rerun resumes alike. The run
+directory must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -35,6 +42,7 @@ from typing import Any, Callable
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.checkpoints import is_gguf, load_tokenizer, resolve_model_path
 from adept.config import EXPANDED_METHODS, GUIDED_EXPANSION_METHODS, MethodSettings, PipelineConfig, TrainConfig, save_config
+from adept.distributed import is_main_process, join_launched_processes, wait_for_main
 from adept.evaluation import RESULTS_NAME, SUMMARY_NAME
 
 logger = logging.getLogger(__name__)
@@ -75,8 +83,10 @@ def path_identity(path: str | os.PathLike) -> Any:
     Model cards and measurement files in a checkpoint directory are left out, so editing
     them does not invalidate every stage.
 
-    lm-eval task names (not paths) identify themselves.
+    lm-eval task names (not paths) identify themselves; a glob is the list of what it matches.
     """
+    if glob.has_magic(str(path)) and not Path(path).exists():
+        return [path_identity(match) for match in sorted(glob.glob(str(path), recursive=True))]
     path = Path(path)
     if path.is_file():
         if path.stat().st_size > _HASH_LIMIT:
@@ -100,10 +110,15 @@ def fingerprint(**parts: Any) -> str:
 
 
 class StageRecords:
-    """``pipeline.json``: per stage, its fingerprint and whether it finished."""
+    """``pipeline.json``: per stage, its fingerprint and whether it finished.
 
-    def __init__(self, run_dir: Path):
+    Only the main process writes it (``write``); the other ranks of a launched run keep the same
+    records in memory, so every rank decides alike which stages to skip.
+    """
+
+    def __init__(self, run_dir: Path, write: bool = True):
         self.path = run_dir / RECORD_NAME
+        self.write = write
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             self.stages = read_json(self.path, kind="pipeline")["stages"]
@@ -118,7 +133,8 @@ class StageRecords:
     def mark(self, stage: str, print_: str, status: str, **extra: Any) -> None:
         entry = {"fingerprint": print_, "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
         self.stages[stage] = entry
-        write_json(self.path, {**artifact_header("pipeline"), "stages": self.stages})
+        if self.write:
+            write_json(self.path, {**artifact_header("pipeline"), "stages": self.stages})
 
 
 # --- the pipeline ------------------------------------------------------------------------------
@@ -136,10 +152,16 @@ class Pipeline:
         self.skipped: list[str] = []
         self._prints: dict[str, str] = {}
         self._identities: dict[str, Any] = {}
+        self.main = True
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def _stage(self, name: str, print_: str, outputs: list[Path], work: Callable[[], Any], clean: list[Path] = ()) -> None:
-        """Run ``work`` unless the stage is up to date; wipe ``clean`` when its inputs changed."""
+    def _stage(self, name: str, print_: str, outputs: list[Path], work: Callable[[], Any], clean: list[Path] = (),
+               every_rank: bool = False) -> None:
+        """Run ``work`` unless the stage is up to date; wipe ``clean`` when its inputs changed.
+
+        ``work`` runs on the main process only, unless ``every_rank`` (training); the ranks of a
+        launched run meet before and after it.
+        """
         assert self.records is not None
         self._prints[name] = print_
         if self.records.is_done(name, print_, outputs):
@@ -147,15 +169,18 @@ class Pipeline:
             self.skipped.append(name)
             return
         previous = self.records.previous(name)
-        if previous is not None and previous["fingerprint"] != print_:
+        if self.main and previous is not None and previous["fingerprint"] != print_:
             for path in clean:
                 if path.exists():
                     logger.info("stage %s: inputs changed, removing %s", name, path)
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         logger.info("stage %s: running", name)
         self.records.mark(name, print_, "running")
+        wait_for_main()
         start = time.perf_counter()
-        work()
+        if every_rank or self.main:
+            work()
+        wait_for_main()
         self.records.mark(name, print_, "done", seconds=round(time.perf_counter() - start, 2))
         self.ran.append(name)
 
@@ -171,14 +196,24 @@ class Pipeline:
 
     # -- stages --------------------------------------------------------------------------------
     def _open(self) -> None:
-        """Write the resolved config, read the stage records and check the inputs exist."""
+        """Write the resolved config, read the stage records and check the inputs exist.
+
+        Under a launcher, the process group is joined here and rank 0 writes (and converts a
+        GGUF model) before the other ranks read.
+        """
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        if is_gguf(cfg.model):  # every stage then reads the cached plain checkpoint
-            self.config = replace(cfg, model=str(resolve_model_path(cfg.model)))
-        self.records = StageRecords(self.run_dir)
-        self._check_inputs()
+        join_launched_processes(cfg.device)
+        self.main = is_main_process()
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            if is_gguf(cfg.model):  # every stage then reads the cached plain checkpoint
+                self.config = replace(cfg, model=str(resolve_model_path(cfg.model)))
+            self._check_inputs()
+        wait_for_main()
+        if not self.main and is_gguf(cfg.model):
+            self.config = replace(cfg, model=str(resolve_model_path(cfg.model)))  # converted by rank 0
+        self.records = StageRecords(self.run_dir, write=self.main)
 
     def run(self) -> Path:
         """Run every stage; returns the HTML report's path."""
@@ -216,13 +251,20 @@ class Pipeline:
         cfg = self.config
         if not (Path(cfg.model) / "config.json").is_file():
             raise FileNotFoundError(f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)")
+        from adept.data import resolve_corpus
+
         data = asdict(cfg.data)
         for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay"):
             for idx, path in enumerate(data[key]):
-                if not Path(path).exists():
-                    raise FileNotFoundError(f"data.{key}[{idx}]: {path} not found")
-        if cfg.data.general_probe and not Path(cfg.data.general_probe).exists():
-            raise FileNotFoundError(f"data.general_probe: {cfg.data.general_probe} not found")
+                try:
+                    resolve_corpus(path)
+                except (FileNotFoundError, ValueError) as err:
+                    raise type(err)(f"data.{key}[{idx}]: {err}") from None
+        if cfg.data.general_probe:
+            try:
+                resolve_corpus(cfg.data.general_probe)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"data.general_probe: {err}") from None
         from adept.benchmarks import benchmark_files, is_named_benchmark
         from adept.evaluation import is_benchmark_file, validate_benchmark_file
 
@@ -243,22 +285,22 @@ class Pipeline:
             "general_replay": cfg.data.general_replay,
         }
         out = self.run_dir / "data" / "data.json"
-        print_ = fingerprint(model=self._identity(cfg.model), block_size=cfg.data.block_size,
+        print_ = fingerprint(model=self._identity(cfg.model), block_size=cfg.data.block_size, text_field=cfg.data.text_field,
                              corpora={k: self._identity(v) for k, v in corpora.items()})
 
         def work() -> None:
-            from adept.data import build_packed_dataset, load_documents
+            from adept.data import pack_corpus
 
             tokenizer = load_tokenizer(cfg.model)
             sizes = {}
             for key, paths in corpora.items():
                 if not paths:
                     continue
-                blocks = build_packed_dataset(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir,
-                                              num_proc=cfg.data.tokenize_workers)
-                documents = sum(len(load_documents(p)) for p in paths)
-                sizes[key] = {"paths": list(paths), "documents": documents, "blocks": len(blocks),
-                              "tokens": len(blocks) * cfg.data.block_size}
+                packed = pack_corpus(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir,
+                                     num_proc=cfg.data.tokenize_workers, text_field=cfg.data.text_field)
+                sizes[key] = {"paths": list(paths), "documents": packed.documents, "blocks": packed.blocks,
+                              "tokens": packed.blocks * cfg.data.block_size, "stream_tokens": packed.stream_tokens,
+                              "dropped_tokens": packed.dropped_tokens}
             write_json(out, {**artifact_header("data"), "block_size": cfg.data.block_size, "corpora": sizes})
 
         self._stage("data", print_, [out], work)
@@ -273,12 +315,18 @@ class Pipeline:
         cfg = self.config
         out = self.run_dir / "importance"
         print_ = fingerprint(model=self._identity(cfg.model), probe=self._identity(cfg.data.general_probe),
-                             settings=asdict(cfg.importance), device=cfg.device, dtype=cfg.dtype)
+                             settings=asdict(cfg.importance), device=cfg.device, **self._loading)
         self._stage(
             "importance", print_, [out / "importance.json"],
-            lambda: run_importance(cfg.model, cfg.data.general_probe, out, cfg.importance, device=cfg.device, dtype=cfg.dtype,
-                                   progress=self.progress),
+            lambda: run_importance(cfg.model, cfg.data.general_probe, out, cfg.importance, device=cfg.device,
+                                   progress=self.progress, **self._loading),
         )
+
+    @property
+    def _loading(self) -> dict[str, str]:
+        """How every stage loads models and reads corpora: the run's dtype, attention kernel and text column."""
+        cfg = self.config
+        return {"dtype": cfg.dtype, "attn_implementation": cfg.attn_implementation, "text_field": cfg.data.text_field}
 
     def expansion_count(self) -> int:
         """How many layers every expansion-style method adds (the same budget for all)."""
@@ -365,14 +413,15 @@ class Pipeline:
             tokenize_workers=cfg.data.tokenize_workers,
             cache_dir=self.cache_dir,
             resume=True,
+            **self._loading,
         )
         data_print = self._identity([*cfg.data.domain_train, *train_cfg.replay_data, *train_cfg.eval_data,
                                      *([cfg.data.general_probe] if cfg.data.general_probe else [])])
         print_ = fingerprint(settings=asdict(settings), data=data_print, block_size=cfg.data.block_size,
-                             eval_max_blocks=cfg.evaluation.max_blocks, upstream=upstream, device=cfg.device)
+                             eval_max_blocks=cfg.evaluation.max_blocks, upstream=upstream, device=cfg.device, **self._loading)
         self._stage(
             f"train:{label}", print_, [out / FINAL_MODEL_DIR / "config.json", out / SUMMARY_NAME],
-            lambda: run_training(train_cfg, progress=self.progress), clean=[out],
+            lambda: run_training(train_cfg, progress=self.progress), clean=[out], every_rank=True,
         )
 
     def model_of(self, label: str) -> str:
@@ -395,7 +444,8 @@ class Pipeline:
         out = path.parent
         sets = {k: getattr(cfg.data, k) for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")}
         print_ = fingerprint(settings=asdict(ev), sets={k: self._identity(v) for k, v in sets.items()},
-                             block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
+                             block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device,
+                             **self._loading)
         self._stage(
             f"eval:{label}", print_, [path],
             lambda: run_evaluation(
@@ -403,21 +453,27 @@ class Pipeline:
                 general=sets["general_heldout"], domain=sets["domain_heldout"],
                 general_benchmarks=sets["general_benchmarks"], domain_benchmarks=sets["domain_benchmarks"],
                 block_size=cfg.data.block_size, batch_size=ev.batch_size, max_blocks=ev.max_blocks, limit=ev.limit,
-                device=cfg.device, dtype=cfg.dtype, summaries={label: None}, progress=self.progress, seed=ev.benchmark_seed,
+                device=cfg.device, summaries={label: None}, progress=self.progress, seed=ev.benchmark_seed,
+                **self._loading,
             ),
         )
         return path
 
     def compare_stage(self, labels: list[str]) -> Path:
-        """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt)."""
+        """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt, by the main process)."""
         from adept.evaluation import read_results, write_results
 
+        if not self.main:
+            wait_for_main()
+            return comparison_path(self.run_dir)
         runs, summaries = [], {}
         for label in labels:
             runs.append(read_results(results_path(self.run_dir, label))["runs"][0])
             summary = train_dir(self.run_dir, label) / SUMMARY_NAME
             summaries[label] = read_json(summary, kind="training") if summary.is_file() else None
-        return write_results(runs, summaries, comparison_path(self.run_dir))
+        path = write_results(runs, summaries, comparison_path(self.run_dir))
+        wait_for_main()
+        return path
 
     def shift_stage(self, label: str) -> None:
         from adept.shift import run_shift
@@ -430,18 +486,21 @@ class Pipeline:
             return
         out = self.run_dir / "shift" / label
         print_ = fingerprint(data=self._identity(data[0]), max_blocks=ev.shift_max_blocks, block_size=cfg.data.block_size,
-                             upstream=self._upstream_of(label), device=cfg.device, dtype=cfg.dtype)
+                             upstream=self._upstream_of(label), device=cfg.device, **self._loading)
         self._stage(
             f"shift:{label}", print_, [out / "shift.json"],
             lambda: run_shift(cfg.model, self.model_of(label), data[0], out, block_size=cfg.data.block_size,
-                              max_blocks=ev.shift_max_blocks, batch_size=ev.batch_size, device=cfg.device, dtype=cfg.dtype,
-                              progress=self.progress),
+                              max_blocks=ev.shift_max_blocks, batch_size=ev.batch_size, device=cfg.device,
+                              progress=self.progress, **self._loading),
         )
 
     def report_stage(self) -> Path:
-        from adept.report import build_report
+        """The HTML and Markdown report, written by the main process; every rank returns its path."""
+        from adept.report import HTML_NAME, REPORT_DIR, build_report
 
-        return build_report([self.run_dir])["html"]
+        path = build_report([self.run_dir])["html"] if self.main else self.run_dir / REPORT_DIR / HTML_NAME
+        wait_for_main()
+        return path
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> tuple[Path, Pipeline]:
