@@ -294,14 +294,52 @@ def rate_blocks(run: RunArtifacts, image_name) -> list[Any]:
         rows = []
         for entry in history:
             values = [v for v in map(finite_number, entry["multipliers"].values()) if v is not None]
+            spread = entry.get("distribution")
             rows.append([
                 format_cell(entry.get("step"), "text"), str(len(values)),
                 format_cell(min(values) if values else None, "score"),
                 format_cell(sum(values) / len(values) if values else None, "score"),
+                format_cell(spread.get("parameter_mean") if isinstance(spread, Mapping) else None, "score"),
                 format_cell(max(values) if values else None, "score"),
             ])
-        blocks.append(Table(["step", "units", "min multiplier", "mean multiplier", "max multiplier"], rows))
+        blocks.append(Table(["step", "units", "min multiplier", "mean multiplier", "parameter-weighted mean",
+                             "max multiplier"], rows))
+        table = multiplier_distribution_table((run.trainings.get(method) or {}).get("multiplier_distribution"))
+        if table is not None:
+            blocks.append(Text("Mean multiplier per unit type, at the first assignment and the last refresh "
+                               "(training_summary.json); weighted by parameters it is the run's rate over the base rate."))
+            blocks.append(table)
     return blocks
+
+
+def multiplier_distribution_table(distribution: Any) -> Table | None:
+    """The ``multiplier_distribution`` of a training summary as one table (None when absent or unreadable).
+
+    One row for all trainable units, then one per unit type; for the first assignment and the last
+    refresh, the mean over units and the mean weighted by parameters.
+    """
+    if not isinstance(distribution, Mapping):
+        return None
+    first, last = distribution.get("first"), distribution.get("last")
+    if not isinstance(first, Mapping) or not isinstance(last, Mapping):
+        return None
+    types = [kind for kind in (first.get("by_type") or {}) if isinstance(kind, str)]
+
+    def means(summary: Any) -> list[str]:
+        summary = summary if isinstance(summary, Mapping) else {}
+        return [format_cell(summary.get("unit_mean"), "score"), format_cell(summary.get("parameter_mean"), "score")]
+
+    rows = [["all trainable units", format_cell(first.get("units"), "int"), format_cell(first.get("parameters"), "int"),
+             *means(first), *means(last)]]
+    for kind in types:
+        now, then = first["by_type"][kind], (last.get("by_type") or {}).get(kind)
+        now = now if isinstance(now, Mapping) else {}
+        rows.append([kind, format_cell(now.get("units"), "int"), format_cell(now.get("parameters"), "int"),
+                     *means(now), *means(then)])
+    at = [format_cell(first.get("step"), "text"), format_cell(last.get("step"), "text")]
+    columns = ["unit type", "units", "parameters", f"step {at[0]}: unit mean", f"step {at[0]}: parameter mean",
+               f"step {at[1]}: unit mean", f"step {at[1]}: parameter mean"]
+    return Table(columns, rows)
 
 
 def loss_blocks(run: RunArtifacts, image_name) -> list[Any]:

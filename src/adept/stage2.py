@@ -2,9 +2,10 @@
 
 `AdeptCallback` scores every trainable unit on the general-domain probe with Stage 1's code
 (`adept.importance.unit_gradient_scores`) at step 0 and every ``reestimate_every`` steps, and
-re-assigns rates through `adept.tuning`; it appends each assignment to ``unit_rates.jsonl`` and
-keeps its state in every checkpoint. `AdeptTrainer` builds one optimizer group per unit. Both
-work in an unmodified Trainer; `adept.training.run_training` wires them into a run.
+re-assigns rates through `adept.tuning`; it appends each assignment (with the multipliers'
+distribution over unit types) to ``unit_rates.jsonl`` and keeps its state in every checkpoint.
+`AdeptTrainer` builds one optimizer group per unit. Both work in an unmodified Trainer;
+`adept.training.run_training` wires them into a run.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from adept.config import DEFAULT_REFRESHES, MultiplierRule
-from adept.distributed import check_engine, is_sharded, probe_share
+from adept.distributed import check_engine, full_numel, is_sharded, probe_share
 from adept.importance import unit_gradient_scores
 from adept.tuning import (
     build_param_groups,
     current_learning_rates,
+    multiplier_distribution,
     multipliers_from_importance,
     schedule_factors,
     set_unit_multipliers,
@@ -64,7 +66,9 @@ class AdeptCallback(TrainerCallback):
     FSDP2 (``fully_shard``) every rank scores all probe batches on its own parameter shards and the
     per-tensor sums are all-reduced; under DeepSpeed ZeRO 1-2 (replicated weights) as under DDP,
     under ZeRO-3 as under FSDP2. Every rank gets identical multipliers. FSDP1 is refused at the
-    start of training (see `check_engine`).
+    start of training (see `check_engine`). The rule's options are computed identically on every
+    rank too: ``rate_budget`` weighs units by their full (unsharded) sizes, and ``shuffle`` draws
+    its permutation from the training seed and the step alone.
 
     Args:
         probe_batches: padded batches from `adept.data.make_batches`.
@@ -77,6 +81,8 @@ class AdeptCallback(TrainerCallback):
         initial_source: where ``initial_scores`` come from, recorded in the rate log.
         reestimate_fraction: refresh interval as a fraction of the run's steps (with
             ``reestimate_every`` None).
+        seed: seed of ``rule.shuffle``'s permutations (None: the Trainer's ``args.seed``, 0 when
+            the callback is driven without a Trainer).
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class AdeptCallback(TrainerCallback):
         initial_scores: Mapping[str, float] | None = None,
         initial_source: str = "initial scores",
         reestimate_fraction: float | None = None,
+        seed: int | None = None,
     ):
         if reestimate_every is not None and reestimate_every < 0:
             raise ValueError(f"reestimate_every must be >= 0, got {reestimate_every}")
@@ -106,6 +113,10 @@ class AdeptCallback(TrainerCallback):
         self.seconds_spent = 0.0
         self.source = "probe"
         self._pending_initial: dict[str, float] | None = None
+        self.seed = seed
+        self.step = 0  # the step of the assignment being made (the shuffle's seed)
+        self.sizes: dict[str, int] = {}  # elements of every trainable unit, unsharded
+        self.unit_types: dict[str, str] = {}  # e.g. model.layers.2.mlp.up_proj.weight -> mlp.up_proj.weight
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -122,16 +133,48 @@ class AdeptCallback(TrainerCallback):
         every = self.interval if self.interval is not None else resolve_reestimate_every(None, self.reestimate_fraction, max_steps)
         return every > 0 and step % every == 0 and step < max_steps
 
+    def distribution(self) -> dict[str, Any] | None:
+        """The multipliers' spread at the first assignment and at the last refresh (None before any).
+
+        ``{"first": ..., "last": ...}``, each `adept.tuning.multiplier_distribution` (overall and per
+        unit type, unit mean and parameter-weighted mean, min, median, max) with its ``step`` and
+        ``source``.
+        """
+        if not self.history or not self.sizes:
+            return None
+        return {key: {"step": entry["step"], "source": entry["source"],
+                      **multiplier_distribution(entry["multipliers"], self.sizes, self.unit_types)}
+                for key, entry in (("first", self.history[0]), ("last", self.history[-1]))}
+
+    def _measure_units(self, model) -> None:
+        """Size and type of every trainable unit, for the budget rule and the distribution."""
+        from adept.architectures import UnsupportedArchitectureError, get_architecture
+
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.sizes = {name: full_numel(p) for name, p in named}
+        try:
+            spec = get_architecture(getattr(model.config, "model_type", None))
+        except UnsupportedArchitectureError:
+            spec = None
+        parts = {name: spec.split_layer_key(name) if spec is not None else None for name, _ in named}
+        self.unit_types = {name: part[1] if part is not None else name for name, part in parts.items()}
+
+    def _multipliers(self, scores: Mapping[str, float]) -> dict[str, float]:
+        seed = self.seed if self.seed is not None else 0
+        return multipliers_from_importance(scores, self.rule, self.sizes, seed=seed, step=self.step)
+
     # -- the estimate ----------------------------------------------------------------------------
     def estimate(self, model) -> tuple[dict[str, float], dict[str, float]]:
         """Importance of every trainable unit, combined over ranks (see `unit_gradient_scores`).
 
         At step 0 of a run given ``initial_scores``, those are returned instead of a probe.
         """
+        if not self.sizes:
+            self._measure_units(model)
         if self._pending_initial is not None:
             scores, self._pending_initial = self._pending_initial, None
             self.source = self.initial_source
-            return scores, multipliers_from_importance(scores, self.rule)
+            return scores, self._multipliers(scores)
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         names, params = [n for n, _ in named], [p for _, p in named]
         batches = probe_share(self.probe_batches, params)
@@ -143,28 +186,34 @@ class AdeptCallback(TrainerCallback):
             self.source = "probe (all scores equal: rates kept)"
             return scores, dict(self.multipliers)
         self.source = "probe"
-        return scores, multipliers_from_importance(scores, self.rule)
+        return scores, self._multipliers(scores)
 
     def reestimate(self, model, optimizer, scheduler, step: int, is_main: bool) -> None:
         start = time.perf_counter()
+        self.step = step
+        self._measure_units(model)
         scores, multipliers = self.estimate(model)
         set_unit_multipliers(optimizer, scheduler, multipliers)
         self.multipliers = multipliers
+        spread = multiplier_distribution(multipliers, self.sizes, self.unit_types)
         entry = {"step": step, "source": self.source, "importance": scores, "multipliers": multipliers,
-                 "lr": current_learning_rates(optimizer)}
+                 "lr": current_learning_rates(optimizer), "distribution": spread}
         self.history.append({"step": step, "source": self.source, "importance": scores, "multipliers": multipliers})
         self.seconds_spent += time.perf_counter() - start
         if is_main and self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        logger.info("step %d: re-assigned %d unit rates from %s (multipliers %.3f-%.3f)", step, len(multipliers),
-                    self.source, min(multipliers.values()), max(multipliers.values()))
+        logger.info("step %d: re-assigned %d unit rates from %s (multipliers %.3f-%.3f, parameter-weighted mean %.3f)",
+                    step, len(multipliers), self.source, spread["min"], spread["max"], spread["parameter_mean"])
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         check_engine(model)
         self.interval = resolve_reestimate_every(self.reestimate_every, self.reestimate_fraction, state.max_steps)
+        if self.seed is None:
+            self.seed = args.seed
+        self._measure_units(model)
         if state.global_step == 0:
             if self.log_path is not None and state.is_world_process_zero and self.log_path.exists():
                 self.log_path.unlink()
@@ -325,7 +374,8 @@ class AdeptTrainer(GuardedTrainer):
     """A Trainer whose optimizer has one group per trainable unit, and that refuses NaN/inf loss.
 
     Logs the base learning rate (the schedule applied to ``learning_rate``; each unit trains at
-    it times its multiplier) and the smallest, mean and largest multiplier.
+    it times its multiplier) and the smallest, mean and largest multiplier, and their mean weighted
+    by each unit's parameters (``lr_multiplier_parameter_mean``: the effective rate over the base).
     """
 
     def create_optimizer(self, model=None):
@@ -346,7 +396,12 @@ class AdeptTrainer(GuardedTrainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "learning_rate" in logs and self.optimizer is not None:
-            multipliers = [group.get("multiplier", 1.0) for group in self.optimizer.param_groups]
+            groups = self.optimizer.param_groups
+            multipliers = [group.get("multiplier", 1.0) for group in groups]
+            # Sizes from the model, by unit name: under ZeRO the optimizer's groups hold flat partitions.
+            named = dict(self.model.named_parameters())
+            sizes = [full_numel(named[group["unit"]]) if group.get("unit") in named else 0 for group in groups]
             logs = {**logs, "lr_multiplier_min": min(multipliers), "lr_multiplier_mean": sum(multipliers) / len(multipliers),
-                    "lr_multiplier_max": max(multipliers)}
+                    "lr_multiplier_max": max(multipliers),
+                    "lr_multiplier_parameter_mean": sum(m * n for m, n in zip(multipliers, sizes)) / max(sum(sizes), 1)}
         super().log(logs, *args, **kwargs)

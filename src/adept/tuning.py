@@ -1,15 +1,19 @@
 """Stage 2 core: decoupled per-unit learning rates from general-domain importance (paper Sec. 3.3).
 
 Turns unit importance into learning-rate multipliers (important units learn slowly, unimportant
-ones fast), builds one optimizer group per unit, and re-assigns rates mid-training while keeping
-the optimizer and the LR scheduler consistent. No file I/O: the training stage and the
-`AdeptCallback` call these functions.
+ones fast; optionally rescaled to a parameter-weighted mean of 1, or shuffled as an ablation),
+builds one optimizer group per unit, re-assigns rates mid-training while keeping the optimizer
+and the LR scheduler consistent, and summarises the multipliers' distribution. No file I/O: the
+training stage and the `AdeptCallback` call these functions.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,21 +48,155 @@ def normalize_importance(scores: Mapping[str, float], normalization: str) -> dic
     return {n: (v - lo) / span if span > 0 else 0.0 for n, v in zip(names, values)}
 
 
-def multipliers_from_importance(scores: Mapping[str, float], rule: MultiplierRule) -> dict[str, float]:
-    """Map unit importance to learning-rate multipliers; all equal scores -> all ones."""
+def multipliers_from_importance(
+    scores: Mapping[str, float],
+    rule: MultiplierRule,
+    sizes: Mapping[str, int] | None = None,
+    seed: int = 0,
+    step: int = 0,
+) -> dict[str, float]:
+    """Map unit importance to learning-rate multipliers; all equal scores -> all ones.
+
+    The paper's rule, clamped to ``[rule.floor, rule.ceiling]``; then, with ``rule.shuffle``,
+    permuted across units (`shuffle_multipliers` with ``seed`` and ``step``); then, with
+    ``rule.rate_budget == "parameters"``, rescaled so the mean weighted by ``sizes`` is 1
+    (`rescale_to_parameter_budget`).
+
+    Args:
+        scores: importance of each unit.
+        rule: how importance becomes a multiplier.
+        sizes: elements of each unit (needed by ``rate_budget="parameters"``).
+        seed: the training seed (used by ``shuffle``).
+        step: the optimizer step of this assignment (used by ``shuffle``).
+    """
     if not scores:
         return {}
     values = list(scores.values())
     if any(math.isnan(v) for v in values):
         raise ValueError("importance scores contain NaN")
+    if rule.rate_budget == "parameters" and sizes is None:
+        raise ValueError("tuning.rate_budget=parameters needs the size of every unit")
     if max(values) == min(values):
-        return {name: 1.0 for name in scores}
+        return {name: 1.0 for name in scores}  # a mean of 1 already, for any budget
     normalized = normalize_importance(scores, rule.normalization)
     multipliers = {}
     for name, value in normalized.items():
         m = rule.scale * (1.0 - value) if rule.rule == "linear" else rule.scale / (1.0 + value)
         multipliers[name] = min(max(m, rule.floor), rule.ceiling)
+    if rule.shuffle:
+        multipliers = shuffle_multipliers(multipliers, seed, step)
+    if rule.rate_budget == "parameters":
+        multipliers = rescale_to_parameter_budget(multipliers, sizes, rule.floor, rule.ceiling)
     return multipliers
+
+
+def rescale_to_parameter_budget(
+    multipliers: Mapping[str, float], sizes: Mapping[str, int], floor: float, ceiling: float
+) -> dict[str, float]:
+    """Multipliers ``clamp(c * m, floor, ceiling)`` whose mean weighted by ``sizes`` is exactly 1.
+
+    One factor ``c`` for every unit, so the order of the units is kept (clamping can only tie
+    neighbours). The weighted mean of the clamped values is piecewise linear and non-decreasing in
+    ``c``; ``c`` is found exactly on the piece that reaches 1, not by iterating clamp and rescale.
+
+    Raises:
+        ValueError: a unit without a size, ``floor <= 1 <= ceiling`` not holding, or no factor
+            reaching a mean of 1 (units at 0 stay there while the others stop at the ceiling).
+    """
+    names = list(multipliers)
+    missing = [name for name in names if name not in sizes]
+    if missing:
+        raise ValueError(f"no size for units {missing[:5]}")
+    if not floor <= 1.0 <= ceiling:
+        raise ValueError(f"a mean multiplier of 1 is out of [floor, ceiling] = [{floor}, {ceiling}]")
+    m = [float(multipliers[name]) for name in names]
+    w = [float(sizes[name]) for name in names]
+    if any(v < 0 for v in m) or any(v <= 0 for v in w):
+        raise ValueError("multipliers must be >= 0 and unit sizes > 0")
+    total = sum(w)
+
+    def clamp(x: float) -> float:
+        return min(max(x, floor), ceiling)
+
+    def weighted(c: float) -> float:
+        return sum(wi * clamp(c * mi) for wi, mi in zip(w, m))
+
+    # Where a unit leaves the floor (c = floor / m) and reaches the ceiling (c = ceiling / m).
+    breaks = sorted({0.0, *(floor / mi for mi in m if mi > 0), *(ceiling / mi for mi in m if mi > 0)})
+    if weighted(breaks[-1]) < total * (1 - 1e-12):  # units at 0 stay there, the others stop at the ceiling
+        raise ValueError(f"no rescaling reaches a mean multiplier of 1: the largest reachable within [floor, ceiling] = "
+                         f"[{floor}, {ceiling}] is {weighted(breaks[-1]) / total:.4g}")
+    # The last piece [breaks[k], breaks[k + 1]] that starts at or below the target.
+    lo, hi = 0, len(breaks) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if weighted(breaks[mid]) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    start = breaks[lo]
+    end = breaks[lo + 1] if lo + 1 < len(breaks) else start + 1.0
+    probe = (start + end) / 2
+    fixed, slope = 0.0, 0.0
+    for wi, mi in zip(w, m):
+        x = probe * mi
+        if x <= floor:
+            fixed += wi * floor
+        elif x >= ceiling:
+            fixed += wi * ceiling
+        else:
+            slope += wi * mi
+    c = (total - fixed) / slope if slope > 0 else start
+    return {name: clamp(c * mi) for name, mi in zip(names, m)}
+
+
+def shuffle_multipliers(multipliers: Mapping[str, float], seed: int, step: int) -> dict[str, float]:
+    """The same multipliers handed to the units in a random order (the shuffled-rate ablation).
+
+    The permutation depends only on ``seed``, ``step`` and the unit names (sorted), so every rank
+    of a distributed run and every rerun of a seed draws the same one.
+    """
+    names = sorted(multipliers)
+    order = list(range(len(names)))
+    random.Random(f"adept-shuffle:{int(seed)}:{int(step)}").shuffle(order)
+    shuffled = {name: float(multipliers[names[i]]) for name, i in zip(names, order)}
+    return {name: shuffled[name] for name in multipliers}
+
+
+def multiplier_distribution(
+    multipliers: Mapping[str, float], sizes: Mapping[str, int], unit_types: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """How the multipliers are spread: over all units and per unit type.
+
+    Each summary has ``units``, ``parameters``, ``unit_mean`` (every unit counts once),
+    ``parameter_mean`` (weighted by elements: the run's effective rate relative to the base
+    rate), ``min``, ``median`` and ``max``. ``unit_types`` maps each unit to its type (e.g.
+    ``self_attn.q_proj.weight`` for every layer's query projection); without it every unit is
+    its own type.
+    """
+    missing = [name for name in multipliers if name not in sizes]
+    if missing:
+        raise ValueError(f"no size for units {missing[:5]}")
+
+    def summary(names: list[str]) -> dict[str, Any]:
+        values = [float(multipliers[name]) for name in names]
+        parameters = sum(int(sizes[name]) for name in names)
+        return {
+            "units": len(names),
+            "parameters": parameters,
+            "unit_mean": statistics.fmean(values),
+            "parameter_mean": sum(float(multipliers[n]) * int(sizes[n]) for n in names) / parameters if parameters else None,
+            "min": min(values),
+            "median": statistics.median(values),
+            "max": max(values),
+        }
+
+    if not multipliers:
+        return {"units": 0, "parameters": 0, "by_type": {}}
+    groups: dict[str, list[str]] = {}
+    for name in multipliers:
+        groups.setdefault((unit_types or {}).get(name, name), []).append(name)
+    return {**summary(list(multipliers)), "by_type": {kind: summary(names) for kind, names in groups.items()}}
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
