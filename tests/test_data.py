@@ -286,6 +286,25 @@ def test_carry_over_drops_only_the_final_remainder(tmp_path, tokenizer):
     assert list(packed.dataset["input_ids"]) == naive
 
 
+def test_chunked_tokenisation_packs_the_same_blocks_and_names_rows(tmp_path, tokenizer, monkeypatch):
+    """Large corpora are tokenised a chunk of rows at a time: the blocks do not move, and a bad row
+    is still named by its place in the whole corpus."""
+    from adept import data
+
+    texts = [f"Doc {i} " + "pq" * (i % 9) for i in range(500)]
+    path = _write_jsonl(tmp_path / "c.jsonl", texts)
+    whole = pack_corpus(path, tokenizer, 23)
+    monkeypatch.setattr(data, "TOKENIZE_CHUNK_ROWS", 64)
+    chunked = pack_corpus(path, tokenizer, 23, num_proc=2)
+    assert list(chunked.dataset["input_ids"]) == list(whole.dataset["input_ids"])
+    assert (chunked.stream_tokens, chunked.dropped_tokens) == (whole.stream_tokens, whole.dropped_tokens)
+    rows = [{"text": t} for t in texts[:300]] + [{"text": None}] + [{"text": "x"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="bad.jsonl:301"):
+        pack_corpus(bad, tokenizer, 23)
+
+
 def test_parallel_tokenisation_packs_the_same_blocks(tmp_path, tokenizer):
     """Workers tokenise; packing is one pass, so block boundaries never move."""
     path = _write_jsonl(tmp_path / "corpus.jsonl", [f"Document {i} says {'abc ' * (i % 7)}." for i in range(2500)])
@@ -339,7 +358,7 @@ def test_cache_is_fingerprinted_and_published_atomically(tmp_path, tokenizer, mo
     assert entry == first.cache_path and entry.name.startswith("packed-")
     stats = json.loads((entry / "corpus.json").read_text())
     assert (stats["documents"], stats["blocks"], stats["dropped_tokens"]) == (60, first.blocks, first.dropped_tokens)
-    assert {p.name for p in entry.iterdir()} >= {"corpus.json", "state.json", "dataset_info.json"}
+    assert {p.name for p in entry.iterdir()} == {"corpus.json", "blocks.arrow"}
     assert not list(entry.glob("tokens*")) and not (entry / "work").exists()
 
     def no_rebuild(*args, **kwargs):

@@ -50,9 +50,10 @@ SUPPORTED = (
 
 ROWS_PER_WORKER = 10_000  # a map forks a worker only per this many rows (with num_proc=None)
 BYTES_PER_LOAD_WORKER = 64 << 20  # load_dataset forks a worker only per this many bytes of files
-PACK_READ_ROWS = 1_000  # documents read per step of the packing pass
+TOKENIZE_CHUNK_ROWS = 250_000  # documents per tokenising map: bounds what each worker maps into memory
 PACKED_STATS_NAME = "corpus.json"
-PACKED_LAYOUT = "input_ids uint32, labels in the collator"  # part of the cache fingerprint
+PACKED_LAYOUT = "blocks.arrow: input_ids uint32, labels in the collator"  # part of the cache fingerprint
+BLOCKS_NAME = "blocks.arrow"
 
 
 @dataclass(frozen=True)
@@ -747,13 +748,14 @@ def _token_features():
 
 
 def _tokenize_rows(
-    batch: dict[str, list], indices: list[int], *, tokenizer, source: CorpusSource, text_field: str
+    batch: dict[str, list], indices: list[int], *, tokenizer, source: CorpusSource, text_field: str, offset: int = 0
 ) -> dict:
     """A batch of rows -> per-document token ids with EOS (chat renderings without added special tokens)."""
     names = list(batch)
     texts: list[str] = []
     chat: list[bool] = []
     for i, index in enumerate(indices):
+        index += offset  # the row's place in the whole corpus, for error messages
         doc = _document_from_row({name: batch[name][i] for name in names}, text_field, source, index)
         if doc.messages is not None:
             texts.append(_render_chat(doc.messages, tokenizer, source.locate(index)))
@@ -772,26 +774,40 @@ def _tokenize_rows(
 
 def _tokenize_corpus(
     source: CorpusSource, rows, tokenizer, text_field: str, num_proc: int | None, work: Path, tag: str
-):
-    """Per-document token ids of one corpus, as a uint32 Arrow table under ``work``."""
-    workers = _num_workers(num_proc, len(rows))
-    try:
-        return rows.map(
-            functools.partial(_tokenize_rows, tokenizer=tokenizer, source=source, text_field=text_field),
-            batched=True, with_indices=True, remove_columns=rows.column_names, features=_token_features(),
-            num_proc=workers if workers > 1 else None, cache_file_name=str(work / f"tokens-{tag}.arrow"),
-            load_from_cache_file=False, new_fingerprint=hashlib.sha256(f"{tag}|{work}".encode()).hexdigest()[:16],
-            desc=f"tokenising {Path(source.spec).name}",
-        )
-    except UnicodeDecodeError as err:  # pyarrow's JSON reader does not check UTF-8; reading the rows does
-        raise ValueError(f"{source.spec}: not UTF-8 text ({err.reason})") from None
+) -> list[Path]:
+    """Per-document token ids of one corpus as uint32 Arrow files under ``work``, in corpus order.
+
+    The rows are mapped ``TOKENIZE_CHUNK_ROWS`` at a time: a worker memory-maps its share of
+    the rows it tokenises, and those pages count in its resident memory until it exits, so
+    bounded chunks keep every worker's memory flat however large the corpus.
+    """
+    files: list[Path] = []
+    for chunk, start in enumerate(range(0, len(rows), TOKENIZE_CHUNK_ROWS)):
+        part = rows.select(range(start, min(len(rows), start + TOKENIZE_CHUNK_ROWS)))
+        workers = _num_workers(num_proc, len(part))
+        name = work / f"tokens-{tag}-{chunk:05d}.arrow"
+        try:
+            mapped = part.map(
+                functools.partial(_tokenize_rows, tokenizer=tokenizer, source=source, text_field=text_field, offset=start),
+                batched=True, with_indices=True, remove_columns=part.column_names, features=_token_features(),
+                num_proc=workers if workers > 1 else None, cache_file_name=str(name),
+                load_from_cache_file=False, new_fingerprint=hashlib.sha256(f"{tag}|{chunk}|{work}".encode()).hexdigest()[:16],
+                desc=f"tokenising {Path(source.spec).name}" + (f" (part {chunk + 1})" if len(rows) > TOKENIZE_CHUNK_ROWS else ""),
+            )
+        except UnicodeDecodeError as err:  # pyarrow's JSON reader does not check UTF-8; reading the rows does
+            raise ValueError(f"{source.spec}: not UTF-8 text ({err.reason})") from None
+        # One file, or one per worker (named *_00000_of_0000N): in order either way.
+        files.extend(sorted({Path(entry["filename"]) for entry in mapped.cache_files}))
+        del mapped
+    return files
 
 
-def _pack_stream(tables: Sequence[Any], block_size: int, lead: Sequence[int], out: Path) -> tuple[int, int, int]:
+def _pack_stream(files: Sequence[Path], block_size: int, lead: Sequence[int], out: Path, documents: int) -> tuple[int, int, int]:
     """Cut the documents' token stream into blocks in one sequential pass; write them to ``out``.
 
-    Reads the tables chunk by chunk (a ListArray's flattened values are the stream), carries the
-    tokens short of a block into the next chunk, and drops only the final remainder. Returns
+    Reads the token files record batch by record batch with plain reads (a ListArray's flattened
+    values are the stream; memory-mapping them would keep every page read resident), carries the
+    tokens short of a block into the next batch, and drops only the final remainder. Returns
     ``(stream_tokens, blocks, dropped_tokens)``.
     """
     import numpy as np
@@ -803,26 +819,27 @@ def _pack_stream(tables: Sequence[Any], block_size: int, lead: Sequence[int], ou
     rows_per_write = max(1, (1 << 24) // block_size)  # keeps ListArray's int32 offsets far from overflow
     carry = np.empty(0, dtype=np.uint32)
     stream_tokens = blocks = 0
-    bar = tqdm(total=sum(len(table) for table in tables), desc=f"packing into {block_size}-token blocks", unit="doc",
+    bar = tqdm(total=documents, desc=f"packing into {block_size}-token blocks", unit="doc",
                disable=os.environ.get("RANK", "0") != "0")
     with bar, pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        for table in tables:
-            for chunk in table.with_format("arrow").iter(batch_size=PACK_READ_ROWS):
-                bar.update(chunk.num_rows)
-                flat = chunk.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                stream_tokens += len(flat)
-                stream = np.concatenate([carry, flat.astype(np.uint32, copy=False)])
-                full = len(stream) // size
-                body = stream[: full * size].reshape(full, size)
-                if lead:
-                    body = np.concatenate([np.tile(np.asarray(lead, dtype=np.uint32), (full, 1)), body], axis=1)
-                for start in range(0, full, rows_per_write):
-                    part = body[start : start + rows_per_write]
-                    offsets = np.arange(0, part.size + 1, block_size, dtype=np.int32)
-                    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(part.ravel()))
-                    writer.write_batch(pa.record_batch([column], schema=schema))
-                blocks += full
-                carry = stream[full * size :].copy()
+        for path in files:
+            with pa.OSFile(str(path), "rb") as source:
+                for chunk in pa.ipc.open_stream(source):
+                    bar.update(chunk.num_rows)
+                    flat = chunk.column(0).flatten().to_numpy(zero_copy_only=False)
+                    stream_tokens += len(flat)
+                    stream = np.concatenate([carry, flat.astype(np.uint32, copy=False)])
+                    full = len(stream) // size
+                    body = stream[: full * size].reshape(full, size)
+                    if lead:
+                        body = np.concatenate([np.tile(np.asarray(lead, dtype=np.uint32), (full, 1)), body], axis=1)
+                    for start in range(0, full, rows_per_write):
+                        part = body[start : start + rows_per_write]
+                        offsets = np.arange(0, part.size + 1, block_size, dtype=np.int32)
+                        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(part.ravel()))
+                        writer.write_batch(pa.record_batch([column], schema=schema))
+                    blocks += full
+                    carry = stream[full * size :].copy()
     return stream_tokens, blocks, len(carry)
 
 
@@ -832,15 +849,16 @@ def _build_blocks(
 ) -> tuple[Path, dict[str, int]]:
     """Load, tokenise and pack every corpus inside ``work``; the blocks file and the statistics."""
     work.mkdir(parents=True, exist_ok=True)
-    tables = []
+    token_files: list[Path] = []
     documents = 0
     for k, source in enumerate(sources):
         rows = load_corpus(source.spec, cache_dir=work / "hf", txt_split=txt_split, text_field=text_field,
                            num_proc=num_proc)
         documents += len(rows)
-        tables.append(_tokenize_corpus(source, rows, tokenizer, text_field, num_proc, work, str(k)))
-    out = work / "blocks.arrow"
-    stream_tokens, blocks, dropped = _pack_stream(tables, block_size, lead, out)
+        token_files += _tokenize_corpus(source, rows, tokenizer, text_field, num_proc, work, str(k))
+        del rows
+    out = work / BLOCKS_NAME
+    stream_tokens, blocks, dropped = _pack_stream(token_files, block_size, lead, out, documents)
     names = ", ".join(source.spec for source in sources)
     if blocks == 0:
         raise ValueError(
@@ -910,8 +928,11 @@ def pack_corpus(
         try:
             shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process that had our PID
             blocks_file, stats = _build_blocks(sources, tokenizer, block_size, lead, work=tmp / "work", **options)
+            # The cache is the blocks file itself (memory-mapped when read) and its statistics: a
+            # save_to_disk copy would read every block back through memory once more.
             folder = tmp / "dataset"
-            datasets.Dataset.from_file(str(blocks_file)).save_to_disk(str(folder))
+            folder.mkdir()
+            os.replace(blocks_file, folder / BLOCKS_NAME)
             write_json(folder / PACKED_STATS_NAME, {
                 **artifact_header("packed_corpus"), **stats, "block_size": block_size, "bos_lead": bool(lead),
                 "txt_split": txt_split, "text_field": text_field,
@@ -929,7 +950,7 @@ def pack_corpus(
             shutil.rmtree(tmp, ignore_errors=True)
     stats = read_json(cache_path / PACKED_STATS_NAME, kind="packed_corpus")
     return PackedCorpus(
-        datasets.load_from_disk(str(cache_path)), documents=stats["documents"], stream_tokens=stats["stream_tokens"],
+        datasets.Dataset.from_file(str(cache_path / BLOCKS_NAME)), documents=stats["documents"], stream_tokens=stats["stream_tokens"],
         blocks=stats["blocks"], dropped_tokens=stats["dropped_tokens"], cache_path=cache_path,
     )
 
