@@ -20,6 +20,8 @@ from conftest import PROBE_TEXT, save_tiny_checkpoint
 from workers import fsdp_train
 from workers.trainer_train import Recording, train_config
 
+pytestmark = pytest.mark.distributed
+
 WORKERS = Path(__file__).parent / "workers"
 TIMEOUT_S = 300
 

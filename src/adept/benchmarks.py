@@ -10,11 +10,12 @@ paired differences between two models on the same items (used by ``adept.evaluat
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,6 @@ def build_named_tasks(names: Sequence[str], work_dir: str | os.PathLike) -> dict
     import yaml
     from lm_eval.tasks import TaskManager
 
-    from adept.evaluation import offline_hub
-
     folder = Path(work_dir) / "task-configs"
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -219,3 +218,36 @@ def build_named_tasks(names: Sequence[str], work_dir: str | os.PathLike) -> dict
     with offline_hub():
         tasks = TaskManager(include_path=str(folder), include_defaults=False).load([f"adept_named_{name}" for name in names])["tasks"]
     return {name: tasks[f"adept_named_{name}"] for name in names}
+
+
+@contextlib.contextmanager
+def offline_hub() -> Iterator[None]:
+    """Forbid Hugging Face Hub traffic for the duration of the block.
+
+    The environment variables are read once at import time by huggingface_hub and datasets, so
+    the module-level flags are switched too, and everything is restored afterwards.
+    """
+    import datasets.config
+    import huggingface_hub.constants
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    flags = [
+        (huggingface_hub.constants, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_HUB_OFFLINE"),
+        (datasets.config, "HF_DATASETS_OFFLINE"),
+    ]
+    saved_env = {key: os.environ.get(key) for key in env}
+    saved_flags = [(module, name, getattr(module, name)) for module, name in flags if hasattr(module, name)]
+    os.environ.update(env)
+    for module, name, _ in saved_flags:
+        setattr(module, name, True)
+    try:
+        yield
+    finally:
+        for module, name, value in saved_flags:
+            setattr(module, name, value)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

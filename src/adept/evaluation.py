@@ -9,7 +9,6 @@ offline), and writes ``results.json``: one entry per model plus a comparison aga
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -17,12 +16,12 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, read_artifact, read_json, write_json
-from adept.benchmarks import benchmark_files, is_named_benchmark, paired_difference
+from adept.benchmarks import benchmark_files, is_named_benchmark, offline_hub, paired_difference
 from adept.data import iter_jsonl, resolve_corpus
 from adept.report_tables import benchmark_markdown, comparison_markdown  # noqa: F401  (the CLI imports them from here)
 
@@ -162,39 +161,6 @@ def local_task_config(task: str, path: str | os.PathLike, cache_dir: str | os.Pa
         ],
         "metadata": {"version": 1.0},
     }
-
-
-@contextlib.contextmanager
-def offline_hub() -> Iterator[None]:
-    """Forbid Hugging Face Hub traffic for the duration of the block.
-
-    The environment variables are read once at import time by huggingface_hub and datasets, so
-    the module-level flags are switched too, and everything is restored afterwards.
-    """
-    import datasets.config
-    import huggingface_hub.constants
-
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    flags = [
-        (huggingface_hub.constants, "HF_HUB_OFFLINE"),
-        (datasets.config, "HF_HUB_OFFLINE"),
-        (datasets.config, "HF_DATASETS_OFFLINE"),
-    ]
-    saved_env = {key: os.environ.get(key) for key in env}
-    saved_flags = [(module, name, getattr(module, name)) for module, name in flags if hasattr(module, name)]
-    os.environ.update(env)
-    for module, name, _ in saved_flags:
-        setattr(module, name, True)
-    try:
-        yield
-    finally:
-        for module, name, value in saved_flags:
-            setattr(module, name, value)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _task_id(index: int, name: str) -> str:

@@ -84,10 +84,13 @@ def plot_layer_bars(
 
 
 
+# The token-shift categories and rank bins (`adept.shift` computes them; this figure and the report show them).
+CATEGORIES = ("unshifted", "marginal", "shifted")
+RANK_BINS = ("1", "2", "3", "4-10", ">10")
+
+
 def plot_shift(result: dict[str, Any], path: str | os.PathLike, title: str = "Token-distribution shift") -> Path:
     """Two bar panels of a ``shift.json`` result: category shares and the rank histogram of the tuned top-1 token."""
-    from adept.shift import CATEGORIES, RANK_BINS
-
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     shares = [result["categories"][name] for name in CATEGORIES]

@@ -28,6 +28,7 @@ from adept import __version__
 from adept.artifacts import read_json, write_text
 from adept.report_sections import (
     Heading,
+    RunArtifacts,
     Section,
     Table,
     Text,
@@ -49,26 +50,6 @@ REPORT_DIR = "report"
 
 
 # --- what a run directory holds ------------------------------------------------------------
-
-
-@dataclass
-class RunArtifacts:
-    """Everything readable in one run directory; ``missing`` and ``problems`` say what is not."""
-
-    name: str
-    path: Path
-    config_text: str | None = None
-    importance: dict[str, Any] | None = None
-    importance_pngs: dict[str, Path] = field(default_factory=dict)
-    expansions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    trainings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    unit_rates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    evaluation: dict[str, Any] | None = None
-    shifts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    shift_pngs: dict[str, Path] = field(default_factory=dict)
-    found: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
 
 def collect_run(run_dir: str | os.PathLike, name: str | None = None) -> RunArtifacts:

@@ -12,16 +12,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from adept.artifacts import finite_number
 from adept.plots import plot_layer_bars, plot_losses, plot_unit_heatmap, plot_unit_rates
 
-if TYPE_CHECKING:
-    from adept.report import RunArtifacts
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOP_TOKENS = 20
+
+
+@dataclass
+class RunArtifacts:
+    """Everything readable in one run directory; ``missing`` and ``problems`` say what is not."""
+
+    name: str
+    path: Path
+    config_text: str | None = None
+    importance: dict[str, Any] | None = None
+    importance_pngs: dict[str, Path] = field(default_factory=dict)
+    expansions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    trainings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unit_rates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    shifts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shift_pngs: dict[str, Path] = field(default_factory=dict)
+    found: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 # --- blocks: what the templates render ---------------------------------------------------------

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from adept.artifacts import finite_number
 from adept.plots import plot_forgetting_gain
-from adept.report_sections import Figure, Heading, Table, Text, format_cell, none_found
-
-if TYPE_CHECKING:
-    from adept.report import RunArtifacts
+from adept.report_sections import Figure, Heading, RunArtifacts, Table, Text, format_cell, none_found
 
 # (key, header, style, which value is best: "min", "max" or None)
 COMPARISON_COLUMNS = (

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, write_json
+from adept.checkpoints import load_model_and_tokenizer, read_model_config
 from adept.data import resolve_corpus
+from adept.plots import CATEGORIES, RANK_BINS, plot_shift
 
 logger = logging.getLogger(__name__)
 
 SHIFT_NAME = "shift.json"
 SHIFT_PLOT_NAME = "shift.png"
-CATEGORIES = ("unshifted", "marginal", "shifted")
-RANK_BINS = ("1", "2", "3", "4-10", ">10")
 
 
 def packed_blocks(tokenizer, path: str | os.PathLike, block_size: int = 256, max_blocks: int | None = 64, cache_dir=None,
@@ -169,9 +169,6 @@ def run_shift(
     """
     import torch
 
-    from adept.expansion import read_model_config
-    from adept.plots import plot_shift
-    from adept.checkpoints import load_model_and_tokenizer
 
     output_dir = Path(output_dir)
     for checkpoint in (base_path, tuned_path):
