@@ -185,13 +185,18 @@ def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults
                  "--gradient-checkpointing": "gradient_checkpointing"}
     train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
     train["--learning-rate"] = None  # absent: the method's own (default_training_args)
+    train["--bf16"] = None  # absent: on with a bf16 --dtype (make_training_arguments)
     actual = _flags("train")
     for flag in ("--eval-data", "--replay-data"):  # repeatable: absent means the field's empty list
         assert actual[flag] is None and train[flag] == []
         actual[flag] = []
     assert actual == train
 
-    importance = _config_flags(ImportanceSection) | {"--device": PipelineConfig().device, "--dtype": PipelineConfig().dtype}
+    from adept.config import DataSection
+
+    importance = _config_flags(ImportanceSection) | {"--device": PipelineConfig().device, "--dtype": PipelineConfig().dtype,
+                                                     "--attn-implementation": PipelineConfig().attn_implementation,
+                                                     "--text-field": DataSection().text_field}
     importance |= {"--model": ..., "--probe": ..., "--output": ..., "--txt-split": "paragraph"}
     actual = _flags("importance")
     assert actual.pop("--metrics").split(",") == importance.pop("--metrics")

@@ -580,7 +580,7 @@ def _tokenize_one(doc: Document, tokenizer, max_length: int) -> Iterable[Tokeniz
         yield TokenizedExample(ids[:max_length], labels[:max_length])
         return
     if doc.text is not None:
-        ids = tokenizer(doc.text)["input_ids"]
+        ids = tokenizer(doc.text, verbose=False)["input_ids"]  # long documents are cut into windows below
         if eos is not None:
             ids = ids + [eos]
         for start in range(0, len(ids), max_length):
@@ -766,7 +766,8 @@ def _tokenize_rows(
     for is_chat in (False, True):
         rows = [i for i, flag in enumerate(chat) if flag == is_chat]
         if rows:
-            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=not is_chat)["input_ids"]
+            # verbose=False: documents longer than the model's context are expected here (they are cut into blocks)
+            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=not is_chat, verbose=False)["input_ids"]
             for i, row in zip(rows, encoded):
                 ids[i] = [*row, tokenizer.eos_token_id]
     return {"input_ids": ids}
