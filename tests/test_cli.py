@@ -181,7 +181,7 @@ def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults
     train = _config_flags(TrainConfig, rename={"output_dir": "output", "probe_data": "probe"}, nested={"rule": "", "probe": "probe-"})
     del train["--training-args"]
     shortcuts = {"--learning-rate": "learning_rate", "--max-steps": "max_steps", "--batch-size": "per_device_train_batch_size",
-                 "--gradient-accumulation-steps": "gradient_accumulation_steps", "--seed": "seed", "--bf16": "bf16",
+                 "--gradient-accumulation-steps": "gradient_accumulation_steps", "--seed": "seed",
                  "--gradient-checkpointing": "gradient_checkpointing"}
     train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
     train["--learning-rate"] = None  # absent: the method's own (default_training_args)

@@ -122,6 +122,20 @@ def test_bf16_needs_autocast(bf16_workspace, tmp_path):
         make_training_arguments(cfg)
 
 
+def test_a_bf16_pipeline_config_trains_under_autocast(bf16_workspace, tmp_path):
+    """`adept run` with dtype: bfloat16 reaches the training arguments with bf16 on, by default and when asked."""
+    from dataclasses import replace
+
+    from adept.config import load_config
+
+    base = ["model=m", f"data.domain_train={bf16_workspace / 'domain.txt'}", "train.methods=[full]", "dtype=bfloat16"]
+    for extra in ([], ["train.training_args.bf16=true"]):
+        settings = load_config(None, base + extra).method_settings("full")
+        cfg = _config(bf16_workspace, tmp_path / "run", method="full", model="base32", dtype="bfloat16")
+        cfg = replace(cfg, training_args={**settings.training_args, "use_cpu": True})
+        assert make_training_arguments(cfg).bf16
+
+
 def test_token_budget_sets_the_steps(bf16_workspace, tmp_path):
     cfg = _config(bf16_workspace, tmp_path / "run", max_tokens=1000,
                   training_args={"max_steps": -1, "gradient_accumulation_steps": 3})

@@ -62,9 +62,9 @@ DEFAULT_TRAINING_ARGS: dict[str, Any] = {
     "data_seed": 0,
     "dataloader_num_workers": 0,
     "disable_tqdm": False,
-    # The Trainer's own defaults, listed so that `adept train` shows them on its shortcut flags.
+    # The Trainer's own defaults, listed so that `adept train` shows them on its shortcut flags
+    # (bf16 is not: it follows the run's dtype, see adept.training.make_training_arguments).
     "gradient_accumulation_steps": 1,
-    "bf16": False,
     "gradient_checkpointing": False,
 }
 
