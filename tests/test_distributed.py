@@ -26,15 +26,20 @@ WORKERS = Path(__file__).parent / "workers"
 TIMEOUT_S = 300
 
 
-def _torchrun(nproc: int, worker: str, *args) -> None:
+def _torchrun(nproc: int, worker: str, *args) -> str:
+    """Run a test worker script under torchrun on ``nproc`` CPU processes; returns its output."""
+    return _launch(nproc, str(WORKERS / worker), *map(str, args))
+
+
+def _launch(nproc: int, *target: str) -> str:
+    """``torchrun --standalone --nproc_per_node N TARGET...`` (a script, or ``-m module args``); its output."""
     # --standalone lets torchrun pick a free port for its own rendezvous store; a fixed
     # --master_port would collide between concurrent runs, and --master_port 0 is handed to the
     # workers verbatim, so they wait forever to connect to port 0.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
            "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator, for the deepspeed engine
            "PYTHONFAULTHANDLER": "1"}  # a worker killed by a signal prints every thread's stack
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(WORKERS / worker), *map(str, args)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *target]
     # Own session, so a timeout kills the workers too, not just the launcher.
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
@@ -45,6 +50,7 @@ def _torchrun(nproc: int, worker: str, *args) -> None:
         output, _ = launcher.communicate()
         pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{output[-3000:]}")
     assert launcher.returncode == 0, output[-3000:]
+    return output
 
 
 def _losses(out: Path) -> list[float]:
@@ -191,23 +197,6 @@ def test_fsdp2_sharded_importance_matches_single_process(tmp_path, nproc, replic
         torch.testing.assert_close(saved_params[name].detach(), tensor, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _launch(nproc: int, *args: str) -> str:
-    """``torchrun --nproc_per_node N -m adept.cli ARGS``: the command a user types; returns its output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "adept.cli", *args]
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
-    try:
-        output, _ = launcher.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        output, _ = launcher.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s:\n{output[-3000:]}")
-    assert launcher.returncode == 0, output[-3000:]
-    return output
-
-
 def test_adept_run_under_torchrun_and_its_resume(tmp_path):
     """`torchrun --nproc-per-node 2 -m adept.cli run`: rank 0 runs the single-process stages, both ranks train
     (DDP on gloo), one table is printed; a run that died during training resumes from its checkpoint."""
@@ -233,7 +222,7 @@ train:
                   disable_tqdm: true, ddp_timeout: 120}}
 evaluation: {{batch_size: 4, max_blocks: 2, shift: false}}
 """)
-    output = _launch(2, "run", str(config))
+    output = _launch(2, "-m", "adept.cli", "run", str(config))
     run = tmp_path / "run"
     assert output.count("| adept |") == 1  # rank 0 prints the table, rank 1 nothing
     summary = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
@@ -253,7 +242,7 @@ evaluation: {{batch_size: 4, max_blocks: 2, shift: false}}
     shutil.rmtree(run / "train" / "adept" / "checkpoint-4")
     records["train:adept"]["status"] = "running"
     (run / "pipeline.json").write_text(json.dumps({**json.loads((run / "pipeline.json").read_text()), "stages": records}))
-    output = _launch(2, "run", str(config))
+    output = _launch(2, "-m", "adept.cli", "run", str(config))
     assert "up to date, skipped: data, importance, expand:adept, eval:base" in output
     assert f"resuming from {checkpoint}" in output
     assert (checkpoint / "trainer_state.json").stat().st_mtime_ns == saved_at

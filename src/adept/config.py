@@ -263,7 +263,7 @@ class MultiplierRule:
 
     rule: str = setting("linear", "Multiplier rule: linear (m = scale * (1 - I)) or inverse (m = scale / (1 + I)).")
     scale: float = setting(2.0, "Multiplier scale: m of the least important unit (2.0 in the paper). The mean multiplier "
-                                "is not held at 1 (1.75 over units in the demo's runs); see rate_budget.")
+                                "is not held at 1 (1.99 weighted by parameters in the demo's ADEPT run); see rate_budget.")
     normalization: str = setting("minmax", "Importance normalisation over all trainable units: minmax, rank or none.")
     unit_score: str = setting("mean", "Unit score: mean (the paper's) or sum of abs(w * dL/dw) over the tensor.")
     floor: float = setting(0.05, "Smallest multiplier.")
