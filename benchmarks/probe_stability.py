@@ -86,7 +86,10 @@ def summarize(points: list[dict]) -> dict:
 
 
 def render(summary: dict, command: str) -> str:
-    lines = ["# Is Stage 1 stable? Layer masking from probes of several sizes", ""]
+    lines = ["# Is Stage 1 stable? Layer masking from probes of several sizes", "",
+             "Question: does Stage 1 choose the same four layers to copy when the probe is another sample of the same "
+             "corpus? Answer, per probe size (recommendation: the default probe size follows once 20,000 tokens have "
+             "run as well):", ""]
     lines += ["| probe tokens | samples | chosen four in common, mean of pairs (min) | Spearman of the rankings, mean (min) | "
               "layers chosen (times of the samples) |", "|---:|---:|---:|---:|---|"]
     for tokens, s in summary.items():
