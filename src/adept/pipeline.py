@@ -254,17 +254,15 @@ class Pipeline:
         from adept.data import resolve_corpus
 
         data = asdict(cfg.data)
-        for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay"):
-            for idx, path in enumerate(data[key]):
-                try:
-                    resolve_corpus(path)
-                except (FileNotFoundError, ValueError) as err:
-                    raise type(err)(f"data.{key}[{idx}]: {err}") from None
+        corpora = [(f"data.{key}[{idx}]", path) for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay")
+                   for idx, path in enumerate(data[key])]
         if cfg.data.general_probe:
+            corpora.append(("data.general_probe", cfg.data.general_probe))
+        for key, path in corpora:
             try:
-                resolve_corpus(cfg.data.general_probe)
+                resolve_corpus(path)
             except (FileNotFoundError, ValueError) as err:
-                raise type(err)(f"data.general_probe: {err}") from None
+                raise type(err)(f"{key}: {err}") from None
         from adept.benchmarks import benchmark_files, is_named_benchmark
         from adept.evaluation import is_benchmark_file, validate_benchmark_file
 

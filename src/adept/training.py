@@ -174,7 +174,7 @@ def make_training_arguments(cfg: TrainConfig):
     if cfg.eval_data:
         merged.setdefault("eval_strategy", "steps")
         merged.setdefault("eval_steps", merged.get("save_steps", 100))
-    low = {"bfloat16": "bf16", "float16": "fp16"}.get(resolve_run_dtype(cfg, merged))
+    low = {"bfloat16": "bf16", "float16": "fp16"}.get(resolve_run_dtype(cfg, bool(merged.get("use_cpu", False))))
     if low is not None:
         if low in cfg.training_args and not cfg.training_args[low]:
             raise ValueError(f"dtype {cfg.dtype} needs training_args.{low}: true (autocast between the {cfg.dtype} frozen "
@@ -192,11 +192,11 @@ def tokens_per_optimizer_step(args, block_size: int) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
 
 
-def resolve_run_dtype(cfg: TrainConfig, training_args: Mapping[str, Any]) -> str:
+def resolve_run_dtype(cfg: TrainConfig, use_cpu: bool) -> str:
     """``cfg.dtype`` with ``auto`` resolved: bfloat16 when training on a GPU that has it, else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    on_gpu = torch.cuda.is_available() and not training_args.get("use_cpu", False)
+    on_gpu = torch.cuda.is_available() and not use_cpu
     return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
 
 
@@ -400,7 +400,7 @@ def run_training(
     tokenizer = load_tokenizer(cfg.model)
     # The frozen base stays in the run's dtype; the trainable weights become fp32 master weights
     # below, and the Trainer's autocast (bf16/fp16, set by make_training_arguments) mixes them.
-    run_dtype = resolve_run_dtype(cfg, cfg.training_args)
+    run_dtype = resolve_run_dtype(cfg, args.use_cpu)
     saved_dtype = checkpoint_dtype(cfg.model)
     model = load_model(cfg.model, getattr(torch, run_dtype), cfg.attn_implementation)
     layers, manifest = trainable_layers(cfg, model)
