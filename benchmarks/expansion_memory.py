@@ -52,7 +52,9 @@ print(time.perf_counter() - start, HWM, before)
 """
 
 
-def build_synthetic_checkpoint(path: Path, hidden: int, layers: int, intermediate: int, vocab: int, shard_bytes: int) -> int:
+def build_synthetic_checkpoint(
+    path: Path, hidden: int, layers: int, intermediate: int, vocab: int, shard_bytes: int
+) -> int:
     """Write random fp16 shards plus config and index; return the largest shard's size."""
     import torch
     from safetensors.torch import save_file
@@ -60,9 +62,14 @@ def build_synthetic_checkpoint(path: Path, hidden: int, layers: int, intermediat
 
     path.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(
-        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, num_key_value_heads=max(1, hidden // 256), vocab_size=vocab,
-        tie_word_embeddings=False, dtype="float16",
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 256),
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        dtype="float16",
     )
     config.save_pretrained(path)
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
@@ -70,11 +77,15 @@ def build_synthetic_checkpoint(path: Path, hidden: int, layers: int, intermediat
     for i in range(layers):
         p = f"model.layers.{i}."
         shapes |= {
-            p + "self_attn.q_proj.weight": (hidden, hidden), p + "self_attn.k_proj.weight": (kv, hidden),
-            p + "self_attn.v_proj.weight": (kv, hidden), p + "self_attn.o_proj.weight": (hidden, hidden),
-            p + "mlp.gate_proj.weight": (intermediate, hidden), p + "mlp.up_proj.weight": (intermediate, hidden),
+            p + "self_attn.q_proj.weight": (hidden, hidden),
+            p + "self_attn.k_proj.weight": (kv, hidden),
+            p + "self_attn.v_proj.weight": (kv, hidden),
+            p + "self_attn.o_proj.weight": (hidden, hidden),
+            p + "mlp.gate_proj.weight": (intermediate, hidden),
+            p + "mlp.up_proj.weight": (intermediate, hidden),
             p + "mlp.down_proj.weight": (hidden, intermediate),
-            p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
         }
     shapes |= {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
     shards: list[dict[str, tuple[int, ...]]] = [{}]
@@ -98,19 +109,25 @@ def build_synthetic_checkpoint(path: Path, hidden: int, layers: int, intermediat
         weight_map |= {k: name for k in group}
         largest = max(largest, (path / name).stat().st_size)
         total += (path / name).stat().st_size
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return largest
 
 
 def measure(script: str, *args: str) -> tuple[float, int, int]:
-    done = subprocess.run([sys.executable, "-c", script.replace("HWM", HWM), *args], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script.replace("HWM", HWM), *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     seconds, peak, at_start = done.stdout.strip().splitlines()[-1].split()
     return float(seconds), int(peak), int(at_start)
 
 
-def importance_overhead(hidden: int = 256, layers: int = 8, batch: int = 4, length: int = 256, repeats: int = 3) -> tuple[float, float]:
+def importance_overhead(
+    hidden: int = 256, layers: int = 8, batch: int = 4, length: int = 256, repeats: int = 3
+) -> tuple[float, float]:
     """Seconds per pass: plain forward+backward vs the importance gradient pass, same tokens."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -118,8 +135,14 @@ def importance_overhead(hidden: int = 256, layers: int = 8, batch: int = 4, leng
     from adept.importance import batch_loss_sum, layer_units, unit_gradient_scores
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=4096)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        vocab_size=4096,
+    )
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 4096, (batch, length))
     batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()} for _ in range(4)]
@@ -151,7 +174,9 @@ def importance_overhead(hidden: int = 256, layers: int = 8, batch: int = 4, leng
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=None, help="Where the synthetic checkpoints go (default: a temp dir).")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="Where the synthetic checkpoints go (default: a temp dir)."
+    )
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--intermediate", type=int, default=5632)
@@ -166,19 +191,29 @@ def main() -> None:
         shard_bytes = int(args.shard_gb * 1024**3)
         largest = build_synthetic_checkpoint(src, args.hidden, args.layers, args.intermediate, args.vocab, shard_bytes)
         total = sum(f.stat().st_size for f in src.glob("*.safetensors"))
-        print(f"synthetic Llama checkpoint: {args.layers} layers, hidden {args.hidden}, "
-              f"{total / 1024**3:.2f} GiB in {len(list(src.glob('*.safetensors')))} shards, largest {largest / 1024**3:.2f} GiB")
+        print(
+            f"synthetic Llama checkpoint: {args.layers} layers, hidden {args.hidden}, "
+            f"{total / 1024**3:.2f} GiB in {len(list(src.glob('*.safetensors')))} shards, largest "
+            f"{largest / 1024**3:.2f} GiB"
+        )
         rows = [("streaming (adept expand)", *measure(STREAMING, str(src), str(workdir / "streamed")))]
         shutil.rmtree(workdir / "streamed", ignore_errors=True)
         if not args.skip_naive:
-            rows.append(("naive load-expand-save", *measure(NAIVE, str(src), str(workdir / "naive"), f"{args.shard_gb}GB")))
+            rows.append(
+                ("naive load-expand-save", *measure(NAIVE, str(src), str(workdir / "naive"), f"{args.shard_gb}GB"))
+            )
             shutil.rmtree(workdir / "naive", ignore_errors=True)
         print(f"{'method':<26} {'time s':>8} {'peak RSS GiB':>13} {'RSS/shard':>10} {'RSS after imports GiB':>22}")
         for name, seconds, peak, at_start in rows:
-            print(f"{name:<26} {seconds:>8.1f} {peak / 1024**3:>13.2f} {peak / largest:>10.2f} {at_start / 1024**3:>22.2f}")
+            print(
+                f"{name:<26} {seconds:>8.1f} {peak / 1024**3:>13.2f} {peak / largest:>10.2f} "
+                f"{at_start / 1024**3:>22.2f}"
+            )
         streaming_ratio = rows[0][2] / largest
-        print(f"target: streaming peak RSS <= 2.0x largest shard -> {streaming_ratio:.2f}x "
-              f"({'met' if streaming_ratio <= 2.0 else 'MISSED'})")
+        print(
+            f"target: streaming peak RSS <= 2.0x largest shard -> {streaming_ratio:.2f}x "
+            f"({'met' if streaming_ratio <= 2.0 else 'MISSED'})"
+        )
         if len(rows) == 2:
             print(f"naive / streaming: peak RSS {rows[1][2] / rows[0][2]:.1f}x, time {rows[1][1] / rows[0][1]:.1f}x")
     finally:
@@ -186,8 +221,11 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     plain, probe = importance_overhead()
-    print(f"importance gradient pass vs plain forward+backward (same tokens, 8-layer hidden-256 Llama): "
-          f"{probe:.3f}s vs {plain:.3f}s = {probe / plain:.2f}x (target <= 1.2x: {'met' if probe / plain <= 1.2 else 'MISSED'})")
+    print(
+        f"importance gradient pass vs plain forward+backward (same tokens, 8-layer hidden-256 Llama): "
+        f"{probe:.3f}s vs {plain:.3f}s = {probe / plain:.2f}x (target <= 1.2x: "
+        f"{'met' if probe / plain <= 1.2 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -99,21 +99,40 @@ def run_order() -> list[tuple[Front, float]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="configs/fronts_smollm2.yaml", help="pipeline YAML (default: %(default)s)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
-    parser.add_argument("--output-root", default="runs/fronts/smollm2", help="one run directory per seed under it (default: %(default)s)")
+    parser.add_argument(
+        "--output-root",
+        default="runs/fronts/smollm2",
+        help="one run directory per seed under it (default: %(default)s)",
+    )
     parser.add_argument("--fronts", default=None, help="comma-separated front names to run (default: all of GRID)")
-    parser.add_argument("--rates", default=None, help="comma-separated learning rates to run, of those in each front's grid "
-                        "(default: all)")
-    parser.add_argument("--labels", default=None, help="comma-separated front@rate labels to run, each in the grid; "
-                        "instead of --fronts and --rates, whose selection is their cross product")
+    parser.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated learning rates to run, of those in each front's grid (default: all)",
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated front@rate labels to run, each in the grid; "
+        "instead of --fronts and --rates, whose selection is their cross product",
+    )
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many labels in this sitting")
-    parser.add_argument("--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)")
-    parser.add_argument("--title", default="Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
-                        help="heading of the section written (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable")
+    parser.add_argument(
+        "--docs", default="docs/results.md", help="Markdown whose fronts section is rewritten (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--title",
+        default="Real model: forgetting-versus-gain fronts (SmolLM2-135M-Instruct)",
+        help="heading of the section written (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable"
+    )
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each label's intermediate checkpoints")
     parser.add_argument("--report-only", action="store_true", help="rebuild the docs from the labels done so far")
     parser.add_argument("--list", action="store_true", help="print the grid in run order and what is done")
@@ -124,9 +143,16 @@ def regenerate_command(args: argparse.Namespace) -> str:
     """The command that runs (or resumes) this grid and rewrites this document (not ``--max-runs``)."""
     parts = ["python", "benchmarks/fronts.py"]
     defaults = parse_args([])
-    for flag, value in (("--config", args.config), ("--seeds", args.seeds), ("--output-root", args.output_root),
-                        ("--fronts", args.fronts), ("--rates", args.rates), ("--labels", args.labels), ("--docs", args.docs),
-                        ("--title", args.title)):
+    for flag, value in (
+        ("--config", args.config),
+        ("--seeds", args.seeds),
+        ("--output-root", args.output_root),
+        ("--fronts", args.fronts),
+        ("--rates", args.rates),
+        ("--labels", args.labels),
+        ("--docs", args.docs),
+        ("--title", args.title),
+    ):
         if value != getattr(defaults, flag[2:].replace("-", "_")):
             parts += [flag, value]
     for override in args.overrides:
@@ -151,7 +177,11 @@ def label_overrides(front: Front, rate: float, cfg: PipelineConfig) -> list[str]
     label = label_of(front, rate)
     key = f"train.variants.{label}"
     steps = label_steps(front, cfg)
-    overrides = [f"train.methods=[{label}]", f"{key}.method={front.method}", f"{key}.training_args.learning_rate={rate}"]
+    overrides = [
+        f"train.methods=[{label}]",
+        f"{key}.method={front.method}",
+        f"{key}.training_args.learning_rate={rate}",
+    ]
     if front.replay_ratio:
         overrides += [f"{key}.replay_ratio={front.replay_ratio}", f"{key}.training_args.max_steps={steps}"]
     eval_steps = max(1, steps // CURVE_POINTS) if front.method == FULL else steps
@@ -160,7 +190,11 @@ def label_overrides(front: Front, rate: float, cfg: PipelineConfig) -> list[str]
 
 
 def seed_overrides(root: Path, seed: int) -> list[str]:
-    return [f"train.training_args.seed={seed}", f"train.training_args.data_seed={seed}", f"run_dir={root / f'seed{seed}'}"]
+    return [
+        f"train.training_args.seed={seed}",
+        f"train.training_args.data_seed={seed}",
+        f"run_dir={root / f'seed{seed}'}",
+    ]
 
 
 def is_done(run_dir: Path, label: str) -> bool:
@@ -182,8 +216,16 @@ def tidy(run_dir: Path, label: str) -> None:
         shutil.rmtree(path)
 
 
-def run_grid(args: argparse.Namespace, config: PipelineConfig, todo: list[tuple[Front, float]], seeds: list[int], root: Path,
-             command: str, record: dict[str, Any] | None, record_path: Path) -> None:
+def run_grid(
+    args: argparse.Namespace,
+    config: PipelineConfig,
+    todo: list[tuple[Front, float]],
+    seeds: list[int],
+    root: Path,
+    command: str,
+    record: dict[str, Any] | None,
+    record_path: Path,
+) -> None:
     """Train every (front, rate) of ``todo`` not done yet, here or in the page's record, seed by seed, in that order.
 
     Before the first label of a seed with recorded runs, the base model is evaluated here and
@@ -207,17 +249,28 @@ def run_grid(args: argparse.Namespace, config: PipelineConfig, todo: list[tuple[
                 print(f"== --max-runs {args.max_runs} reached; rerun to continue", flush=True)
                 return
             if not checked:
-                results = Pipeline(load_config(args.config, [*args.overrides, *seed_overrides(root, seed)])).evaluate_base()
-                check_base(record["base"][str(seed)], base_summary(read_json(results, kind="evaluation")["runs"][0]), record_path, seed)
+                results = Pipeline(
+                    load_config(args.config, [*args.overrides, *seed_overrides(root, seed)])
+                ).evaluate_base()
+                check_base(
+                    record["base"][str(seed)],
+                    base_summary(read_json(results, kind="evaluation")["runs"][0]),
+                    record_path,
+                    seed,
+                )
                 checked = True
-            cfg = load_config(args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, config)])
+            cfg = load_config(
+                args.config, [*args.overrides, *seed_overrides(root, seed), *label_overrides(front, rate, config)]
+            )
             print(f"== seed {seed}: {label} -> {run_dir}", flush=True)
             started = time.monotonic()
             run_pipeline(cfg)
             if not args.keep_checkpoints:
                 tidy(run_dir, label)
-            write_json(train_dir(run_dir, label) / MACHINE_NAME,
-                       {"seed": seed, "command": command, "seconds": time.monotonic() - started, **machine_info(cfg.device)})
+            write_json(
+                train_dir(run_dir, label) / MACHINE_NAME,
+                {"seed": seed, "command": command, "seconds": time.monotonic() - started, **machine_info(cfg.device)},
+            )
             ran += 1
 
 
@@ -272,7 +325,9 @@ def read_label(run_dir: Path, label: str, base: dict[str, Any]) -> dict[str, Any
         loss, base_loss = weighted_loss(run["perplexity"], side), weighted_loss(base["perplexity"], side)
         row[f"{side}_loss"] = loss
         row[f"{side}_loss_change_pct"] = None if loss is None or base_loss is None else 100 * (loss / base_loss - 1)
-        paired = paired_difference(pooled_items(base["benchmarks"], side), pooled_items(run["benchmarks"], side), "score")
+        paired = paired_difference(
+            pooled_items(base["benchmarks"], side), pooled_items(run["benchmarks"], side), "score"
+        )
         row[f"{side}_acc_change"] = paired
     row["forgetting_pct"] = row["general_loss_change_pct"]
     row["gain_pct"] = None if row["domain_loss_change_pct"] is None else -row["domain_loss_change_pct"]
@@ -318,8 +373,11 @@ def base_summary(base: dict[str, Any]) -> dict[str, Any]:
     """What the page keeps of the base model's evaluation: the losses every row is a change from, and its accuracies."""
     from adept.evaluation import weighted_loss
 
-    return {"general_loss": weighted_loss(base["perplexity"], "general"), "domain_loss": weighted_loss(base["perplexity"], "domain"),
-            "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()}}
+    return {
+        "general_loss": weighted_loss(base["perplexity"], "general"),
+        "domain_loss": weighted_loss(base["perplexity"], "domain"),
+        "benchmarks": {k: {m: v.get(m) for m in ("acc", "acc_norm", "n")} for k, v in base["benchmarks"].items()},
+    }
 
 
 # --- the record: labels an earlier sitting reported ---------------------------------------
@@ -335,7 +393,9 @@ class RecordError(ValueError):
     """A page's record that cannot be continued here; the message names the file and key."""
 
 
-def read_record(path: Path, config: str, overrides: list[str], cfg, grid: dict[str, tuple[Front, float]]) -> dict[str, Any] | None:
+def read_record(
+    path: Path, config: str, overrides: list[str], cfg, grid: dict[str, tuple[Front, float]]
+) -> dict[str, Any] | None:
     """The fronts record at ``path`` (a page's JSON), or None where there is none; refuses one made
     with another config, other ``--set`` overrides or another number of steps per label."""
     from adept.artifacts import read_json
@@ -347,14 +407,18 @@ def read_record(path: Path, config: str, overrides: list[str], cfg, grid: dict[s
     if record.get("config") != config:
         raise RecordError(f"{path}: config: the recorded runs used {record.get('config')}, not {config}; {fix}")
     if "overrides" in record and sorted(record["overrides"]) != sorted(overrides):
-        raise RecordError(f"{path}: overrides: the recorded runs used --set {record['overrides']}, not {overrides}; {fix}")
+        raise RecordError(
+            f"{path}: overrides: the recorded runs used --set {record['overrides']}, not {overrides}; {fix}"
+        )
     for seed, rows in record.get("runs", {}).items():
         for label, row in rows.items():
             if label not in grid:
                 raise RecordError(f"{path}: runs.{seed}.{label}: not a label of the grid; {fix}")
             steps = label_steps(grid[label][0], cfg)
             if row.get("steps") != steps:
-                raise RecordError(f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains {steps}; {fix}")
+                raise RecordError(
+                    f"{path}: runs.{seed}.{label}.steps: recorded {row.get('steps')}, this config trains {steps}; {fix}"
+                )
     return record
 
 
@@ -363,9 +427,13 @@ def check_base(recorded: dict[str, Any], here: dict[str, Any], path: Path, seed:
     why = "the recorded runs started from another model or data: remove the file to start this page afresh"
     for key in ("general_loss", "domain_loss"):
         if not math.isclose(here[key], recorded[key], rel_tol=BASE_TOLERANCE):
-            raise RecordError(f"{path}: base.{seed}.{key}: recorded {recorded[key]:.6f}, evaluated here {here[key]:.6f}; {why}")
+            raise RecordError(
+                f"{path}: base.{seed}.{key}: recorded {recorded[key]:.6f}, evaluated here {here[key]:.6f}; {why}"
+            )
     if here["benchmarks"] != recorded["benchmarks"]:
-        raise RecordError(f"{path}: base.{seed}.benchmarks: the recorded accuracies differ from those evaluated here; {why}")
+        raise RecordError(
+            f"{path}: base.{seed}.benchmarks: the recorded accuracies differ from those evaluated here; {why}"
+        )
 
 
 def recorded_labels(record: dict[str, Any] | None) -> set[tuple[int, str]]:
@@ -420,7 +488,9 @@ def seed_counts(data: dict[str, Any]) -> dict[str, int]:
 
 def seed_range(data: dict[str, Any], front: Front, rate: float, key: str) -> tuple[float, float] | None:
     """(lowest, highest) of ``key`` over the seeds that ran the label; None for fewer than two."""
-    values = [_value(rows[label_of(front, rate)], key) for rows in data["seeds"].values() if label_of(front, rate) in rows]
+    values = [
+        _value(rows[label_of(front, rate)], key) for rows in data["seeds"].values() if label_of(front, rate) in rows
+    ]
     values = [v for v in values if v is not None]
     return (min(values), max(values)) if len(values) > 1 else None
 
@@ -438,8 +508,11 @@ def efficient(points: list[tuple[float, float, float]]) -> list[tuple[float, flo
     A rate past the useful range (more forgetting *and* less gain than a lower one) is shown in
     the table and the plot but is not a trade-off anyone would pick, so it is not interpolated.
     """
-    return [p for p in points
-            if not any(q is not p and q[1] >= p[1] and q[2] <= p[2] and (q[1] > p[1] or q[2] < p[2]) for q in points)]
+    return [
+        p
+        for p in points
+        if not any(q is not p and q[1] >= p[1] and q[2] <= p[2] and (q[1] > p[1] or q[2] < p[2]) for q in points)
+    ]
 
 
 def _on_front(points: list[tuple[float, float, float]], rates: set[float] | None) -> list[tuple[float, float, float]]:
@@ -461,7 +534,9 @@ def interpolate(points: list[tuple[float, float, float]], gain: float, rates: se
     return None
 
 
-def at_gain(points: list[tuple[float, float, float]], gain: float, rates: set[float] | None = None) -> tuple[float | None, str]:
+def at_gain(
+    points: list[tuple[float, float, float]], gain: float, rates: set[float] | None = None
+) -> tuple[float | None, str]:
     """Forgetting at ``gain``: interpolated ("exact"), or, below the front's smallest gain, the
     forgetting of that rate ("upper": the method gets more gain than asked at that cost)."""
     value = interpolate(points, gain, rates)
@@ -484,8 +559,12 @@ def _front(name: str) -> Front:
 
 
 def _front_values(data: dict[str, Any], front: Front, key: str) -> list[float]:
-    return [row[key] for rows in data["seeds"].values() for label, row in rows.items()
-            if label.split("@")[0] == front.name and row.get(key) is not None]
+    return [
+        row[key]
+        for rows in data["seeds"].values()
+        for label, row in rows.items()
+        if label.split("@")[0] == front.name and row.get(key) is not None
+    ]
 
 
 def mean_over_rates(data: dict[str, Any], front: Front, key: str) -> float | None:
@@ -503,7 +582,9 @@ def fastest(data: dict[str, Any], front: Front) -> float | None:
     return max(_front_values(data, front, "tokens_per_second"), default=None)
 
 
-def shared_breakpoints(a: list[tuple[float, float, float]], b: list[tuple[float, float, float]], lo: float, hi: float) -> list[float]:
+def shared_breakpoints(
+    a: list[tuple[float, float, float]], b: list[tuple[float, float, float]], lo: float, hi: float
+) -> list[float]:
     """The gains in ``[lo, hi]`` where either front has a rate, plus both ends.
 
     Between these gains both fronts are straight, so their difference is too: one front lies
@@ -544,8 +625,10 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
             gaps = [(g, interpolate(adept, g), interpolate(other, g)) for g in shared_breakpoints(adept, other, lo, hi)]
             below = all(a < o for _, a, o in gaps)
             digits = 1 if hi - lo >= 1 else 2
-            target.update(status="met" if below else "missed",
-                          detail="; ".join(f"gain {g:.{digits}f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps))
+            target.update(
+                status="met" if below else "missed",
+                detail="; ".join(f"gain {g:.{digits}f}%: ADEPT {a:+.2f}% vs {o:+.2f}%" for g, a, o in gaps),
+            )
         targets.append((target, (ADEPT, rival)))
 
     full_best = best_rate(data, _front(FULL))
@@ -558,14 +641,20 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
         adept_forgetting, kind = at_gain(adept, gain)
         if adept_forgetting is None:
             reach = max(g for _, g, _ in adept)
-            target.update(status="missed", detail=f"full CPT at {rate_name(rate)} gains {gain:.1f}% domain loss; "
-                                                  f"ADEPT reaches at most {reach:.1f}% at the rates tried")
+            target.update(
+                status="missed",
+                detail=f"full CPT at {rate_name(rate)} gains {gain:.1f}% domain loss; "
+                f"ADEPT reaches at most {reach:.1f}% at the rates tried",
+            )
         else:
             ok = adept_forgetting <= TARGET_SHARE * full_forgetting
             bound = "at most " if kind == "upper" else ""
-            target.update(status="met" if ok else "missed",
-                          detail=f"gain {gain:.1f}% (full CPT at {rate_name(rate)}): ADEPT {bound}{adept_forgetting:+.2f}% vs full CPT "
-                                 f"{full_forgetting:+.2f}% general loss (limit {TARGET_SHARE * full_forgetting:+.2f}%)")
+            target.update(
+                status="met" if ok else "missed",
+                detail=f"gain {gain:.1f}% (full CPT at {rate_name(rate)}): ADEPT {bound}{adept_forgetting:+.2f}% vs "
+                "full CPT "
+                f"{full_forgetting:+.2f}% general loss (limit {TARGET_SHARE * full_forgetting:+.2f}%)",
+            )
     targets.append((target, (ADEPT, FULL)))
 
     replay = {name: front_points(data, _front(name), "forgetting_pct") for name in ("adept-replay", "full-replay")}
@@ -584,12 +673,17 @@ def _targets(data: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, ...]
             a_own = interpolate(replay["adept-replay"], own[1])
             if f_own is not None and a_own is not None:
                 bound = "at most " if kind == "upper" else ""
-                detail += (f"; at adept-replay's own best gain ({own[1]:.1f}%, {rate_name(own[0])}): adept-replay {a_own:+.2f}% "
-                           f"vs full-replay {bound}{f_own:+.2f}% general loss")
+                detail += (
+                    f"; at adept-replay's own best gain ({own[1]:.1f}%, {rate_name(own[0])}): adept-replay "
+                    f"{a_own:+.2f}% "
+                    f"vs full-replay {bound}{f_own:+.2f}% general loss"
+                )
             target.update(status="missed", detail=detail)
         else:
-            target.update(status="met" if a < f else "missed",
-                          detail=f"gain {gain:.1f}%: adept-replay {a:+.2f}% vs full-replay {f:+.2f}% general loss")
+            target.update(
+                status="met" if a < f else "missed",
+                detail=f"gain {gain:.1f}%: adept-replay {a:+.2f}% vs full-replay {f:+.2f}% general loss",
+            )
     targets.append((target, ("adept-replay", "full-replay")))
     return targets
 
@@ -610,9 +704,12 @@ def _paired_cell(paired: dict[str, Any] | None, scale: float = 100) -> str:
 
 
 def grid_table(data: dict[str, Any]) -> list[str]:
-    lines = ["| method | rate | general loss Δ% | domain loss Δ% | general acc Δ (pts, 95% CI) | domain acc_norm Δ (pts, 95% CI) | "
-             "trainable % | tokens/s | peak mem GiB | run min |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | rate | general loss Δ% | domain loss Δ% | general acc Δ (pts, 95% CI) | domain acc_norm Δ (pts, "
+        "95% CI) | "
+        "trainable % | tokens/s | peak mem GiB | run min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for front in GRID:
         for rate in front.rates:
             label = label_of(front, rate)
@@ -624,9 +721,12 @@ def grid_table(data: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"| {name} | {rate_name(rate)} | {_fmt(row['general_loss_change_pct'], '+.2f')} | "
                     f"{_fmt(row['domain_loss_change_pct'], '+.2f')} | {_paired_cell(row['general_acc_change'])} | "
-                    f"{_paired_cell(row['domain_acc_change'])} | {_fmt(row['trainable_share'] and 100 * row['trainable_share'], '.1f')} | "
-                    f"{_fmt(row['tokens_per_second'], '.0f')} | {_fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**30, '.2f')} | "
-                    f"{_fmt(row['run_seconds'] and row['run_seconds'] / 60, '.0f')} |")
+                    f"{_paired_cell(row['domain_acc_change'])} | "
+                    f"{_fmt(row['trainable_share'] and 100 * row['trainable_share'], '.1f')} | "
+                    f"{_fmt(row['tokens_per_second'], '.0f')} | "
+                    f"{_fmt(row['peak_memory_bytes'] and row['peak_memory_bytes'] / 2**30, '.2f')} | "
+                    f"{_fmt(row['run_seconds'] and row['run_seconds'] / 60, '.0f')} |"
+                )
     return lines
 
 
@@ -638,7 +738,7 @@ def matched_table(data: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             anchors[name] = best
     header = "| method | rates done |"
     rule = "|---|---:|"
-    for name, (rate, gain) in anchors.items():
+    for name, (_rate, gain) in anchors.items():
         header += f" general loss Δ% at {name}'s gain ({gain:.1f}%) | general acc Δ (pts) at that gain |"
         rule += "---:|---:|"
     header += " time/token ÷ full | peak mem ÷ full |"
@@ -692,9 +792,22 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
             spread = seed_range(data, front, rate, "forgetting_pct"), seed_range(data, front, rate, "gain_pct")
             if None not in spread:  # seeds as error bars: the range of the seeds' values around their mean
                 (v_lo, v_hi), (g_lo, g_hi) = spread
-                axes[0].errorbar([gain], [value], xerr=[[gain - g_lo], [g_hi - gain]], yerr=[[value - v_lo], [v_hi - value]],
-                                 fmt="none", color=line.get_color(), capsize=2, lw=0.8)
-        rows = [rows[label_of(front, rate)] for rate, _, _ in loss for rows in data["seeds"].values() if label_of(front, rate) in rows]
+                axes[0].errorbar(
+                    [gain],
+                    [value],
+                    xerr=[[gain - g_lo], [g_hi - gain]],
+                    yerr=[[value - v_lo], [v_hi - value]],
+                    fmt="none",
+                    color=line.get_color(),
+                    capsize=2,
+                    lw=0.8,
+                )
+        rows = [
+            rows[label_of(front, rate)]
+            for rate, _, _ in loss
+            for rows in data["seeds"].values()
+            if label_of(front, rate) in rows
+        ]
         xs, ys, lo, hi = [], [], [], []
         for row in rows:
             general, domain = row["general_acc_change"], row["domain_acc_change"]
@@ -706,15 +819,23 @@ def plot_fronts(data: dict[str, Any], path: Path) -> Path:
             lo.append(100 * (ci[1] - general["diff"]))
             hi.append(100 * (general["diff"] - ci[0]))
         if xs:
-            axes[1].errorbar(xs, ys, yerr=[lo, hi], fmt=style + "o", color=line.get_color(), capsize=2, label=front.name)
+            axes[1].errorbar(
+                xs, ys, yerr=[lo, hi], fmt=style + "o", color=line.get_color(), capsize=2, label=front.name
+            )
     _clip_past_range(axes[0], [(front, front_points(data, front, "forgetting_pct")) for front in GRID])
     axes[0].axhline(0, color="grey", lw=0.5)
-    axes[0].set(xlabel="gain: domain held-out loss decrease (%)", ylabel="forgetting: general held-out loss increase (%)",
-                title="Loss (labels: learning rate)")
+    axes[0].set(
+        xlabel="gain: domain held-out loss decrease (%)",
+        ylabel="forgetting: general held-out loss increase (%)",
+        title="Loss (labels: learning rate)",
+    )
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[1].axvline(0, color="grey", lw=0.5)
-    axes[1].set(xlabel="gain: domain benchmark acc_norm change (points)",
-                ylabel="forgetting: general benchmark accuracy drop (points)", title="Benchmarks (bars: 95% paired CI)")
+    axes[1].set(
+        xlabel="gain: domain benchmark acc_norm change (points)",
+        ylabel="forgetting: general benchmark accuracy drop (points)",
+        title="Benchmarks (bars: 95% paired CI)",
+    )
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -736,11 +857,21 @@ def _clip_past_range(ax, fronts_points: list[tuple[Front, list[tuple[float, floa
     if max(all_values) <= top:
         return
     ax.set_ylim(low - 0.1 * (top - low), top)
-    clipped = sorted((gain, value, f"{front.name} {rate_name(rate)}") for front, points in fronts_points
-                     for rate, gain, value in points if value > top)
+    clipped = sorted(
+        (gain, value, f"{front.name} {rate_name(rate)}")
+        for front, points in fronts_points
+        for rate, gain, value in points
+        if value > top
+    )
     for i, (gain, value, name) in enumerate(clipped):  # staggered, so labels at close gains stay apart
-        ax.annotate(f"{name}: {value:+.1f}% ↑", (gain, top), fontsize=7, ha="center", xytext=(0, -10 - 9 * (i % 3)),
-                    textcoords="offset points")
+        ax.annotate(
+            f"{name}: {value:+.1f}% ↑",
+            (gain, top),
+            fontsize=7,
+            ha="center",
+            xytext=(0, -10 - 9 * (i % 3)),
+            textcoords="offset points",
+        )
 
 
 def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
@@ -759,12 +890,22 @@ def plot_curve(data: dict[str, Any], path: Path) -> Path | None:
                 if row and row["curve"]:
                     steps = [0] + [s for s, _ in row["curve"]]
                     losses = [base] + [v for _, v in row["curve"]]
-                    ax.plot(steps, losses, "--" if front.replay_ratio else "-", marker=".", label=f"{front.name} {rate_name(rate)}")
+                    ax.plot(
+                        steps,
+                        losses,
+                        "--" if front.replay_ratio else "-",
+                        marker=".",
+                        label=f"{front.name} {rate_name(rate)}",
+                    )
                     drawn = True
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="optimizer step", ylabel="general held-out loss (State of the Union)", title="Full CPT's general loss over training")
+    ax.set(
+        xlabel="optimizer step",
+        ylabel="general held-out loss (State of the Union)",
+        title="Full CPT's general loss over training",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -789,18 +930,31 @@ def budget_note(data: dict[str, Any], tokens: int) -> list[str]:
             ci = (row["general_acc_change"] or {}).get("ci")
             if ci is not None and ci[1] < 0:
                 clear.append((tag, rate in on_front))
-            parts.append(f"{tag}{'' if rate in on_front else ' (past its range)'}: domain loss {row['domain_loss_change_pct']:+.1f}%, "
-                         f"general loss {row['forgetting_pct']:+.2f}%, general accuracy {_paired_cell(row['general_acc_change'])} pts")
+            parts.append(
+                f"{tag}{'' if rate in on_front else ' (past its range)'}: domain loss "
+                f"{row['domain_loss_change_pct']:+.1f}%, "
+                f"general loss {row['forgetting_pct']:+.2f}%, general accuracy "
+                f"{_paired_cell(row['general_acc_change'])} pts"
+            )
     if not parts:
         return []
     tags = ", ".join(tag for tag, _ in clear)
     where = f"at every rate run ({tags})" if len(clear) == len(parts) else f"only at {tags}"
-    verdict = (f"clearly (accuracy interval below zero) {where}" if clear
-               else "clearly at no rate (no accuracy interval below zero)")
-    line = f"- Budget, {tokens:,} domain tokens per run: full CPT's general measures degraded {verdict}. " + "; ".join(parts) + "."
+    verdict = (
+        f"clearly (accuracy interval below zero) {where}"
+        if clear
+        else "clearly at no rate (no accuracy interval below zero)"
+    )
+    line = (
+        f"- Budget, {tokens:,} domain tokens per run: full CPT's general measures degraded {verdict}. "
+        + "; ".join(parts)
+        + "."
+    )
     if not any(efficient_rate for _, efficient_rate in clear):
-        line += (" At the rates where full CPT is efficient this budget leaves little forgetting to prevent, so the "
-                 "forgetting targets below compare methods in that regime only.")
+        line += (
+            " At the rates where full CPT is efficient this budget leaves little forgetting to prevent, so the "
+            "forgetting targets below compare methods in that regime only."
+        )
     return [line]
 
 
@@ -813,18 +967,24 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
         on_front = efficient(points)
         past += [f"{front.name} {rate_name(rate)}" for rate, _, _ in points if all(rate != r for r, _, _ in on_front)]
     if past:
-        lines.append("- Past the useful range (less domain gain *and* more forgetting than another rate of the same method, "
-                     f"so left out of the interpolation): {', '.join(past)}.")
+        lines.append(
+            "- Past the useful range (less domain gain *and* more forgetting than another rate of the same method, "
+            f"so left out of the interpolation): {', '.join(past)}."
+        )
     rising = []
     for front in GRID:
         points = front_points(data, front, "forgetting_pct")
         top = max(points, key=lambda p: p[1], default=None)
         if len(points) == len(front.rates) and top[0] == max(front.rates):
             below = max((p for p in points if p is not top), key=lambda p: p[1])
-            rising.append(f"{front.name} (+{top[1] - below[1]:.2f} points of domain-loss gain over {rate_name(below[0])})")
+            rising.append(
+                f"{front.name} (+{top[1] - below[1]:.2f} points of domain-loss gain over {rate_name(below[0])})"
+            )
     if rising:
-        lines.append(f"- Still gaining at the highest rate of its grid: {', '.join(rising)}. A higher rate may reach more "
-                     "domain gain (at more forgetting); what such a front cannot reach here was not tried, not shown impossible.")
+        lines.append(
+            f"- Still gaining at the highest rate of its grid: {', '.join(rising)}. A higher rate may reach more "
+            "domain gain (at more forgetting); what such a front cannot reach here was not tried, not shown impossible."
+        )
     for seed, rows in data["seeds"].items():
         base = data["base"][seed]["general_loss"]
         for rate in _front(FULL).rates:
@@ -833,33 +993,47 @@ def notes(data: dict[str, Any], tokens: int | None = None) -> list[str]:
                 first_step, first = row["curve"][0]
                 last_step, last = row["curve"][-1]
                 tag = rate_name(rate) + (f" (seed {seed})" if len(data["seeds"]) > 1 else "")
-                lines.append(f"- Full CPT at {tag}: general loss {base:.3f} at step 0, {first:.3f} at step {first_step}, "
-                             f"{last:.3f} at step {last_step}.")
+                lines.append(
+                    f"- Full CPT at {tag}: general loss {base:.3f} at step 0, {first:.3f} at step {first_step}, "
+                    f"{last:.3f} at step {last_step}."
+                )
     for front in GRID:
         probes = _front_values(data, front, "reestimation_seconds")
         steps = _front_values(data, front, "train_seconds")
         if any(probes) and len(probes) == len(steps):
             share = sum(probes) / sum(steps)
-            lines.append(f"- {front.name}'s importance probes (step-0 rates and refreshes) took {sum(probes) / len(probes):.0f} s "
-                         f"per run on average, {share:.0%} on top of its optimizer-step time, which the time per token "
-                         "leaves out.")
+            lines.append(
+                f"- {front.name}'s importance probes (step-0 rates and refreshes) took "
+                f"{sum(probes) / len(probes):.0f} s "
+                f"per run on average, {share:.0%} on top of its optimizer-step time, which the time per token "
+                "leaves out."
+            )
     counts = seed_counts(data)
     if counts and max(counts.values()) == 1:
-        lines.append("- One seed so far: no error bars. Fronts that differ by a few tenths of a percent of general loss are "
-                     "not shown to differ by more than training noise, and the verdicts below may change with a second seed.")
+        lines.append(
+            "- One seed so far: no error bars. Fronts that differ by a few tenths of a percent of general loss are "
+            "not shown to differ by more than training noise, and the verdicts below may change with a second seed."
+        )
     elif counts:
         most = max(counts.values())
         full_set = sum(n == most for n in counts.values())
-        share = (f"all {len(counts)} rates have {most} seeds" if full_set == len(counts) else
-                 f"{full_set} of {len(counts)} rates so far have {most} seeds, the others fewer")
-        lines.append(f"- Seeds: each point is the mean over the seeds that ran it; {share}. On the loss plot the bars span "
-                     "the seeds' values; the spread of a rate run twice is the scale of training noise against which the "
-                     "fronts' gaps are read.")
+        share = (
+            f"all {len(counts)} rates have {most} seeds"
+            if full_set == len(counts)
+            else f"{full_set} of {len(counts)} rates so far have {most} seeds, the others fewer"
+        )
+        lines.append(
+            f"- Seeds: each point is the mean over the seeds that ran it; {share}. On the loss plot the bars span "
+            "the seeds' values; the spread of a rate run twice is the scale of training noise against which the "
+            "fronts' gaps are read."
+        )
     if lines:
-        lines.append("- The starting point is the instruction-tuned SmolLM2-135M (the only SmolLM2 the package registry ships). "
-                     "Training on plain running text can first *lower* its loss on other plain text (the model leaves its chat "
-                     "register) before the domain pulls it away, so a small early drop of the general loss is not a gain in "
-                     "general ability; the zero-shot benchmarks are the second, independent measure of forgetting.")
+        lines.append(
+            "- The starting point is the instruction-tuned SmolLM2-135M (the only SmolLM2 the package registry ships). "
+            "Training on plain running text can first *lower* its loss on other plain text (the model leaves its chat "
+            "register) before the domain pulls it away, so a small early drop of the general loss is not a gain in "
+            "general ability; the zero-shot benchmarks are the second, independent measure of forgetting."
+        )
         lines = ["### Notes", "", *lines, ""]
     return lines
 
@@ -889,30 +1063,62 @@ def toy_comparison(data: dict[str, Any], toy_path: Path) -> list[str]:
         rows.append((front.name, toy_forget, toy_gain, toy_forget / toy_gain, match[1], match[0], match[1] / match[0]))
     if not rows:
         return []
-    lines = ["### Against the toy model", "",
-             f"The toy comparison below trains every method at {rate_name(rate)} on the demo model "
-             f"({toy['budget'][0].split(': ')[-1]}); every real grid includes that rate, so the two are set side by side "
-             "there. *Per gain* is forgetting divided by gain, both in % of the base model's loss (lower is better; "
-             "negative: the general loss fell).", "",
-             "| method | toy general loss Δ% | toy domain loss Δ% | toy per gain | real general loss Δ% | real domain loss Δ% | real per gain |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {tf:+.2f} | {-tg:+.2f} | {tr:.2f} | {rf:+.2f} | {-rg:+.2f} | {rr:.2f} |" for n, tf, tg, tr, rf, rg, rr in rows]
+    lines = [
+        "### Against the toy model",
+        "",
+        f"The toy comparison below trains every method at {rate_name(rate)} on the demo model "
+        f"({toy['budget'][0].split(': ')[-1]}); every real grid includes that rate, so the two are set side by side "
+        "there. *Per gain* is forgetting divided by gain, both in % of the base model's loss (lower is better; "
+        "negative: the general loss fell).",
+        "",
+        "| method | toy general loss Δ% | toy domain loss Δ% | toy per gain | real general loss Δ% | real domain "
+        "loss Δ% | real per gain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {tf:+.2f} | {-tg:+.2f} | {tr:.2f} | {rf:+.2f} | {-rg:+.2f} | {rr:.2f} |"
+        for n, tf, tg, tr, rf, rg, rr in rows
+    ]
     toy_order = [r[0] for r in sorted(rows, key=lambda r: r[3])]
     real_order = [r[0] for r in sorted(rows, key=lambda r: r[6])]
-    flipped = [f"{a} / {b}" for i, a in enumerate(toy_order) for b in toy_order[i + 1:] if real_order.index(a) > real_order.index(b)]
-    lines += ["", f"- Forgetting per gain, best first: toy {' < '.join(toy_order)}; real {' < '.join(real_order)}.",
-              f"- The toy's general loss rises by {min(r[1] for r in rows):+.1f}% to {max(r[1] for r in rows):+.1f}% across "
-              f"methods; the real model's by {min(r[4] for r in rows):+.1f}% to {max(r[4] for r in rows):+.1f}% at the same rate.",
-              "- Pairs the two order differently (toy's better one first): " + ("; ".join(flipped) if flipped else "none") + ".",
-              "- One rate puts each method at a different point of its front, so this table shows where the two settings "
-              "differ, not which method is better: the matched-gain table above does.",
-              ""]
+    flipped = [
+        f"{a} / {b}"
+        for i, a in enumerate(toy_order)
+        for b in toy_order[i + 1 :]
+        if real_order.index(a) > real_order.index(b)
+    ]
+    lines += [
+        "",
+        f"- Forgetting per gain, best first: toy {' < '.join(toy_order)}; real {' < '.join(real_order)}.",
+        f"- The toy's general loss rises by {min(r[1] for r in rows):+.1f}% to {max(r[1] for r in rows):+.1f}% across "
+        f"methods; the real model's by {min(r[4] for r in rows):+.1f}% to {max(r[4] for r in rows):+.1f}% at the "
+        "same rate.",
+        "- Pairs the two order differently (toy's better one first): "
+        + ("; ".join(flipped) if flipped else "none")
+        + ".",
+        "- One rate puts each method at a different point of its front, so this table shows where the two settings "
+        "differ, not which method is better: the matched-gain table above does.",
+        "",
+    ]
     return lines
 
 
-def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list[str], commands: list[str], config: str,
-           cfg, png: Path, curve: Path | None, hours: float, done: int, total: int, toy: list[str],
-           title: str = "Real model: forgetting-versus-gain fronts") -> str:
+def render(
+    *,
+    data: dict[str, Any],
+    targets: list[dict[str, Any]],
+    matched: list[str],
+    commands: list[str],
+    config: str,
+    cfg,
+    png: Path,
+    curve: Path | None,
+    hours: float,
+    done: int,
+    total: int,
+    toy: list[str],
+    title: str = "Real model: forgetting-versus-gain fronts",
+) -> str:
     base = next(iter(data["base"].values()))
     args = cfg.train.training_args
     tokens = int(args["max_steps"]) * int(args["per_device_train_batch_size"]) * cfg.data.block_size
@@ -924,7 +1130,8 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
         f"Every method adapts `{cfg.model}` (SmolLM2-135M-Instruct, dequantized from the PyPI GGUF; "
         "[`docs/real_models.md`](real_models.md)) to Gene Ontology text at each learning rate of its own grid, "
         f"{tokens:,} domain tokens per run ({args['max_steps']} steps x {args['per_device_train_batch_size']} x "
-        f"{cfg.data.block_size}; replay methods take {REPLAY_RATIO:.0%} extra general steps so their domain tokens match), "
+        f"{cfg.data.block_size}; replay methods take {REPLAY_RATIO:.0%} extra general steps so their domain tokens "
+        "match), "
         f"warmup {args.get('warmup_steps')}, {args.get('lr_scheduler_type')} schedule, seed(s) "
         f"{', '.join(str(s) for s in data['seeds'])}. Expansion methods add {cfg.expansion.num_new_layers} layers. "
         f"Regenerate with (config [`{config}`](../{config})):",
@@ -933,7 +1140,8 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
         *commands,
         "```",
         "",
-        f"**Status: {done} of {total} runs done** ({hours:.1f} hours of 2-core CPU time{' so far' if done < total else ''}, "
+        f"**Status: {done} of {total} runs done** ({hours:.1f} hours of 2-core CPU "
+        f"time{' so far' if done < total else ''}, "
         "training plus evaluation).",
         "",
         f"Rate grids: {grids}.",
@@ -941,10 +1149,14 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
         "Which shipped defaults follow from these fronts, and which do not and why: "
         "[`docs/real_models.md`](real_models.md#defaults-chosen-from-the-fronts).",
         "",
-        "Measures, each against the base model on the same items: **forgetting** = change of the held-out loss on State "
-        f"of the Union addresses (base {base['general_loss']:.3f}; no text of that source is trained on, replay is Austen) and "
-        "of the mean accuracy over ARC-Easy, ARC-Challenge, HellaSwag, PIQA, Winogrande and OpenBookQA (acc_norm where the "
-        f"harness has it, else acc; a seeded subset of {cfg.evaluation.limit} items each, pooled, paired per item, normal 95% "
+        "Measures, each against the base model on the same items: **forgetting** = change of the held-out loss on "
+        "State "
+        f"of the Union addresses (base {base['general_loss']:.3f}; no text of that source is trained on, replay is "
+        "Austen) and "
+        "of the mean accuracy over ARC-Easy, ARC-Challenge, HellaSwag, PIQA, Winogrande and OpenBookQA (acc_norm "
+        "where the "
+        f"harness has it, else acc; a seeded subset of {cfg.evaluation.limit} items each, pooled, paired per item, "
+        "normal 95% "
         f"interval); **gain** = change of the held-out Gene Ontology loss (base {base['domain_loss']:.3f}) and of "
         "`go_heldout_mc` acc_norm (same items, paired).",
         "",
@@ -954,19 +1166,33 @@ def render(*, data: dict[str, Any], targets: list[dict[str, Any]], matched: list
     if curve:
         out += [f"![full CPT's general loss over steps]({curve.name})", ""]
     out += notes(data, tokens)
-    out += ["### Every run", "", *grid_table(data), "",
-            "### Matched gain", "",
-            "Each front interpolated linearly between its efficient rates (never extrapolated; a rate with less gain *and* "
-            "more forgetting than another of the same method is left out) at the domain-loss gain that full CPT and ADEPT "
-            "reach at their best rate (the rate with the largest domain gain). \"≤\" marks a gain below the front's smallest: "
-            "the forgetting of that rate, which gains more than asked. Time per token counts optimizer steps only "
-            "(not evaluation, saves or ADEPT's importance probes) and takes each method's fastest run, relative to full "
-            "CPT's fastest: a step's work does not depend on the rate, and other load on the shared 2-core machine only "
-            "slows a run down. Peak memory is the mean over the method's runs relative to full CPT's.", "", *matched, "",
-            "### Targets", "",
-            f"Each verdict from the mean over the seeds that ran each rate (seeds run: {', '.join(str(s) for s in data['seeds'])}), on the "
-            "general held-out loss; \"undecided\" while a front it compares is incomplete.", "",
-            "| target | status | numbers |", "|---|---|---|"]
+    out += [
+        "### Every run",
+        "",
+        *grid_table(data),
+        "",
+        "### Matched gain",
+        "",
+        "Each front interpolated linearly between its efficient rates (never extrapolated; a rate with less gain *and* "
+        "more forgetting than another of the same method is left out) at the domain-loss gain that full CPT and ADEPT "
+        'reach at their best rate (the rate with the largest domain gain). "≤" marks a gain below the front\'s '
+        "smallest: "
+        "the forgetting of that rate, which gains more than asked. Time per token counts optimizer steps only "
+        "(not evaluation, saves or ADEPT's importance probes) and takes each method's fastest run, relative to full "
+        "CPT's fastest: a step's work does not depend on the rate, and other load on the shared 2-core machine only "
+        "slows a run down. Peak memory is the mean over the method's runs relative to full CPT's.",
+        "",
+        *matched,
+        "",
+        "### Targets",
+        "",
+        "Each verdict from the mean over the seeds that ran each rate (seeds run: "
+        f"{', '.join(str(s) for s in data['seeds'])}), on the "
+        'general held-out loss; "undecided" while a front it compares is incomplete.',
+        "",
+        "| target | status | numbers |",
+        "|---|---|---|",
+    ]
     out += [f"| {t['target']} | **{t['status']}** | {t['detail']} |" for t in targets]
     out += ["", *toy, END]
     return "\n".join(out)
@@ -989,7 +1215,7 @@ def write_section(path: Path, section: str) -> Path:
 
     old = path.read_text() if path.is_file() else "# Method comparison\n"
     if START in old and END in old:
-        text = old[:old.index(START)] + section + old[old.index(END) + len(END):]
+        text = old[: old.index(START)] + section + old[old.index(END) + len(END) :]
     else:
         title, _, rest = old.partition("\n")
         text = f"{title}\n\n{section}\n\n{rest.lstrip()}"
@@ -1004,7 +1230,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.fronts.split(",")] if args.fronts else [f.name for f in GRID]
     unknown = sorted(set(names) - {f.name for f in GRID})
     if unknown:
-        print(f"error: --fronts: unknown front(s) {', '.join(unknown)}; known: {', '.join(f.name for f in GRID)}", file=sys.stderr)
+        print(
+            f"error: --fronts: unknown front(s) {', '.join(unknown)}; known: {', '.join(f.name for f in GRID)}",
+            file=sys.stderr,
+        )
         return 2
     fronts = [f for f in GRID if f.name in names]
     try:
@@ -1014,8 +1243,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if asked - {r for f in fronts for r in f.rates}:
         known = ", ".join(rate_name(r) for r in sorted({r for f in fronts for r in f.rates}))
-        print(f"error: --rates: {', '.join(rate_name(r) for r in sorted(asked))} not all in the grid of the fronts asked for; known: {known}",
-              file=sys.stderr)
+        print(
+            f"error: --rates: {', '.join(rate_name(r) for r in sorted(asked))} not all in the grid of the fronts "
+            f"asked for; known: {known}",
+            file=sys.stderr,
+        )
         return 2
     grid = {label_of(front, rate): (front, rate) for front, rate in run_order()}
     if args.labels:
@@ -1025,8 +1257,12 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {label.strip() for label in args.labels.split(",") if label.strip()}
         unknown = sorted(wanted - grid.keys())
         if unknown:
-            print(f"error: --labels: {', '.join(unknown)} not in the grid (front@rate, e.g. {label_of(GRID[0], GRID[0].rates[0])}; "
-                  "see --list)", file=sys.stderr)
+            print(
+                f"error: --labels: {', '.join(unknown)} not in the grid (front@rate, e.g. "
+                f"{label_of(GRID[0], GRID[0].rates[0])}; "
+                "see --list)",
+                file=sys.stderr,
+            )
             return 2
         selected = [pair for label, pair in grid.items() if label in wanted]
     else:
@@ -1047,7 +1283,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for front, rate in selected:
                 label = label_of(front, rate)
-                done = "done" if is_done(root / f"seed{seed}", label) else f"done (in {record_path})" if (seed, label) in recorded else "todo"
+                done = (
+                    "done"
+                    if is_done(root / f"seed{seed}", label)
+                    else f"done (in {record_path})"
+                    if (seed, label) in recorded
+                    else "todo"
+                )
                 print(f"seed {seed}  {label:24s} {done}")
         return 0
     command = regenerate_command(args)
@@ -1077,17 +1319,42 @@ def main(argv: list[str] | None = None) -> int:
     seconds += sum(row.get("run_seconds") or 0.0 for row in kept if row["label"] in labels)
     done = sum(label in rows for rows in data["seeds"].values() for label in labels)
     total = len(seeds) * len(labels)
-    section = render(data=data, targets=targets, matched=matched, commands=[command], config=args.config, cfg=cfg,
-                     png=png, curve=curve, hours=seconds / 3600, done=done, total=total,
-                     toy=toy_comparison(data, docs.with_suffix(".json")), title=args.title)
+    section = render(
+        data=data,
+        targets=targets,
+        matched=matched,
+        commands=[command],
+        config=args.config,
+        cfg=cfg,
+        png=png,
+        curve=curve,
+        hours=seconds / 3600,
+        done=done,
+        total=total,
+        toy=toy_comparison(data, docs.with_suffix(".json")),
+        title=args.title,
+    )
     write_section(docs, section)
-    write_json(record_path, {
-        **artifact_header("fronts"), "config": args.config, "overrides": list(args.overrides), "seeds": seeds, "done": done, "total": total,
-        "cpu_hours": seconds / 3600, "grid": [{"name": f.name, "method": f.method, "rates": list(f.rates),
-                                               "replay_ratio": f.replay_ratio} for f in GRID],
-        "base": data["base"], "runs": {str(s): rows for s, rows in data["seeds"].items()},
-        "matched_gain": matched_json, "targets": targets,
-    })
+    write_json(
+        record_path,
+        {
+            **artifact_header("fronts"),
+            "config": args.config,
+            "overrides": list(args.overrides),
+            "seeds": seeds,
+            "done": done,
+            "total": total,
+            "cpu_hours": seconds / 3600,
+            "grid": [
+                {"name": f.name, "method": f.method, "rates": list(f.rates), "replay_ratio": f.replay_ratio}
+                for f in GRID
+            ],
+            "base": data["base"],
+            "runs": {str(s): rows for s, rows in data["seeds"].items()},
+            "matched_gain": matched_json,
+            "targets": targets,
+        },
+    )
     print("\n".join(line for line in section.splitlines() if line.startswith("|")))
     print(f"\nwritten: {docs}, {png}" + (f", {curve}" if curve else ""))
     return 0

@@ -54,10 +54,19 @@ def tiny_configs() -> dict[str, object]:
     """Two tiny shapes (tied Qwen2, untied Qwen3 with qk-norms) for the CPU smoke test."""
     from transformers import Qwen2Config, Qwen3Config
 
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=512, max_position_embeddings=256)
-    return {"tiny-qwen2": Qwen2Config(**common, tie_word_embeddings=True),
-            "tiny-qwen3": Qwen3Config(**common, head_dim=16, tie_word_embeddings=False)}
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=256,
+    )
+    return {
+        "tiny-qwen2": Qwen2Config(**common, tie_word_embeddings=True),
+        "tiny-qwen3": Qwen3Config(**common, head_dim=16, tie_word_embeddings=False),
+    }
 
 
 def copy_plan(config, copies: int):
@@ -137,10 +146,17 @@ def measure(name: str, config, method: str, block_size: int, args, device: torch
     copies = None if method == "full" else args.copies
     lowest = None if method == "full" else min(copy_plan(config, args.copies).inserted_layer_indices)
     row["flops_per_token"] = training_flops_per_token(
-        config, method=method, trainable_layers=copies, lowest_trainable_layer=lowest, block_size=block_size)
+        config, method=method, trainable_layers=copies, lowest_trainable_layer=lowest, block_size=block_size
+    )
     estimate = estimate_training_memory(
-        config, method=method, trainable_layers=copies, lowest_trainable_layer=lowest,
-        micro_batch_size=args.micro_batch_size, block_size=block_size, gradient_checkpointing=args.gradient_checkpointing)
+        config,
+        method=method,
+        trainable_layers=copies,
+        lowest_trainable_layer=lowest,
+        micro_batch_size=args.micro_batch_size,
+        block_size=block_size,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     row["estimate"] = estimate.as_dict()
     row["estimate_bytes"] = estimate.total
     return row
@@ -156,20 +172,29 @@ def _ratio(a: float | None, b: float | None, digits: int = 2) -> str:
 
 def markdown(rows: list[dict], peak: float | None) -> str:
     """The measurement table and the ADEPT/full ratio table."""
-    lines = ["| model | block | method | tokens/s | MFU | peak GiB | estimate GiB | peak / estimate |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| model | block | method | tokens/s | MFU | peak GiB | estimate GiB | peak / estimate |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         speed = "OOM" if r.get("oom") else f"{r['tokens_per_s']:,.0f}"
         mfu = "–" if not (peak and r["tokens_per_s"]) else f"{r['tokens_per_s'] * r['flops_per_token'] / peak:.1%}"
-        lines.append(f"| {r['model']} | {r['block_size']} | {r['method']} | {speed} | {mfu} | {_gib(r['peak_bytes'])} "
-                     f"| {_gib(r['estimate_bytes'])} | {_ratio(r['peak_bytes'], r['estimate_bytes'])} |")
-    lines += ["", "| model | block | ADEPT/full tokens/s | ADEPT/full peak memory | ADEPT/full estimate |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+        lines.append(
+            f"| {r['model']} | {r['block_size']} | {r['method']} | {speed} | {mfu} | {_gib(r['peak_bytes'])} "
+            f"| {_gib(r['estimate_bytes'])} | {_ratio(r['peak_bytes'], r['estimate_bytes'])} |"
+        )
+    lines += [
+        "",
+        "| model | block | ADEPT/full tokens/s | ADEPT/full peak memory | ADEPT/full estimate |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for key in dict.fromkeys((r["model"], r["block_size"]) for r in rows):
         pair = {r["method"]: r for r in rows if (r["model"], r["block_size"]) == key}
         a, f = pair["adept"], pair["full"]
-        lines.append(f"| {key[0]} | {key[1]} | {_ratio(a['tokens_per_s'], f['tokens_per_s'])} "
-                     f"| {_ratio(a['peak_bytes'], f['peak_bytes'])} | {_ratio(a['estimate_bytes'], f['estimate_bytes'])} |")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {_ratio(a['tokens_per_s'], f['tokens_per_s'])} "
+            f"| {_ratio(a['peak_bytes'], f['peak_bytes'])} | {_ratio(a['estimate_bytes'], f['estimate_bytes'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -179,10 +204,12 @@ def settings_line(args, device: torch.device, peak: float | None) -> str:
 
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak_text = f"{peak / 1e12:.0f} TFLOP/s dense bf16" if peak else "peak unknown (--peak-tflops)"
-    return (f"{card} ({peak_text}); torch {torch.__version__}, transformers {transformers.__version__}; "
-            f"bf16 autocast, SDPA, AdamW{' fused' if device.type == 'cuda' else ''}, micro-batch {args.micro_batch_size}, "
-            f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, {args.steps} timed steps after "
-            f"{args.warmup} warmup; ADEPT trains {args.copies} copies at uniform positions")
+    return (
+        f"{card} ({peak_text}); torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"bf16 autocast, SDPA, AdamW{' fused' if device.type == 'cuda' else ''}, micro-batch {args.micro_batch_size}, "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, {args.steps} timed steps after "
+        f"{args.warmup} warmup; ADEPT trains {args.copies} copies at uniform positions"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -210,8 +237,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_check: CUDA is not available here. Run it on a GPU machine, "
-                         "or smoke-test the script with --device cpu --tiny.")
+        raise SystemExit(
+            "gpu_check: CUDA is not available here. Run it on a GPU machine, "
+            "or smoke-test the script with --device cpu --tiny."
+        )
     configs = tiny_configs() if args.tiny else reference_configs()
     unknown = sorted(set(args.models) - set(configs)) if not args.tiny else []
     if unknown:
@@ -219,8 +248,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     names = list(configs) if args.tiny else args.models
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_flops(name, args.peak_tflops)
-    rows = [measure(model, configs[model], method, block, args, device)
-            for model in names for block in args.block_size for method in METHODS]
+    rows = [
+        measure(model, configs[model], method, block, args, device)
+        for model in names
+        for block in args.block_size
+        for method in METHODS
+    ]
     print(settings_line(args, device, peak), "", markdown(rows, peak), sep="\n")
     if args.json:
         args.json.write_text(json.dumps({"settings": settings_line(args, device, peak), "rows": rows}, indent=2))

@@ -20,9 +20,19 @@ MARKER = "<!-- knob-sweep -->"
 COMMON = ["evaluation.limit=100", "evaluation.shift=false", "train.training_args.save_steps=1000"]
 # name, method, overrides, what changes
 SWEEP = [
-    ("reference", "adept", [], "reference: base lr 3e-4, 2 copies (masking), 10 refreshes (every 10 steps), m = 2(1 - I), min-max, unit mean"),
+    (
+        "reference",
+        "adept",
+        [],
+        "reference: base lr 3e-4, 2 copies (masking), 10 refreshes (every 10 steps), m = 2(1 - I), min-max, unit mean",
+    ),
     ("no-stage2", "adept-no-stage2", [], "no Stage 2: the same copies at a uniform rate"),
-    ("unit-sum", "adept", ["train.rule.unit_score=sum"], "unit score summed over the tensor instead of the per-element mean"),
+    (
+        "unit-sum",
+        "adept",
+        ["train.rule.unit_score=sum"],
+        "unit score summed over the tensor instead of the per-element mean",
+    ),
     ("reest25", "adept", ["train.reestimate_every=25"], "re-estimate every 25 steps (4 refreshes)"),
     ("lr1e-3", "adept", ["train.training_args.learning_rate=1e-3"], "base lr 1e-3"),
     ("lr3e-3", "adept", ["train.training_args.learning_rate=3e-3"], "base lr 3e-3"),
@@ -48,9 +58,17 @@ def run_row(config: str, name: str, method: str, overrides: list[str]) -> dict:
     summary = json.loads((train_dir(run_dir, method) / SUMMARY_NAME).read_text())
     layers = json.loads((expanded_dir(run_dir, "adept") / "expansion.json").read_text())["inserted_layers"]
     rates = train_dir(run_dir, method) / RATES_LOG
-    means = [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)] if rates.is_file() else [1.0]
-    return {**row, "copies_of": [layer["source_layer_idx"] for layer in layers], "train_wall": summary["wall_seconds"],
-            "mean_multiplier": statistics.fmean(means)}
+    means = (
+        [statistics.fmean(entry["multipliers"].values()) for entry in read_rate_log(rates)]
+        if rates.is_file()
+        else [1.0]
+    )
+    return {
+        **row,
+        "copies_of": [layer["source_layer_idx"] for layer in layers],
+        "train_wall": summary["wall_seconds"],
+        "mean_multiplier": statistics.fmean(means),
+    }
 
 
 def render(rows: list[tuple[str, str, dict]]) -> str:
@@ -63,30 +81,48 @@ def render(rows: list[tuple[str, str, dict]]) -> str:
         "domain tokens, benchmarks limited to 100 questions). *Ratio* is forgetting per unit of gain: general",
         "loss increase / domain loss decrease (lower is better). Regenerate with `python benchmarks/knob_sweep.py`.",
         "",
-        "| setting | copies of | mean multiplier | general loss Δ% | domain loss Δ% | ratio | general acc Δ | domain acc Δ | trainable |",
+        "| setting | copies of | mean multiplier | general loss Δ% | domain loss Δ% | ratio | general acc Δ | domain "
+        "acc Δ | trainable |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, what, row in rows:
-        ratio = row["general_loss_change"] / -row["domain_loss_change"] if row["domain_loss_change"] < 0 else float("nan")
-        lines.append(
-            f"| {what} | {row['copies_of']} | {row['mean_multiplier']:.2f} | {row['general_loss_change_pct']:+.2f} | {row['domain_loss_change_pct']:+.2f} | "
-            f"{ratio:.2f} | {row['general_acc_change']:+.3f} | {row['domain_acc_change']:+.3f} | {row['trainable_share']:.1%} |"
+        ratio = (
+            row["general_loss_change"] / -row["domain_loss_change"] if row["domain_loss_change"] < 0 else float("nan")
         )
-    ratios = {name: row["general_loss_change"] / -row["domain_loss_change"] for name, _, row in rows if row["domain_loss_change"] < 0}
+        lines.append(
+            f"| {what} | {row['copies_of']} | {row['mean_multiplier']:.2f} | {row['general_loss_change_pct']:+.2f} | "
+            f"{row['domain_loss_change_pct']:+.2f} | "
+            f"{ratio:.2f} | {row['general_acc_change']:+.3f} | {row['domain_acc_change']:+.3f} | "
+            f"{row['trainable_share']:.1%} |"
+        )
+    ratios = {
+        name: row["general_loss_change"] / -row["domain_loss_change"]
+        for name, _, row in rows
+        if row["domain_loss_change"] < 0
+    }
     if "reference" in ratios:
         best = min(ratios, key=ratios.get)
         what = {name: w for name, w, _ in rows}
-        lr = ", ".join(f"{label} {ratios[name]:.2f}" for name, label in (("reference", "3e-4"), ("lr1e-3", "1e-3"), ("lr3e-3", "3e-3"))
-                       if name in ratios)
+        lr = ", ".join(
+            f"{label} {ratios[name]:.2f}"
+            for name, label in (("reference", "3e-4"), ("lr1e-3", "1e-3"), ("lr3e-3", "3e-3"))
+            if name in ratios
+        )
         lines += [
             "",
-            f"Reference ratio {ratios['reference']:.2f}; best: {what[best].split(':')[0]} ({ratios[best]:.2f}). Each row is one",
-            "seed, so a better row is a candidate to confirm over seeds (`benchmarks/compare_methods.py --set ...`), not yet a",
-            f"new default. Ratio by base learning rate: {lr}. The reference follows the library's defaults: the per-element",
-            "unit score, step-0 rates from the source layers and ten refreshes per run come from the paper's definition",
+            f"Reference ratio {ratios['reference']:.2f}; best: {what[best].split(':')[0]} ({ratios[best]:.2f}). Each "
+            "row is one",
+            "seed, so a better row is a candidate to confirm over seeds (`benchmarks/compare_methods.py --set ...`), "
+            "not yet a",
+            f"new default. Ratio by base learning rate: {lr}. The reference follows the library's defaults: the "
+            "per-element",
+            "unit score, step-0 rates from the source layers and ten refreshes per run come from the paper's "
+            "definition",
             "(docs/method.md), not from this sweep; the `unit-sum` and `reest25` rows show the settings they replaced.",
-            "*Mean multiplier* is the average learning-rate multiplier over units and refreshes (1 for uniform rates): at one",
-            "base rate, a row with a higher mean trains partly as if at a higher rate, so rows that differ in it are not",
+            "*Mean multiplier* is the average learning-rate multiplier over units and refreshes (1 for uniform "
+            "rates): at one",
+            "base rate, a row with a higher mean trains partly as if at a higher rate, so rows that differ in it are "
+            "not",
             "compared at matched gain here.",
         ]
     return "\n".join(lines) + "\n"
@@ -97,7 +133,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--only", default=None, help="comma-separated row names to run")
     parser.add_argument("--docs", type=Path, default=Path("docs/results.md"))
-    parser.add_argument("--write", action="store_true", help="write the docs also with --only (the section lists those rows)")
+    parser.add_argument(
+        "--write", action="store_true", help="write the docs also with --only (the section lists those rows)"
+    )
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     rows = []

@@ -34,6 +34,7 @@ DOC = ROOT / "docs" / "results_probe_stability.md"
 
 def spearman(a: list[float], b: list[float]) -> float:
     """Spearman rank correlation of two score lists (no ties expected in loss increases)."""
+
     def ranks(values):
         order = sorted(range(len(values)), key=values.__getitem__)
         out = [0] * len(values)
@@ -57,8 +58,13 @@ def point(work: Path, tokens: int, seed: int) -> dict:
         (out / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
     payload = load_importance(path)
     seconds = float((out / "seconds.txt").read_text()) if (out / "seconds.txt").is_file() else None
-    return {"tokens": tokens, "seed": seed, "masking": payload["layer_masking"], "probe_tokens": payload["num_tokens"],
-            "seconds": seconds}
+    return {
+        "tokens": tokens,
+        "seed": seed,
+        "masking": payload["layer_masking"],
+        "probe_tokens": payload["num_tokens"],
+        "seconds": seconds,
+    }
 
 
 def summarize(points: list[dict]) -> dict:
@@ -77,31 +83,50 @@ def summarize(points: list[dict]) -> dict:
             for layer in layers:
                 counts[layer] = counts.get(layer, 0) + 1
         summary[tokens] = {
-            "samples": len(runs), "chosen": chosen, "frequency": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "overlap_mean": statistics.mean(overlap) if overlap else None, "overlap_min": min(overlap) if overlap else None,
-            "spearman_mean": statistics.mean(rho) if rho else None, "spearman_min": min(rho) if rho else None,
+            "samples": len(runs),
+            "chosen": chosen,
+            "frequency": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "overlap_mean": statistics.mean(overlap) if overlap else None,
+            "overlap_min": min(overlap) if overlap else None,
+            "spearman_mean": statistics.mean(rho) if rho else None,
+            "spearman_min": min(rho) if rho else None,
             "cpu_minutes": sum(p["seconds"] or 0 for p in runs) / 60,
         }
     return summary
 
 
 def render(summary: dict, command: str) -> str:
-    lines = ["# Is Stage 1 stable? Layer masking from probes of several sizes", "",
-             "Question: does Stage 1 choose the same four layers to copy when the probe is another sample of the same "
-             "corpus? Answer, per probe size (recommendation: the default probe size follows once 20,000 tokens have "
-             "run as well):", ""]
-    lines += ["| probe tokens | samples | chosen four in common, mean of pairs (min) | Spearman of the rankings, mean (min) | "
-              "layers chosen (times of the samples) |", "|---:|---:|---:|---:|---|"]
+    lines = [
+        "# Is Stage 1 stable? Layer masking from probes of several sizes",
+        "",
+        "Question: does Stage 1 choose the same four layers to copy when the probe is another sample of the same "
+        "corpus? Answer, per probe size (recommendation: the default probe size follows once 20,000 tokens have "
+        "run as well):",
+        "",
+    ]
+    lines += [
+        "| probe tokens | samples | chosen four in common, mean of pairs (min) | Spearman of the rankings, mean "
+        "(min) | "
+        "layers chosen (times of the samples) |",
+        "|---:|---:|---:|---:|---|",
+    ]
     for tokens, s in summary.items():
         freq = ", ".join(f"{layer} ({n})" for layer, n in s["frequency"].items())
         overlap = f"{s['overlap_mean']:.2f} of {CHOSEN} ({s['overlap_min']})" if s["overlap_mean"] is not None else "–"
         rho = f"{s['spearman_mean']:.3f} ({s['spearman_min']:.3f})" if s["spearman_mean"] is not None else "–"
         lines.append(f"| {tokens:,} | {s['samples']} | {overlap} | {rho} | {freq} |")
-    lines += ["", "SmolLM2-135M-Instruct (`models/real/smollm2-135m`, fp32, CPU), masking metric (loss increase when a layer "
-              "is skipped), the fronts' probe corpus `data/real/general/sotu_probe.jsonl`; each sample draws its documents "
-              "with `importance.seed`. The chosen four are the four least important layers, which `adept run` copies "
-              "(the fronts used 1,024 tokens, seed 0). Regenerate (resumable, one run directory per point):", "",
-              "```bash", command, "```", ""]
+    lines += [
+        "",
+        "SmolLM2-135M-Instruct (`models/real/smollm2-135m`, fp32, CPU), masking metric (loss increase when a layer "
+        "is skipped), the fronts' probe corpus `data/real/general/sotu_probe.jsonl`; each sample draws its documents "
+        "with `importance.seed`. The chosen four are the four least important layers, which `adept run` copies "
+        "(the fronts used 1,024 tokens, seed 0). Regenerate (resumable, one run directory per point):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+    ]
     lines += ["| probe tokens | sample | chosen four |", "|---:|---:|---|"]
     for tokens, s in summary.items():
         for seed, layers in s["chosen"].items():

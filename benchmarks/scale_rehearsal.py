@@ -36,9 +36,20 @@ NEW_LAYERS = 4
 def qwen3_1p7b_config():
     from transformers import Qwen3Config
 
-    return Qwen3Config(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                       num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                       max_position_embeddings=40960, rope_theta=1e6, bos_token_id=None, eos_token_id=None)
+    return Qwen3Config(
+        hidden_size=2048,
+        intermediate_size=6144,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_position_embeddings=40960,
+        rope_theta=1e6,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
 
 
 def build_checkpoint(path: Path) -> None:
@@ -81,16 +92,16 @@ def build_corpus(path: Path, gigabytes: float) -> int:
 def write_config(work: Path) -> Path:
     config = work / "rehearsal.yaml"
     config.write_text(f"""# Written by benchmarks/scale_rehearsal.py
-model: {work / 'base'}
-run_dir: {work / 'run'}
+model: {work / "base"}
+run_dir: {work / "run"}
 device: cpu
 dtype: bfloat16
 attn_implementation: sdpa
 data:
-  domain_train: {work / 'corpus.jsonl'}
-  domain_heldout: {ROOT / 'data/demo/domain/heldout.jsonl'}
-  general_probe: {ROOT / 'data/demo/general/probe.jsonl'}
-  general_heldout: {ROOT / 'data/demo/general/heldout.jsonl'}
+  domain_train: {work / "corpus.jsonl"}
+  domain_heldout: {ROOT / "data/demo/domain/heldout.jsonl"}
+  general_probe: {ROOT / "data/demo/general/probe.jsonl"}
+  general_heldout: {ROOT / "data/demo/general/heldout.jsonl"}
   block_size: {BLOCK_SIZE}
 importance: {{max_tokens: 512, max_length: 256, batch_size: 2, metrics: [masking, grad_weight]}}
 expansion: {{num_new_layers: {NEW_LAYERS}}}
@@ -141,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus_bytes = build_corpus(args.work / "corpus.jsonl", args.corpus_gb)
     config = write_config(args.work)
     setup_s = time.perf_counter() - started
-    code, peak, seconds = run_with_peak_rss([sys.executable, "-m", "adept.cli", "run", str(config)], args.work / "run.log")
+    code, peak, seconds = run_with_peak_rss(
+        [sys.executable, "-m", "adept.cli", "run", str(config)], args.work / "run.log"
+    )
     if code != 0:
         print(f"adept run failed (exit {code}); see {args.work / 'run.log'}")
         return code
@@ -154,15 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads((args.work / "run" / "data" / "data.json").read_text())["corpora"]["domain_train"]
     records = json.loads((args.work / "run" / "pipeline.json").read_text())["stages"]
     result = {
-        "shape": "Qwen3-1.7B (random weights, bf16, SDPA)", "new_layers": NEW_LAYERS, "block_size": BLOCK_SIZE,
-        "corpus_bytes": corpus_bytes, "corpus_documents": data["documents"], "corpus_tokens": data["stream_tokens"],
-        "peak_rss_bytes": peak, "run_seconds": round(seconds, 1), "setup_seconds": round(setup_s, 1),
+        "shape": "Qwen3-1.7B (random weights, bf16, SDPA)",
+        "new_layers": NEW_LAYERS,
+        "block_size": BLOCK_SIZE,
+        "corpus_bytes": corpus_bytes,
+        "corpus_documents": data["documents"],
+        "corpus_tokens": data["stream_tokens"],
+        "peak_rss_bytes": peak,
+        "run_seconds": round(seconds, 1),
+        "setup_seconds": round(setup_s, 1),
         "stage_seconds": {stage: record.get("seconds") for stage, record in records.items()},
-        "estimate_adept_bytes": adept.total, "estimate_full_bytes": full.total, "estimate_full_fp32_bytes": full_fp32.total,
-        "estimate_adept": adept.as_dict(), "estimate_full": full.as_dict(),
+        "estimate_adept_bytes": adept.total,
+        "estimate_full_bytes": full.total,
+        "estimate_full_fp32_bytes": full_fp32.total,
+        "estimate_adept": adept.as_dict(),
+        "estimate_full": full.as_dict(),
     }
     gib = 2**30
-    print(f"| corpus | {corpus_bytes / 1e9:.2f} GB, {data['documents']:,} documents, {data['stream_tokens']:,} tokens |")
+    print(
+        f"| corpus | {corpus_bytes / 1e9:.2f} GB, {data['documents']:,} documents, {data['stream_tokens']:,} tokens |"
+    )
     print(f"| adept run (importance, expansion, 2 steps, evaluation) | {seconds / 60:.1f} min |")
     print(f"| peak RSS of the whole run | {peak / gib:.2f} GiB |")
     print(f"| estimate, ADEPT training (bf16 base, fp32 copies + Adam) | {adept.total / gib:.2f} GiB |")

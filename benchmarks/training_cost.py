@@ -114,9 +114,15 @@ def model_config(args):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=positions, tie_word_embeddings=False, **special,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=positions,
+        tie_word_embeddings=False,
+        **special,
     )
 
 
@@ -147,7 +153,11 @@ def build_workspace(workdir: Path, args) -> tuple[list[int], dict[str, int]]:
     model = AutoModelForCausalLM.from_config(model_config(args), dtype=torch.float32)
     _, base_params = count_parameters(model)
     layer_params = sum(p.numel() for p in model.model.layers[0].parameters())
-    source = [int(x) for x in args.source_layers.split(",")] if args.source_layers else select_uniform(args.layers, args.new_layers)
+    source = (
+        [int(x) for x in args.source_layers.split(",")]
+        if args.source_layers
+        else select_uniform(args.layers, args.new_layers)
+    )
     plan = plan_expansion(args.layers, source)
     # float32 first: the bf16 base is the fp32 one rounded (the cast is in place).
     for dtype in sorted(args.dtype, key=DTYPES.index):
@@ -159,8 +169,11 @@ def build_workspace(workdir: Path, args) -> tuple[list[int], dict[str, int]]:
     steps = args.warmup_steps + args.steps
     (workdir / "domain.txt").write_text(synthetic_text(2 * steps * args.batch_size * args.block_size + 10_000, seed=1))
     (workdir / "probe.txt").write_text(synthetic_text(2 * args.probe_tokens + 10_000, seed=2))
-    counts = {"base": base_params, "expanded": base_params + len(source) * layer_params,
-              "trainable_adept": len(source) * layer_params}
+    counts = {
+        "base": base_params,
+        "expanded": base_params + len(source) * layer_params,
+        "trainable_adept": len(source) * layer_params,
+    }
     return source, counts
 
 
@@ -186,8 +199,14 @@ def child(spec_path: str) -> None:
     cuda = spec["device"] == "cuda"
     if not cuda:
         torch.set_num_threads(spec["threads"])
-    record: dict = {"run": spec["run"], "step_begins": [], "step_begins_cpu": [], "step_ends": [], "step_ends_cpu": [],
-                    "estimates": []}
+    record: dict = {
+        "run": spec["run"],
+        "step_begins": [],
+        "step_begins_cpu": [],
+        "step_ends": [],
+        "step_ends_cpu": [],
+        "estimates": [],
+    }
     record["memory_after_imports"] = 0 if cuda else _rss("VmRSS")
 
     class Timer(training.NonFiniteLossGuard):
@@ -224,8 +243,14 @@ def child(spec_path: str) -> None:
                 torch.cuda.synchronize()
             # Target tokens, as the probe budget counts them.
             tokens = sum(int((batch["labels"][:, 1:] != -100).sum()) for batch in self.probe_batches)
-            record["estimates"].append({"step": step, "seconds": time.perf_counter() - start,
-                                        "cpu_seconds": time.process_time() - start_cpu, "probe_tokens": tokens})
+            record["estimates"].append(
+                {
+                    "step": step,
+                    "seconds": time.perf_counter() - start,
+                    "cpu_seconds": time.process_time() - start_cpu,
+                    "probe_tokens": tokens,
+                }
+            )
 
     training.NonFiniteLossGuard = Timer
     cfg = training.TrainConfig(**{**spec["config"], "probe": ProbeConfig(**spec["config"]["probe"])})
@@ -242,9 +267,15 @@ def launch(run: str, dtype: str, workdir: Path, args, interval: int, index: int)
     steps = args.warmup_steps + args.steps
     out = workdir / f"run-{index}-{run}-{dtype}"
     training_args = {
-        "max_steps": steps, "per_device_train_batch_size": args.batch_size, "learning_rate": 1e-4,
-        "warmup_steps": 0, "logging_steps": 1000, "save_strategy": "no", "disable_tqdm": True,
-        "use_cpu": args.device == "cpu", "gradient_checkpointing": args.gradient_checkpointing,
+        "max_steps": steps,
+        "per_device_train_batch_size": args.batch_size,
+        "learning_rate": 1e-4,
+        "warmup_steps": 0,
+        "logging_steps": 1000,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "use_cpu": args.device == "cpu",
+        "gradient_checkpointing": args.gradient_checkpointing,
         "report_to": [],
     }
     if dtype == "float32":
@@ -252,28 +283,47 @@ def launch(run: str, dtype: str, workdir: Path, args, interval: int, index: int)
     # A bf16 dtype turns on bf16 autocast in run_training itself (turning it off is an error).
     config = {
         "model": str(checkpoint_dir(workdir, "base" if method == "full" else "expanded", dtype)),
-        "data": [str(workdir / "domain.txt")], "dtype": dtype,
-        "output_dir": str(out), "method": method, "probe_data": str(workdir / "probe.txt"),
-        "block_size": args.block_size, "reestimate_every": interval if run == "dynamic" else 0,
-        "probe": {"max_tokens": args.probe_tokens, "max_length": args.probe_length, "batch_size": args.probe_batch_size},
-        "cache_dir": str(workdir / "cache"), "resume": False,
+        "data": [str(workdir / "domain.txt")],
+        "dtype": dtype,
+        "output_dir": str(out),
+        "method": method,
+        "probe_data": str(workdir / "probe.txt"),
+        "block_size": args.block_size,
+        "reestimate_every": interval if run == "dynamic" else 0,
+        "probe": {
+            "max_tokens": args.probe_tokens,
+            "max_length": args.probe_length,
+            "batch_size": args.probe_batch_size,
+        },
+        "cache_dir": str(workdir / "cache"),
+        "resume": False,
         "training_args": training_args,
     }
-    spec = {"run": run, "device": args.device, "config": config, "result": str(workdir / f"result-{index}.json"),
-            "tokens_per_step": args.batch_size * args.block_size, "threads": args.threads}
+    spec = {
+        "run": run,
+        "device": args.device,
+        "config": config,
+        "result": str(workdir / f"result-{index}.json"),
+        "tokens_per_step": args.batch_size * args.block_size,
+        "threads": args.threads,
+    }
     spec_path = workdir / f"spec-{index}.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     if args.device == "cpu":
         env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(spec_path)], capture_output=True, text=True, env=env
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{run} run failed:\n{done.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
     record = json.loads(Path(spec["result"]).read_text())
     if (record["trained_dtype"], record["saved_dtype"]) != (dtype, dtype):
-        raise RuntimeError(f"{run} run asked for {dtype} but trained in {record['trained_dtype']} from a "
-                           f"{record['saved_dtype']} checkpoint")
+        raise RuntimeError(
+            f"{run} run asked for {dtype} but trained in {record['trained_dtype']} from a "
+            f"{record['saved_dtype']} checkpoint"
+        )
     return {**record, "dtype": dtype}
 
 
@@ -320,8 +370,9 @@ def summarize(records: list[dict], warmup: int) -> dict:
         out[f"time_ratio_{clock}"] = [per_token(s, warmup, clock) / per_token(f, warmup, clock) for f, s, _ in rounds]
         # The dynamic run's probe time over its optimizer-step time, per re-estimation per step: / interval gives
         # the overhead at that interval.
-        out[f"direct_overhead_{clock}"] = [sum(probe_seconds(d, warmup, clock)) / sum(step_seconds(d, warmup, clock))
-                                           for _, _, d in rounds]
+        out[f"direct_overhead_{clock}"] = [
+            sum(probe_seconds(d, warmup, clock)) / sum(step_seconds(d, warmup, clock)) for _, _, d in rounds
+        ]
         out[f"direct_overhead_per_reestimation_{clock}"] = [
             overhead * len(step_seconds(d, warmup, clock)) / len(probe_seconds(d, warmup, clock))
             for overhead, (_, _, d) in zip(out[f"direct_overhead_{clock}"], rounds)
@@ -372,12 +423,20 @@ def memory_estimates(args, source: list[int], dtype: str) -> dict[str, dict]:
     from adept.memory import estimate_training_memory
 
     config = model_config(args)
-    common = {"dtype": dtype, "micro_batch_size": args.batch_size, "block_size": args.block_size,
-              "gradient_checkpointing": args.gradient_checkpointing}
+    common = {
+        "dtype": dtype,
+        "micro_batch_size": args.batch_size,
+        "block_size": args.block_size,
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
     full = estimate_training_memory(config, method="full", **common)
     adept = estimate_training_memory(
-        config, method="adept", trainable_layers=len(source),
-        lowest_trainable_layer=min(plan_expansion(args.layers, source).inserted_layer_indices), **common)
+        config,
+        method="adept",
+        trainable_layers=len(source),
+        lowest_trainable_layer=min(plan_expansion(args.layers, source).inserted_layer_indices),
+        **common,
+    )
     return {"full": full.as_dict(), "static": adept.as_dict(), "dynamic": adept.as_dict()}
 
 
@@ -389,7 +448,10 @@ def measured_memory(result: dict, run: str, over: str | None) -> float:
 
 
 def judged_memory(result: dict, args, run: str) -> float:
-    """The memory the targets are judged on: max_memory_allocated on CUDA, peak RSS over the RSS after imports on CPU."""
+    """The memory the targets are judged on.
+
+    max_memory_allocated on CUDA, peak RSS over the RSS after imports on CPU.
+    """
     return measured_memory(result, run, None if args.device == "cuda" else "memory_after_imports")
 
 
@@ -414,17 +476,24 @@ def report(result: dict, args, source: list[int], estimates: dict[str, dict]) ->
     if cuda:
         print(f"{'run':<26} {'wall s/token':>13} {'tokens/s':>9} {'max_memory_allocated GiB':>25} {'estimate GiB':>13}")
     else:
-        print(f"{'run':<26} {'wall s/token':>13} {'tokens/s':>9} {'CPU s/token':>12} "
-              f"{'peak RSS GiB':>13} {'over imports':>13} {'over loaded':>12} {'estimate GiB':>13}")
-    for run, label in (("full", "full CPT, base model"), ("static", "adept, static plan"),
-                       ("dynamic", f"adept, every {args.interval} steps")):
+        print(
+            f"{'run':<26} {'wall s/token':>13} {'tokens/s':>9} {'CPU s/token':>12} "
+            f"{'peak RSS GiB':>13} {'over imports':>13} {'over loaded':>12} {'estimate GiB':>13}"
+        )
+    for run, label in (
+        ("full", "full CPT, base model"),
+        ("static", "adept, static plan"),
+        ("dynamic", f"adept, every {args.interval} steps"),
+    ):
         wall = med(runs[run]["seconds_per_token"])
         line = f"{label:<26} {wall * 1e3:>11.3f}ms {1 / wall:>9.0f} "
         if cuda:
             line += f"{gib(memory(run, None)):>25}"
         else:
-            line += (f"{med(runs[run]['cpu_seconds_per_token']) * 1e3:>10.3f}ms {gib(memory(run, None)):>13} "
-                     f"{gib(memory(run, 'memory_after_imports')):>13} {gib(memory(run, 'memory_loaded')):>12}")
+            line += (
+                f"{med(runs[run]['cpu_seconds_per_token']) * 1e3:>10.3f}ms {gib(memory(run, None)):>13} "
+                f"{gib(memory(run, 'memory_after_imports')):>13} {gib(memory(run, 'memory_loaded')):>12}"
+            )
         print(line + f" {gib(estimates[run]['total']):>13}")
 
     ratios: dict = {"matmul_flops": matmul_flops_ratio(args, source)}
@@ -450,19 +519,29 @@ def report(result: dict, args, source: list[int], estimates: dict[str, dict]) ->
             interval = run_steps // DEFAULT_REFRESHES
             ratios[f"reestimation_overhead_derived_{run_steps}_{clock}"] = probe / (interval * step) * scale
             ratios[f"reestimation_overhead_direct_scaled_{run_steps}_{clock}"] = (
-                med(result[f"direct_overhead_per_reestimation_{clock}"]) / interval * scale)
+                med(result[f"direct_overhead_per_reestimation_{clock}"]) / interval * scale
+            )
 
     probe_w, step_w = result["probe_seconds_wall"], result["adept_step_seconds_wall"]
     print()
-    print(f"measured: one re-estimation (probe pass over {probe_tokens} tokens, median of {result['probe_count']} after "
-          f"step 0) {probe_w:.2f} s; one adept step ({step_tokens} tokens) {step_w:.3f} s: "
-          f"a re-estimation costs {probe_w / step_w:.1f} steps")
-    print(f"measured: dynamic (every {args.interval} steps), probe time over optimizer-step time: "
-          + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_wall"])
-          + " (CPU time: " + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_cpu"]) + ")")
+    print(
+        f"measured: one re-estimation (probe pass over {probe_tokens} tokens, median of {result['probe_count']} after "
+        f"step 0) {probe_w:.2f} s; one adept step ({step_tokens} tokens) {step_w:.3f} s: "
+        f"a re-estimation costs {probe_w / step_w:.1f} steps"
+    )
+    print(
+        f"measured: dynamic (every {args.interval} steps), probe time over optimizer-step time: "
+        + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_wall"])
+        + " (CPU time: "
+        + ", ".join(f"{100 * x:+.1f}%" for x in result["direct_overhead_cpu"])
+        + ")"
+    )
     if scale != 1:
-        print(f"derived: scaled to the defaults ({DEFAULT_PROBE_TOKENS} probe tokens, steps of {DEFAULT_STEP_TOKENS} tokens) "
-              f"linearly in tokens: x{scale:.3f}")
+        print(
+            f"derived: scaled to the defaults ({DEFAULT_PROBE_TOKENS} probe tokens, steps of {DEFAULT_STEP_TOKENS} "
+            "tokens) "
+            f"linearly in tokens: x{scale:.3f}"
+        )
 
     # Time verdicts: on CPU the runs are single-threaded, so process CPU time is what the wall
     # time would be on an idle machine; on a shared one wall time also counts waiting for a core.
@@ -470,30 +549,42 @@ def report(result: dict, args, source: list[int], estimates: dict[str, dict]) ->
     time_key = "time_per_token" if cuda else "time_per_token_cpu"
     clock = "wall" if cuda else "cpu"
     print()
-    print(f"{'adept (static plan) / full CPT':<50} {'wall':>7} {'CPU':>7} {'target':>7}  result ({ratios['judged_on']})")
+    print(
+        f"{'adept (static plan) / full CPT':<50} {'wall':>7} {'CPU':>7} {'target':>7}  result ({ratios['judged_on']})"
+    )
     rounds = ", ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(result["time_ratio_wall"], result["time_ratio_cpu"]))
-    print(f"{'time per token, median of ' + str(args.repeats) + ' paired rounds':<50} {ratios['time_per_token']:>6.2f}x "
-          f"{ratios['time_per_token_cpu']:>6.2f}x {TARGET_TIME:>6.2f}x  {verdict(ratios[time_key], TARGET_TIME)} "
-          f"(wall/CPU by round: {rounds})")
+    print(
+        f"{'time per token, median of ' + str(args.repeats) + ' paired rounds':<50} {ratios['time_per_token']:>6.2f}x "
+        f"{ratios['time_per_token_cpu']:>6.2f}x {TARGET_TIME:>6.2f}x  {verdict(ratios[time_key], TARGET_TIME)} "
+        f"(wall/CPU by round: {rounds})"
+    )
     print(f"{'  expected from matmul FLOPs (derived)':<50} {ratios['matmul_flops']:>6.2f}x")
-    print(f"{'peak memory, ' + memory_measure:<50} {ratios['peak_memory']:>6.2f}x {'':>7} {TARGET_MEMORY:>6.2f}x  "
-          f"{verdict(ratios['peak_memory'], TARGET_MEMORY)}")
+    print(
+        f"{'peak memory, ' + memory_measure:<50} {ratios['peak_memory']:>6.2f}x {'':>7} {TARGET_MEMORY:>6.2f}x  "
+        f"{verdict(ratios['peak_memory'], TARGET_MEMORY)}"
+    )
     ratios["peak_memory_estimate"] = estimates["static"]["total"] / estimates["full"]["total"]
     print(f"{'  estimate_training_memory (derived)':<50} {ratios['peak_memory_estimate']:>6.2f}x")
     if not cuda:
         print(f"{'  whole-process peak RSS':<50} {ratios['peak_memory_whole_process']:>6.2f}x")
         print(f"{'  peak RSS over the RSS with the model loaded':<50} {ratios['peak_memory_over_loaded']:>6.2f}x")
-        ratios["peak_memory_library"] = med(runs["static"]["library_peak_memory"]) / med(runs["full"]["library_peak_memory"])
+        ratios["peak_memory_library"] = med(runs["static"]["library_peak_memory"]) / med(
+            runs["full"]["library_peak_memory"]
+        )
         print(f"{'  run_training peak_memory_bytes (sampled RSS)':<50} {ratios['peak_memory_library']:>6.2f}x")
     for run_steps in QUOTED_RUNS:
         interval = run_steps // DEFAULT_REFRESHES
         label = f"re-estimation overhead, {run_steps}-step run (every {interval}), derived"
-        print(f"{label:<50} {100 * ratios[f'reestimation_overhead_derived_{run_steps}_wall']:>6.2f}% "
-              f"{100 * ratios[f'reestimation_overhead_derived_{run_steps}_cpu']:>6.2f}% {100 * TARGET_OVERHEAD:>6.1f}%  "
-              f"{verdict(ratios[f'reestimation_overhead_derived_{run_steps}_{clock}'], TARGET_OVERHEAD)}")
+        print(
+            f"{label:<50} {100 * ratios[f'reestimation_overhead_derived_{run_steps}_wall']:>6.2f}% "
+            f"{100 * ratios[f'reestimation_overhead_derived_{run_steps}_cpu']:>6.2f}% {100 * TARGET_OVERHEAD:>6.1f}%  "
+            f"{verdict(ratios[f'reestimation_overhead_derived_{run_steps}_{clock}'], TARGET_OVERHEAD)}"
+        )
         label = f"  from the direct run, rescaled to every {interval} steps"
-        print(f"{label:<50} {100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_wall']:>6.2f}% "
-              f"{100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_cpu']:>6.2f}%")
+        print(
+            f"{label:<50} {100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_wall']:>6.2f}% "
+            f"{100 * ratios[f'reestimation_overhead_direct_scaled_{run_steps}_cpu']:>6.2f}%"
+        )
     return ratios
 
 
@@ -505,10 +596,14 @@ def report_dtypes(results: dict[str, dict], ratios: dict[str, dict], estimates: 
     measure = "max_memory_allocated" if cuda else "peak RSS over the RSS after imports"
     dtypes = list(results)
     print()
-    print(f"{'adept (static plan) / full CPT, by dtype':<50} " + " ".join(f"{d:>9}" for d in dtypes) + f" {'target':>7}")
-    for key, label, target in ((time_key, f"time per token ({clock} time)", TARGET_TIME),
-                               ("peak_memory", f"peak memory, {measure}", TARGET_MEMORY),
-                               ("peak_memory_estimate", "  estimate_training_memory (derived)", None)):
+    print(
+        f"{'adept (static plan) / full CPT, by dtype':<50} " + " ".join(f"{d:>9}" for d in dtypes) + f" {'target':>7}"
+    )
+    for key, label, target in (
+        (time_key, f"time per token ({clock} time)", TARGET_TIME),
+        ("peak_memory", f"peak memory, {measure}", TARGET_MEMORY),
+        ("peak_memory_estimate", "  estimate_training_memory (derived)", None),
+    ):
         line = f"{label:<50} " + " ".join(f"{ratios[d][key]:>8.2f}x" for d in dtypes)
         if target is not None:
             line += f" {target:>6.2f}x  " + "/".join(verdict(ratios[d][key], target) for d in dtypes)
@@ -526,17 +621,25 @@ def report_dtypes(results: dict[str, dict], ratios: dict[str, dict], estimates: 
             time_ratio = statistics.median(low["runs"][run][seconds]) / statistics.median(fp32["runs"][run][seconds])
             memory_ratio = judged_memory(low, args, run) / judged_memory(fp32, args, run)
             estimate_ratio = estimates[dtype][run]["total"] / estimates["float32"][run]["total"]
-            cross[f"{run}_{dtype}_over_float32"] = {"time_per_token": time_ratio, "peak_memory": memory_ratio,
-                                                   "peak_memory_estimate": estimate_ratio}
+            cross[f"{run}_{dtype}_over_float32"] = {
+                "time_per_token": time_ratio,
+                "peak_memory": memory_ratio,
+                "peak_memory_estimate": estimate_ratio,
+            }
             print(f"{label + ', ' + dtype:<50} {time_ratio:>6.2f}x {memory_ratio:>6.2f}x {estimate_ratio:>8.2f}x")
     if "bfloat16" in dtypes and "float32" in dtypes:
         measured = judged_memory(results["bfloat16"], args, "static") / judged_memory(results["float32"], args, "full")
         estimated = estimates["bfloat16"]["static"]["total"] / estimates["float32"]["full"]["total"]
         cross["adept_bfloat16_over_full_float32"] = {"peak_memory": measured, "peak_memory_estimate": estimated}
         print()
-        print(f"{'ADEPT bf16 / full CPT fp32-master peak memory':<50} {'measured':>9} {'estimate':>9} {'target':>7}  result")
-        print(f"{measure:<50} {measured:>8.2f}x {estimated:>8.2f}x {TARGET_MEMORY_BF16_VS_FP32:>6.2f}x  "
-              f"{verdict(measured, TARGET_MEMORY_BF16_VS_FP32)}")
+        print(
+            f"{'ADEPT bf16 / full CPT fp32-master peak memory':<50} {'measured':>9} {'estimate':>9} {'target':>7}  "
+            "result"
+        )
+        print(
+            f"{measure:<50} {measured:>8.2f}x {estimated:>8.2f}x {TARGET_MEMORY_BF16_VS_FP32:>6.2f}x  "
+            f"{verdict(measured, TARGET_MEMORY_BF16_VS_FP32)}"
+        )
     return cross
 
 
@@ -551,42 +654,73 @@ def dtype_list(text: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--shape", choices=("llama", *SHAPES), default="llama",
-                        help="llama: a random Llama from --layers ... --vocab; qwen2.5-0.5b: Qwen2.5-0.5B's shape "
-                             "(tied embeddings, 494M parameters), built in code, which replaces those flags.")
+    parser.add_argument(
+        "--shape",
+        choices=("llama", *SHAPES),
+        default="llama",
+        help="llama: a random Llama from --layers ... --vocab; qwen2.5-0.5b: Qwen2.5-0.5B's shape "
+        "(tied embeddings, 494M parameters), built in code, which replaces those flags.",
+    )
     parser.add_argument("--layers", type=int, default=16, help="Decoder layers of the base model.")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--intermediate", type=int, default=1408)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=8192, help="Model vocabulary (the byte tokenizer uses 259 ids of it).")
+    parser.add_argument(
+        "--vocab", type=int, default=8192, help="Model vocabulary (the byte tokenizer uses 259 ids of it)."
+    )
     parser.add_argument("--new-layers", type=int, default=4, help="Layers to copy, placed uniformly (LLaMA-Pro).")
-    parser.add_argument("--source-layers", default=None, help="Explicit comma-separated 0-based layers to copy instead.")
+    parser.add_argument(
+        "--source-layers", default=None, help="Explicit comma-separated 0-based layers to copy instead."
+    )
     parser.add_argument("--batch-size", type=int, default=2, help="Per-device training batch (adept default: 8).")
     parser.add_argument("--block-size", type=int, default=256, help="Tokens per training block (adept default: 256).")
     parser.add_argument("--steps", type=int, default=8, help="Timed optimizer steps per run.")
     parser.add_argument("--warmup-steps", type=int, default=2, help="Untimed steps at the start of each run.")
     parser.add_argument("--interval", type=int, default=4, help="reestimate_every of the dynamic run.")
-    parser.add_argument("--probe-tokens", type=int, default=1024,
-                        help=f"Probe token budget (adept default: {DEFAULT_PROBE_TOKENS}). With the defaults for this, "
-                             "--batch-size and --block-size the overhead needs no scaling (use them on a GPU).")
+    parser.add_argument(
+        "--probe-tokens",
+        type=int,
+        default=1024,
+        help=f"Probe token budget (adept default: {DEFAULT_PROBE_TOKENS}). With the defaults for this, "
+        "--batch-size and --block-size the overhead needs no scaling (use them on a GPU).",
+    )
     parser.add_argument("--probe-length", type=int, default=256, help="Probe sequence length (adept default: 256).")
-    parser.add_argument("--probe-batch-size", type=int, default=None,
-                        help="Probe batch size (adept default: 8; here default: --batch-size). The probe pass holds the "
-                             "activations of one probe batch, so a probe batch larger than the training batch sets "
-                             "adept's peak memory.")
+    parser.add_argument(
+        "--probe-batch-size",
+        type=int,
+        default=None,
+        help="Probe batch size (adept default: 8; here default: --batch-size). The probe pass holds the "
+        "activations of one probe batch, so a probe batch larger than the training batch sets "
+        "adept's peak memory.",
+    )
     parser.add_argument("--gradient-checkpointing", action="store_true", help="Gradient checkpointing in both methods.")
-    parser.add_argument("--repeats", type=int, default=2, help="Runs of each kind; kinds alternate, order reversed every other round.")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="Runs of each kind; kinds alternate, order reversed every other round."
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads per run. On a shared machine keep 1: with 2 OpenMP threads and a busy "
-                             "second core every op waits for a descheduled thread and runs tens of times slower.")
-    parser.add_argument("--bf16", action="store_true",
-                        help="bf16 mixed precision (fp32 master weights) for float32 runs; bfloat16 runs always use it.")
-    parser.add_argument("--dtype", type=dtype_list, default="float32",
-                        help="TrainConfig.dtype of the runs, the base checkpoint saved in it: float32 or bfloat16, or "
-                             "a comma list (float32,bfloat16) to run every kind in each, side by side.")
-    parser.add_argument("--workdir", type=Path, default=None, help="Where checkpoints go (default: a temp dir, removed).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads per run. On a shared machine keep 1: with 2 OpenMP threads and a busy "
+        "second core every op waits for a descheduled thread and runs tens of times slower.",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 mixed precision (fp32 master weights) for float32 runs; bfloat16 runs always use it.",
+    )
+    parser.add_argument(
+        "--dtype",
+        type=dtype_list,
+        default="float32",
+        help="TrainConfig.dtype of the runs, the base checkpoint saved in it: float32 or bfloat16, or "
+        "a comma list (float32,bfloat16) to run every kind in each, side by side.",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="Where checkpoints go (default: a temp dir, removed)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write every number to this JSON file.")
     args = parser.parse_args()
     if args.probe_batch_size is None:
@@ -611,20 +745,30 @@ def main() -> None:
         device = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} CPU thread(s) per run"
         config = model_config(args)
         name = "Llama" if args.shape == "llama" else f"{SHAPES[args.shape]}-shaped {config.model_type}"
-        print(f"model: random {name}, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
-              f"{args.heads} heads ({args.kv_heads} kv), vocab {args.vocab}, "
-              f"{'tied' if config.tie_word_embeddings else 'untied'}; {params['base'] / 1e6:.1f}M parameters")
-        print(f"expanded: copies of layers {source} -> {args.layers + len(source)} layers, {params['expanded'] / 1e6:.1f}M "
-              f"parameters, adept trains {params['trainable_adept'] / 1e6:.1f}M "
-              f"({100 * params['trainable_adept'] / params['expanded']:.1f}%)")
+        print(
+            f"model: random {name}, {args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
+            f"{args.heads} heads ({args.kv_heads} kv), vocab {args.vocab}, "
+            f"{'tied' if config.tie_word_embeddings else 'untied'}; {params['base'] / 1e6:.1f}M parameters"
+        )
+        print(
+            f"expanded: copies of layers {source} -> {args.layers + len(source)} layers, "
+            f"{params['expanded'] / 1e6:.1f}M "
+            f"parameters, adept trains {params['trainable_adept'] / 1e6:.1f}M "
+            f"({100 * params['trainable_adept'] / params['expanded']:.1f}%)"
+        )
         precision = " vs ".join(precision_label(d, args.bf16) for d in args.dtype)
         each = "kind" if len(args.dtype) == 1 else "kind and dtype"
-        print(f"training: batch {args.batch_size} x {args.block_size} tokens, AdamW, "
-              f"{precision}{', gradient checkpointing' if args.gradient_checkpointing else ''}, "
-              f"{args.device} ({device}); {args.warmup_steps} warm-up + "
-              f"{args.steps} timed steps per run, {args.repeats} runs of each {each}, alternating, each in a fresh process")
-        print(f"probe: {args.probe_tokens} tokens in batches of {args.probe_batch_size} x {args.probe_length}; "
-              f"dynamic run re-estimates every {args.interval} steps, static run only at step 0")
+        print(
+            f"training: batch {args.batch_size} x {args.block_size} tokens, AdamW, "
+            f"{precision}{', gradient checkpointing' if args.gradient_checkpointing else ''}, "
+            f"{args.device} ({device}); {args.warmup_steps} warm-up + "
+            f"{args.steps} timed steps per run, {args.repeats} runs of each {each}, alternating, each in a fresh "
+            "process"
+        )
+        print(
+            f"probe: {args.probe_tokens} tokens in batches of {args.probe_batch_size} x {args.probe_length}; "
+            f"dynamic run re-estimates every {args.interval} steps, static run only at step 0"
+        )
         records = []
         units = [(run, dtype) for dtype in args.dtype for run in RUNS]
         for round_idx in range(args.repeats):
@@ -649,17 +793,24 @@ def main() -> None:
         single = len(args.dtype) == 1
         payload = {
             "config": {k: v for k, v in vars(args).items() if k not in ("child", "json", "workdir")},
-            "source_layers": source, "parameters": params, "device": device,
+            "source_layers": source,
+            "parameters": params,
+            "device": device,
             "measured": results[args.dtype[0]] if single else results,
             "ratios": ratios[args.dtype[0]] if single else ratios,
             "memory_estimates": estimates[args.dtype[0]] if single else estimates,
-            "targets": {"time_per_token": TARGET_TIME, "peak_memory": TARGET_MEMORY, "reestimation_overhead": TARGET_OVERHEAD,
-                        "peak_memory_adept_bfloat16_over_full_float32": TARGET_MEMORY_BF16_VS_FP32},
+            "targets": {
+                "time_per_token": TARGET_TIME,
+                "peak_memory": TARGET_MEMORY,
+                "reestimation_overhead": TARGET_OVERHEAD,
+                "peak_memory_adept_bfloat16_over_full_float32": TARGET_MEMORY_BF16_VS_FP32,
+            },
         }
         if cross is not None:
             payload["cross_dtype"] = cross
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
 
 if __name__ == "__main__":
     main()

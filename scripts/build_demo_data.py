@@ -289,33 +289,33 @@ def austen_chapters(directory: Path) -> list[tuple[str, int, list[str]]]:
     """[(book, chapter number, paragraphs)] in book order; front matter dropped."""
     books = read_r_lazyload(directory)
     chapters = []
+
+    def flush(cur: list[str] | None, para: list[str]) -> None:
+        if cur is not None and para:
+            text = norm_ws(" ".join(para))
+            text = re.sub(r"_([^_]+)_", r"\1", text).replace("_", "")
+            if text and not DROP_RE.match(text):
+                cur.append(text)
+        para.clear()
+
     for book in sorted(books):
         lines = books[book]
         cur: list[str] | None = None
         para: list[str] = []
         n = 0
-
-        def flush():
-            if cur is not None and para:
-                text = norm_ws(" ".join(para))
-                text = re.sub(r"_([^_]+)_", r"\1", text).replace("_", "")
-                if text and not DROP_RE.match(text):
-                    cur.append(text)
-            para.clear()
-
         for line in lines:
             line = line or ""
             if CHAPTER_RE.match(line):
-                flush()
+                flush(cur, para)
                 if cur:
                     chapters.append((book, n, cur))
                 n += 1
                 cur = []
             elif not line.strip():
-                flush()
+                flush(cur, para)
             else:
                 para.append(line.strip())
-        flush()
+        flush(cur, para)
         if cur:
             chapters.append((book, n, cur))
     return chapters
@@ -458,8 +458,28 @@ def build_domain(path: Path, rng: random.Random, max_chars: int, full: bool):
 
 
 GO_GENERIC = {
-    "activity", "process", "of", "the", "in", "to", "and", "or", "by", "via", "into", "from", "on",
-    "a", "an", "involved", "cell", "cellular", "regulation", "positive", "negative", "complex",
+    "activity",
+    "process",
+    "of",
+    "the",
+    "in",
+    "to",
+    "and",
+    "or",
+    "by",
+    "via",
+    "into",
+    "from",
+    "on",
+    "a",
+    "an",
+    "involved",
+    "cell",
+    "cellular",
+    "regulation",
+    "positive",
+    "negative",
+    "complex",
 }
 
 
@@ -613,7 +633,6 @@ def wordnet_mc(directory: Path, rng: random.Random, n_items: int | None, min_cou
 MEASURED = "<!-- measured with the demo model; kept when the data is rebuilt -->"
 
 
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -628,7 +647,8 @@ def readme(out: Path, found: dict, files: list[tuple[str, int]], info: dict, ful
         for p in sorted(PACKAGES)
     )
     flag = " --full" if full else ""
-    return f"""# Demo data{' (full build)' if full else ''}
+    full_note = "; synonyms and relations added as sentences" if full else ""
+    return f"""# Demo data{" (full build)" if full else ""}
 
 Real English text for trying adept-cpt end to end without any download at run time: a
 **general** domain (Jane Austen's novels), a **target domain** with very different vocabulary
@@ -644,7 +664,7 @@ packages and rebuilt byte-for-byte by a deterministic script.
 
 Attribution: Gene Ontology data (c) Gene Ontology Consortium, licensed under CC BY 4.0
 (<http://geneontology.org/docs/go-citation-policy/>); the definitions here are reformatted
-(term name, colon, definition; grouped by the is-a hierarchy{'; synonyms and relations added as sentences' if full else ''}).
+(term name, colon, definition; grouped by the is-a hierarchy{full_note}).
 WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. THIS SOFTWARE AND
 DATABASE IS PROVIDED "AS IS" AND PRINCETON UNIVERSITY MAKES NO REPRESENTATIONS OR WARRANTIES,
 EXPRESS OR IMPLIED (full licence: `/usr/share/doc/wordnet-base/copyright`, or the package's
@@ -662,14 +682,14 @@ Token counts and measurements with the demo model: at the end of this file.
 * `general/*.jsonl`, `domain/*.jsonl`: one `{{"text": ...}}` per line.
 * Austen: paragraphs unwrapped, `_italics_` markers, chapter and volume headings and front
   matter removed; consecutive paragraphs of one chapter packed into documents of at most
-  {info['max_chars']} characters (a longer paragraph stays whole). Whole chapters go to one split:
-  {info['general']['chapters']['train']} train, {info['general']['chapters']['heldout']} heldout,
-  {info['general']['chapters']['probe']} probe (`probe` is the small general-domain corpus for
+  {info["max_chars"]} characters (a longer paragraph stays whole). Whole chapters go to one split:
+  {info["general"]["chapters"]["train"]} train, {info["general"]["chapters"]["heldout"]} heldout,
+  {info["general"]["chapters"]["probe"]} probe (`probe` is the small general-domain corpus for
   `adept importance`).
-* Gene Ontology: {info['domain']['terms_with_definition']:,} of {info['domain']['terms']:,} current
+* Gene Ontology: {info["domain"]["terms_with_definition"]:,} of {info["domain"]["terms"]:,} current
   terms have a definition; each becomes a paragraph `name: definition`. Terms are ordered by a
   depth-first walk of the is-a tree (siblings by name), so a document holds related terms, and
-  packed into documents of at most {info['max_chars']} characters that never span two top-level
+  packed into documents of at most {info["max_chars"]} characters that never span two top-level
   branches. 5% of the documents, chosen at random, are held out.
 * `benchmarks/*.jsonl`: one `{{"question": str, "choices": [4 str], "answer": index}}` per line;
   the gold answer is at each position 0-3 equally often (+-1).
@@ -707,8 +727,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true", help="build the larger variant into data/demo-full")
     ap.add_argument("--out", type=Path, help="output folder (default data/demo or data/demo-full)")
-    ap.add_argument("--sources", type=Path, action="append", default=[],
-                    help=f"folder holding extracted packages (default {DEFAULT_SOURCES})")
+    ap.add_argument(
+        "--sources",
+        type=Path,
+        action="append",
+        default=[],
+        help=f"folder holding extracted packages (default {DEFAULT_SOURCES})",
+    )
     ap.add_argument("--mc-items", type=int, default=400, help="items per benchmark (ignored with --full)")
     ap.add_argument("--max-chars", type=int, default=3000, help="maximum characters per packed document")
     args = ap.parse_args(argv)

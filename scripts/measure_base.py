@@ -29,9 +29,9 @@ def main() -> None:
 
     import torch
 
+    from adept.checkpoints import load_model_and_tokenizer
     from adept.data import build_packed_dataset
     from adept.evaluation import evaluate_perplexity
-    from adept.checkpoints import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(args.model, device="cpu")
     train = build_packed_dataset(args.general_train, tokenizer, args.block_size, cache_dir=args.cache_dir)
@@ -43,8 +43,9 @@ def main() -> None:
         blocks = build_packed_dataset(path, tokenizer, args.block_size, cache_dir=args.cache_dir)
         targets = torch.tensor(blocks["input_ids"])[:, 1:].flatten()  # the positions a causal LM predicts
         unigram = float(-log_probs[targets].mean())
-        model_eval = evaluate_perplexity(model, tokenizer, path, args.block_size, batch_size=16, progress=False,
-                                         cache_dir=args.cache_dir)
+        model_eval = evaluate_perplexity(
+            model, tokenizer, path, args.block_size, batch_size=16, progress=False, cache_dir=args.cache_dir
+        )
         results[name] = {
             "path": path,
             "tokens": int(targets.numel()),

@@ -100,7 +100,10 @@ def main() -> None:
     model.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)
     summary = {
-        "config": {k: getattr(config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")},
+        "config": {
+            k: getattr(config, k)
+            for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_blocks": len(train),
         "train_tokens_seen": args.max_steps * args.batch_size * args.block_size,

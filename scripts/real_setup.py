@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import logging
 import sys
-import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

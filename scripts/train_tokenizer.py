@@ -38,7 +38,10 @@ def main() -> None:
     )
     backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>",
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        pad_token="<|pad|>",
         model_max_length=1024,
     )
     tokenizer.save_pretrained(args.output)

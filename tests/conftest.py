@@ -1,4 +1,7 @@
-"""Tiny random models of every supported architecture, built in code; the byte-level tokenizer is `adept.data.byte_tokenizer`."""
+"""Tiny random models of every supported architecture, built in code.
+
+The byte-level tokenizer is `adept.data.byte_tokenizer`.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +62,9 @@ def tiny_model(model_type: str = "llama", num_hidden_layers: int = 4, seed: int 
     return randomize_(model, seed=seed).eval()
 
 
-def save_tiny_checkpoint(path, model_type: str = "llama", num_hidden_layers: int = 4, seed: int = 0, max_shard_size=None):
+def save_tiny_checkpoint(
+    path, model_type: str = "llama", num_hidden_layers: int = 4, seed: int = 0, max_shard_size=None
+):
     model = tiny_model(model_type, num_hidden_layers, seed)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)

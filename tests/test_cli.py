@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 from transformers import AutoModelForCausalLM
 
 from adept.cli import main
-
-from conftest import save_tiny_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +40,15 @@ def test_importance_then_expand_by_importance(tmp_path, base, probe_file, capsys
     assert "importance:" in capsys.readouterr().out
 
     out = tmp_path / "expanded"
-    argv = ["expand", "--model", str(base), "--output", str(out), "--importance", str(tmp_path / "imp" / "importance.json")]
+    argv = [
+        "expand",
+        "--model",
+        str(base),
+        "--output",
+        str(out),
+        "--importance",
+        str(tmp_path / "imp" / "importance.json"),
+    ]
     assert main(argv + ["--num-new-layers", "2", "--metric", "grad_weight"]) == 0
     manifest = json.loads((out / "expansion.json").read_text())
     least = sorted(payload["layer_ranking"]["grad_weight"][-2:])
@@ -119,8 +126,12 @@ def test_unsupported_architecture_lists_supported(tmp_path, probe_file, capsys):
 
 def test_console_script_runs(tmp_path, base):
     script = Path(sys.executable).with_name("adept")
-    done = subprocess.run([str(script), "expand", "--model", str(base), "--output", str(tmp_path / "e"), "--layers", "0,5"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(script), "expand", "--model", str(base), "--output", str(tmp_path / "e"), "--layers", "0,5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "expanded checkpoint:" in done.stdout
     original = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager").eval()
@@ -135,9 +146,27 @@ def test_train_command_with_tokenize_workers(base, tmp_path):
     """`adept train` end to end on the CLI, tokenising in 2 processes; errors stay one line."""
     domain = tmp_path / "domain.txt"
     domain.write_text("\n\n".join(f"Theorem {i}: the sum of two even numbers is even." for i in range(40)))
-    argv = ["train", "--model", str(base), "--data", str(domain), "--method", "full", "--block-size", "32",
-            "--max-steps", "2", "--batch-size", "2", "--tokenize-workers", "2", "--set", "use_cpu=true",
-            "--set", "disable_tqdm=true"]
+    argv = [
+        "train",
+        "--model",
+        str(base),
+        "--data",
+        str(domain),
+        "--method",
+        "full",
+        "--block-size",
+        "32",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--tokenize-workers",
+        "2",
+        "--set",
+        "use_cpu=true",
+        "--set",
+        "disable_tqdm=true",
+    ]
     assert main(argv + ["--output", str(tmp_path / "run")]) == 0
     summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
     assert summary["global_step"] == 2 and summary["config"]["tokenize_workers"] == 2
@@ -167,10 +196,14 @@ def _config_flags(cls, rename=None, nested=None) -> dict:
     flags = {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            flags |= {f"--{nested[f.name]}{flag[2:]}": default for flag, default in _config_flags(hints[f.name]).items()}
+            flags |= {
+                f"--{nested[f.name]}{flag[2:]}": default for flag, default in _config_flags(hints[f.name]).items()
+            }
             continue
         default = default_of(f)
-        flags[f"--{(rename or {}).get(f.name, f.name).replace('_', '-')}"] = ... if default is dataclasses.MISSING else default
+        flags[f"--{(rename or {}).get(f.name, f.name).replace('_', '-')}"] = (
+            ... if default is dataclasses.MISSING else default
+        )
     return flags
 
 
@@ -178,11 +211,18 @@ def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults
     """A flag that drifts from its setting (name or default) fails here."""
     from adept.config import DEFAULT_TRAINING_ARGS, ImportanceSection, PipelineConfig, TrainConfig
 
-    train = _config_flags(TrainConfig, rename={"output_dir": "output", "probe_data": "probe"}, nested={"rule": "", "probe": "probe-"})
+    train = _config_flags(
+        TrainConfig, rename={"output_dir": "output", "probe_data": "probe"}, nested={"rule": "", "probe": "probe-"}
+    )
     del train["--training-args"]
-    shortcuts = {"--learning-rate": "learning_rate", "--max-steps": "max_steps", "--batch-size": "per_device_train_batch_size",
-                 "--gradient-accumulation-steps": "gradient_accumulation_steps", "--seed": "seed",
-                 "--gradient-checkpointing": "gradient_checkpointing"}
+    shortcuts = {
+        "--learning-rate": "learning_rate",
+        "--max-steps": "max_steps",
+        "--batch-size": "per_device_train_batch_size",
+        "--gradient-accumulation-steps": "gradient_accumulation_steps",
+        "--seed": "seed",
+        "--gradient-checkpointing": "gradient_checkpointing",
+    }
     train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
     train["--learning-rate"] = None  # absent: the method's own (default_training_args)
     train["--bf16"] = None  # absent: on with a bf16 --dtype (make_training_arguments)
@@ -194,9 +234,12 @@ def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults
 
     from adept.config import DataSection
 
-    importance = _config_flags(ImportanceSection) | {"--device": PipelineConfig().device, "--dtype": PipelineConfig().dtype,
-                                                     "--attn-implementation": PipelineConfig().attn_implementation,
-                                                     "--text-field": DataSection().text_field}
+    importance = _config_flags(ImportanceSection) | {
+        "--device": PipelineConfig().device,
+        "--dtype": PipelineConfig().dtype,
+        "--attn-implementation": PipelineConfig().attn_implementation,
+        "--text-field": DataSection().text_field,
+    }
     importance |= {"--model": ..., "--probe": ..., "--output": ..., "--txt-split": "paragraph"}
     actual = _flags("importance")
     assert actual.pop("--metrics").split(",") == importance.pop("--metrics")
@@ -213,13 +256,48 @@ def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
     monkeypatch.setattr(adept.training, "run_training", lambda cfg: seen.append(cfg) or tmp_path)
     base = ["train", "--model", str(tmp_path), "--data", "d.txt", "--output", "out", "--probe", "p.txt"]
     assert main(base) == 0
-    shortcut_args = {"max_steps": -1, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                     "seed": 0, "data_seed": 0, "gradient_checkpointing": False}
-    assert seen[-1] == TrainConfig(model=str(tmp_path), data=["d.txt"], output_dir="out", probe_data="p.txt",
-                                   training_args=shortcut_args)
-    assert main(base + ["--method", "adept-no-stage1", "--importance", "i.json", "--num-layers", "2", "--scale", "3",
-                        "--ceiling", "4", "--probe-max-tokens", "123", "--probe-batch-size", "2", "--eval-data", "e.txt",
-                        "--no-resume", "--seed", "5", "--set", "warmup_steps=1e-1", "--set", "report_to=[tensorboard]"]) == 0
+    shortcut_args = {
+        "max_steps": -1,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "seed": 0,
+        "data_seed": 0,
+        "gradient_checkpointing": False,
+    }
+    assert seen[-1] == TrainConfig(
+        model=str(tmp_path), data=["d.txt"], output_dir="out", probe_data="p.txt", training_args=shortcut_args
+    )
+    assert (
+        main(
+            base
+            + [
+                "--method",
+                "adept-no-stage1",
+                "--importance",
+                "i.json",
+                "--num-layers",
+                "2",
+                "--scale",
+                "3",
+                "--ceiling",
+                "4",
+                "--probe-max-tokens",
+                "123",
+                "--probe-batch-size",
+                "2",
+                "--eval-data",
+                "e.txt",
+                "--no-resume",
+                "--seed",
+                "5",
+                "--set",
+                "warmup_steps=1e-1",
+                "--set",
+                "report_to=[tensorboard]",
+            ]
+        )
+        == 0
+    )
     cfg = seen[-1]
     assert cfg.method == "adept-no-stage1" and cfg.importance == "i.json" and cfg.num_layers == 2 and not cfg.resume
     assert cfg.rule == MultiplierRule(scale=3.0, ceiling=4.0) and cfg.probe == ProbeConfig(max_tokens=123, batch_size=2)

@@ -44,14 +44,29 @@ def _minimal(tmp_path, text: str) -> Path:
     ("text", "message"),
     [
         ("trian: {}\n", "unknown key 'trian' (did you mean 'train'?)"),
-        ("train: {reestimate_evry: 3}\n", "unknown key 'train.reestimate_evry' (did you mean 'train.reestimate_every'?)"),
+        (
+            "train: {reestimate_evry: 3}\n",
+            "unknown key 'train.reestimate_evry' (did you mean 'train.reestimate_every'?)",
+        ),
         ("train: {rule: {scael: 2}}\n", "unknown key 'train.rule.scael' (did you mean 'train.rule.scale'?)"),
-        ("train: {training_args: {lerning_rate: 1}}\n", "unknown key 'train.training_args.lerning_rate' (did you mean 'train.training_args.learning_rate'?)"),
-        ("train: {variants: {x: {method: ful}}}\n", "'train.variants.x.method' is 'ful', not a method (did you mean 'full'?)"),
+        (
+            "train: {training_args: {lerning_rate: 1}}\n",
+            "unknown key 'train.training_args.lerning_rate' (did you mean 'train.training_args.learning_rate'?)",
+        ),
+        (
+            "train: {variants: {x: {method: ful}}}\n",
+            "'train.variants.x.method' is 'ful', not a method (did you mean 'full'?)",
+        ),
         ("train: {variants: {x: {method: full, replay_ratoi: 0.1}}}\n", "unknown key 'train.variants.x.replay_ratoi'"),
-        ("train: {methods: [adept, lama-pro]}\n", "names 'lama-pro', which is neither a method nor a variant (did you mean 'llama-pro'?)"),
+        (
+            "train: {methods: [adept, lama-pro]}\n",
+            "names 'lama-pro', which is neither a method nor a variant (did you mean 'llama-pro'?)",
+        ),
         ("data: {domain_train: d.txt, block_size: big}\n", "'data.block_size' must be int, got 'big'"),
-        ("expansion: {num_new_layers: 2, trainable_fraction: 0.2}\n", "at most one of num_new_layers, trainable_fraction, layers"),
+        (
+            "expansion: {num_new_layers: 2, trainable_fraction: 0.2}\n",
+            "at most one of num_new_layers, trainable_fraction, layers",
+        ),
         ("train: {rule: {rule: square}}\n", "'train.rule'"),
         ("evaluation: [1, 2]\n", "'evaluation' must be a mapping"),
     ],
@@ -70,8 +85,13 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("text", ["train: {methods: [adept]}\ntrain: {methods: [full]}\n",
-                                  "train:\n  training_args: {learning_rate: 1.0e-3, learning_rate: 1.0e-4}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train: {methods: [adept]}\ntrain: {methods: [full]}\n",
+        "train:\n  training_args: {learning_rate: 1.0e-3, learning_rate: 1.0e-4}\n",
+    ],
+)
 def test_a_key_given_twice_is_an_error_naming_its_line(tmp_path, text):
     # PyYAML alone keeps the last value silently; the config loader refuses.
     path = _minimal(tmp_path, text)
@@ -97,24 +117,50 @@ def test_a_config_without_a_rate_gets_each_methods_default_and_a_set_rate_wins(t
     from adept.training import make_training_arguments
 
     config = load_config(_minimal(tmp_path, ""), ["train.variants.full-replay={method: full, replay_ratio: 0.25}"])
-    rates = {label: config.method_settings(label).training_args["learning_rate"] for label in ("full", "full-replay", "adept", "llama-pro", "freeze", "lora")}
-    assert rates == {"full": 1e-4, "full-replay": 1e-4, "adept": 1e-3, "llama-pro": 1e-3, "freeze": 1e-3,
-                     "lora": DEFAULT_TRAINING_ARGS["learning_rate"]}
-    assert DEFAULT_TRAINING_ARGS["learning_rate"] not in {DEFAULT_LEARNING_RATES["full"], DEFAULT_LEARNING_RATES["adept"]}
+    rates = {
+        label: config.method_settings(label).training_args["learning_rate"]
+        for label in ("full", "full-replay", "adept", "llama-pro", "freeze", "lora")
+    }
+    assert rates == {
+        "full": 1e-4,
+        "full-replay": 1e-4,
+        "adept": 1e-3,
+        "llama-pro": 1e-3,
+        "freeze": 1e-3,
+        "lora": DEFAULT_TRAINING_ARGS["learning_rate"],
+    }
+    assert DEFAULT_TRAINING_ARGS["learning_rate"] not in {
+        DEFAULT_LEARNING_RATES["full"],
+        DEFAULT_LEARNING_RATES["adept"],
+    }
     config = load_config(_minimal(tmp_path, "train: {training_args: {learning_rate: 5.0e-4}}\n"))
     assert {config.method_settings(m).training_args["learning_rate"] for m in ("full", "adept", "lora")} == {5e-4}
     # `adept train` without --learning-rate: the method's rate reaches the Trainer
     cfg = TrainConfig(model="m", data=["d.txt"], output_dir=str(tmp_path / "out"), method="full")
     assert make_training_arguments(cfg).learning_rate == 1e-4
-    cfg = TrainConfig(model="m", data=["d.txt"], output_dir=str(tmp_path / "out"), method="adept", probe_data="p.txt",
-                      training_args={"learning_rate": 2e-3})
+    cfg = TrainConfig(
+        model="m",
+        data=["d.txt"],
+        output_dir=str(tmp_path / "out"),
+        method="adept",
+        probe_data="p.txt",
+        training_args={"learning_rate": 2e-3},
+    )
     assert make_training_arguments(cfg).learning_rate == 2e-3
 
 
 def test_overrides_are_typed_and_dotted_and_round_trip(tmp_path):
     path = _minimal(tmp_path, "train: {training_args: {learning_rate: 1.0e-3}}\n")
-    config = load_config(path, ["train.training_args.max_steps=7", "train.methods=adept,full", "train.rule.floor=0.1",
-                                "expansion.num_new_layers=3", "train.variants.full.training_args.learning_rate=1e-4"])
+    config = load_config(
+        path,
+        [
+            "train.training_args.max_steps=7",
+            "train.methods=adept,full",
+            "train.rule.floor=0.1",
+            "expansion.num_new_layers=3",
+            "train.variants.full.training_args.learning_rate=1e-4",
+        ],
+    )
     assert config.train.methods == ["adept", "full"]
     assert config.train.rule.floor == 0.1 and config.expansion.num_new_layers == 3
     assert config.method_settings("adept").training_args["max_steps"] == 7
@@ -128,7 +174,9 @@ def test_overrides_are_typed_and_dotted_and_round_trip(tmp_path):
 
 
 def test_renamed_key_points_to_its_new_place(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown key 'train.probe_max_tokens' \(did you mean 'train.probe.max_tokens'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'train.probe_max_tokens' \(did you mean 'train.probe.max_tokens'\?\)"
+    ):
         load_config(_minimal(tmp_path, "train: {probe_max_tokens: 600}\n"))
 
 
@@ -176,14 +224,16 @@ def test_readme_lists_every_config_key_as_generated_from_the_help_lines():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert config_reference() in readme, (
         "README.md's configuration reference is out of date; paste the output of "
-        "python -c 'from adept.config import config_reference; print(config_reference())'")
+        "python -c 'from adept.config import config_reference; print(config_reference())'"
+    )
 
 
 def test_importing_the_config_imports_neither_torch_nor_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, adept.config, adept.cli; "
-            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, adept.config, adept.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

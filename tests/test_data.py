@@ -68,7 +68,9 @@ def test_txt_paragraphs_and_lines_keep_the_old_documents(tmp_path):
 
 def test_jsonl_text_and_instruction(tmp_path, tokenizer):
     path = tmp_path / "a.jsonl"
-    path.write_text(json.dumps({"text": "plain text"}) + "\n\n" + json.dumps({"instruction": "Q?", "output": "A!"}) + "\n")
+    path.write_text(
+        json.dumps({"text": "plain text"}) + "\n\n" + json.dumps({"instruction": "Q?", "output": "A!"}) + "\n"
+    )
     docs = load_documents(path)
     assert docs[0].text == "plain text" and docs[1].prompt == "Q?\n" and docs[1].answer == "A!"
     examples = tokenize_documents(docs[1:], tokenizer, max_length=64)
@@ -88,8 +90,9 @@ def test_json_list_and_saved_datasets(tmp_path):
     datasets.Dataset.from_dict({"text": ["x y", "z"]}).save_to_disk(str(tmp_path / "ds"))
     assert [d.text for d in load_documents(tmp_path / "ds")] == ["x y", "z"]
     assert resolve_corpus(tmp_path / "ds").builder == "load_from_disk"
-    splits = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["t"]}),
-                                   "test": datasets.Dataset.from_dict({"text": ["u"]})})
+    splits = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": ["t"]}), "test": datasets.Dataset.from_dict({"text": ["u"]})}
+    )
     splits.save_to_disk(str(tmp_path / "dict"))
     assert [d.text for d in load_documents(tmp_path / "dict")] == ["t"]
     splits.pop("train")
@@ -139,20 +142,33 @@ def test_probe_batches_are_the_old_ones(tmp_path, tokenizer):
     txt = tmp_path / "probe.txt"
     txt.write_bytes(TRICKY_TXT.encode())
     jsonl = tmp_path / "probe.jsonl"
-    records = [{"text": f"text {i} " * (i % 9)} if i % 3 else {"instruction": f"Q{i}?", "input": "ctx" * (i % 2), "output": f"A{i}"}
-               for i in range(40)]
+    records = [
+        {"text": f"text {i} " * (i % 9)}
+        if i % 3
+        else {"instruction": f"Q{i}?", "input": "ctx" * (i % 2), "output": f"A{i}"}
+        for i in range(40)
+    ]
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
     probe = ProbeConfig(max_length=24, max_tokens=300, batch_size=4)
     for path, reference in [
         (txt, [Document(text=t) for t in _old_txt_documents(TRICKY_TXT, "paragraph")]),
-        (jsonl, [Document(text=r["text"]) if "text" in r else
-                 Document(prompt=r["instruction"] + (f"\n{r['input']}" if r["input"] else "") + "\n", answer=r["output"])
-                 for r in records]),
+        (
+            jsonl,
+            [
+                Document(text=r["text"])
+                if "text" in r
+                else Document(
+                    prompt=r["instruction"] + (f"\n{r['input']}" if r["input"] else "") + "\n", answer=r["output"]
+                )
+                for r in records
+            ],
+        ),
     ]:
         for seed in (0, 3):
             got = load_probe_batches(path, tokenizer, probe, seed=seed)
-            expected = make_batches(tokenize_documents(reference, tokenizer, 24, max_tokens=300, seed=seed), 4,
-                                    tokenizer.pad_token_id)
+            expected = make_batches(
+                tokenize_documents(reference, tokenizer, 24, max_tokens=300, seed=seed), 4, tokenizer.pad_token_id
+            )
             assert len(got) == len(expected) > 1
             for a, b in zip(got, expected, strict=True):
                 assert all(a[key].equal(b[key]) for key in ("input_ids", "labels", "attention_mask"))
@@ -223,7 +239,10 @@ def test_text_field_and_missing_column(tmp_path, tokenizer):
     texts = _texts(30)
     reference = list(build_packed_dataset(_write_jsonl(tmp_path / "ref.jsonl", texts), tokenizer, 16)["input_ids"])
     pq.write_table(pa.table({"body": texts, "id": list(range(30))}), tmp_path / "body.parquet")
-    assert list(build_packed_dataset(tmp_path / "body.parquet", tokenizer, 16, text_field="body")["input_ids"]) == reference
+    assert (
+        list(build_packed_dataset(tmp_path / "body.parquet", tokenizer, 16, text_field="body")["input_ids"])
+        == reference
+    )
     docs = load_documents(_write_jsonl(tmp_path / "body.jsonl", texts, key="body"), text_field="body")
     assert [d.text for d in docs] == texts
     with pytest.raises(ValueError, match=r"body\.parquet: no column 'text' .*the columns are \['body', 'id'\]"):
@@ -313,7 +332,10 @@ def test_parallel_tokenisation_packs_the_same_blocks(tmp_path, tokenizer):
     assert serial.blocks > 2000 // 16
     assert list(parallel.dataset["input_ids"]) == list(serial.dataset["input_ids"])
     assert (parallel.documents, parallel.stream_tokens, parallel.dropped_tokens) == (
-        serial.documents, serial.stream_tokens, serial.dropped_tokens)
+        serial.documents,
+        serial.stream_tokens,
+        serial.dropped_tokens,
+    )
 
 
 def test_worker_rule_keeps_small_corpora_in_process(monkeypatch):
@@ -410,15 +432,16 @@ def test_a_failing_build_leaves_nothing_in_the_cache(tmp_path, tokenizer, monkey
 
 def test_blocks_open_with_bos_when_the_tokenizer_adds_one(tmp_path):
     """Gemma-style tokenizers put BOS before every text: then every packed block starts with it."""
-    from tokenizers import processors
-
     from conftest import byte_tokenizer
+    from tokenizers import processors
 
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(f"Document {i} has a few words in it." for i in range(12)))
     plain = byte_tokenizer()
     with_bos = byte_tokenizer()
-    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 256)])
+    with_bos.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 256)]
+    )
     assert with_bos("a").input_ids == [256, *plain("a").input_ids] and len(plain("a").input_ids) == 1
 
     blocks = list(build_packed_dataset(path, plain, 16)["input_ids"])
@@ -478,19 +501,39 @@ def _short(tmp_path):
         (lambda tmp: str(tmp / "data" / "*.jsonl.gz"), ValueError, r"data/\*\.jsonl\.gz: the glob matches no file"),
         (_unreadable_folder, ValueError, r"notes: a folder with no readable corpus file \(1 files; supported: \.jsonl"),
         (_mixed_folder, ValueError, r"mixed: mixes corpus formats: csv \(b\.csv\), json \(a\.jsonl\)"),
-        (lambda tmp: (tmp / "a.docx").write_text("x") and tmp / "a.docx", ValueError,
-         r"a\.docx: unsupported corpus format '\.docx' \(supported: \.jsonl, \.json, \.parquet, \.csv, \.txt, \.arrow"),
-        (lambda tmp: (tmp / "a.parquet.gz").write_text("x") and tmp / "a.parquet.gz", ValueError,
-         r"unsupported corpus format '\.parquet\.gz'"),
-        (lambda tmp: (tmp / "empty.txt").write_text("\n \n") and tmp / "empty.txt", ValueError,
-         r"empty\.txt: no documents found"),
-        (lambda tmp: (tmp / "empty.jsonl").write_text("") is not None and tmp / "empty.jsonl", ValueError,
-         r"empty\.jsonl: no documents found"),
+        (
+            lambda tmp: (tmp / "a.docx").write_text("x") and tmp / "a.docx",
+            ValueError,
+            r"a\.docx: unsupported corpus format '\.docx' \(supported: \.jsonl, \.json, \.parquet, \.csv, \.txt, "
+            r"\.arrow",
+        ),
+        (
+            lambda tmp: (tmp / "a.parquet.gz").write_text("x") and tmp / "a.parquet.gz",
+            ValueError,
+            r"unsupported corpus format '\.parquet\.gz'",
+        ),
+        (
+            lambda tmp: (tmp / "empty.txt").write_text("\n \n") and tmp / "empty.txt",
+            ValueError,
+            r"empty\.txt: no documents found",
+        ),
+        (
+            lambda tmp: (tmp / "empty.jsonl").write_text("") is not None and tmp / "empty.jsonl",
+            ValueError,
+            r"empty\.jsonl: no documents found",
+        ),
         (_corrupt_parquet, ValueError, r"bad\.parquet: cannot be read as parquet \("),
-        (lambda tmp: (tmp / "l.json").write_text('[{"text": "a"},\n {"text": }]') and tmp / "l.json", ValueError,
-         r"l\.json:2: invalid JSON"),
-        (_columns_differ, ValueError, r"shards/b\.jsonl: its columns \['instruction', 'output'\] differ from those of "
-                                      r".*shards/a\.jsonl \(\['text'\]\)"),
+        (
+            lambda tmp: (tmp / "l.json").write_text('[{"text": "a"},\n {"text": }]') and tmp / "l.json",
+            ValueError,
+            r"l\.json:2: invalid JSON",
+        ),
+        (
+            _columns_differ,
+            ValueError,
+            r"shards/b\.jsonl: its columns \['instruction', 'output'\] differ from those of "
+            r".*shards/a\.jsonl \(\['text'\]\)",
+        ),
         (_not_utf8, ValueError, r"latin\.jsonl: not UTF-8 text"),
         (_short, ValueError, r"short\.jsonl: fewer tokens than one block of 64 \(10 tokens in 2 documents\)"),
     ],

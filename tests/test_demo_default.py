@@ -18,10 +18,16 @@ DEMO = ROOT / "data" / "demo"
 SOURCES = Path(os.environ.get("ADEPT_DEMO_SOURCES", Path.home() / ".cache" / "adept-demo-sources"))
 
 
-@pytest.mark.skipif(not (SOURCES / "r-bioc-go.db").is_dir(), reason="Debian sources not unpacked (bash scripts/install_demo_sources.sh)")
+@pytest.mark.skipif(
+    not (SOURCES / "r-bioc-go.db").is_dir(), reason="Debian sources not unpacked (bash scripts/install_demo_sources.sh)"
+)
 def test_demo_data_rebuilds_byte_identical(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_demo_data.py"), "--out", str(tmp_path / "demo")],
-                   check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_demo_data.py"), "--out", str(tmp_path / "demo")],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     committed = sorted(p.relative_to(DEMO) for p in DEMO.rglob("*.jsonl"))
     assert committed == sorted(p.relative_to(tmp_path / "demo") for p in (tmp_path / "demo").rglob("*.jsonl"))
     for rel in committed:
@@ -61,7 +67,9 @@ def test_pipeline_on_a_slice_of_the_embedded_default(tmp_path, monkeypatch):
     config = load_config(ROOT / "configs" / "demo.yaml", overrides)
     report, _ = run_pipeline(config, progress=False)
     assert report.is_file()
-    rows = {row["label"]: row for row in json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["comparison"]}
+    rows = {
+        row["label"]: row for row in json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["comparison"]
+    }
     base = rows["base"]
     # The shipped model knows general English far better than the domain, and better than a unigram model (6.45).
     assert base["general_loss"] < 5.5 < 6.0 < base["domain_loss"]

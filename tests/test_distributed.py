@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PROBE_TEXT, save_tiny_checkpoint
 from safetensors.torch import load_file
+from workers import fsdp_train
+from workers.trainer_train import Recording, train_config
 
 import adept.training as training
 from adept.expansion import expand_checkpoint, plan_expansion
-
-from conftest import PROBE_TEXT, save_tiny_checkpoint
-from workers import fsdp_train
-from workers.trainer_train import Recording, train_config
 
 pytestmark = pytest.mark.distributed
 
@@ -36,13 +35,18 @@ def _launch(nproc: int, *target: str) -> str:
     # --standalone lets torchrun pick a free port for its own rendezvous store; a fixed
     # --master_port would collide between concurrent runs, and --master_port 0 is handed to the
     # workers verbatim, so they wait forever to connect to port 0.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
-           "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator, for the deepspeed engine
-           "PYTHONFAULTHANDLER": "1"}  # a worker killed by a signal prints every thread's stack
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
+        "DS_ACCELERATOR": "cpu",  # DeepSpeed's CPU accelerator, for the deepspeed engine
+        "PYTHONFAULTHANDLER": "1",
+    }  # a worker killed by a signal prints every thread's stack
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *target]
     # Own session, so a timeout kills the workers too, not just the launcher.
-    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+    launcher = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
     try:
         output, _ = launcher.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -72,7 +76,9 @@ def _workdir(tmp_path: Path) -> None:
 
     probe = ImportanceSection(max_tokens=20_000, max_length=48, batch_size=2, seed=0, metrics=["grad_weight"])
     run_importance(tmp_path / "base", tmp_path / "probe.txt", tmp_path / "importance", probe, progress=False)
-    (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80)))
+    (tmp_path / "domain.txt").write_text(
+        "\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +91,9 @@ def trainer_reference(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        training.run_training(train_config(str(root), str(root / "single"), 4), progress=False,
-                              adept_callback=Recording)
+        training.run_training(
+            train_config(str(root), str(root / "single"), 4), progress=False, adept_callback=Recording
+        )
     finally:
         torch.set_num_threads(threads)
     return root
@@ -141,7 +148,7 @@ def test_sharded_resume_is_bit_identical(trainer_reference, engine):
     resumed.mkdir()
     shutil.copytree(unbroken / "checkpoint-2", resumed / "checkpoint-2")
     lines = (unbroken / "unit_rates.jsonl").read_text().splitlines()
-    (resumed / "unit_rates.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= 2))
+    (resumed / "unit_rates.jsonl").write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= 2))
     _torchrun(2, "trainer_train.py", root, resumed, 2, engine, 2)
 
     assert (resumed / "unit_rates.jsonl").read_text() == (unbroken / "unit_rates.jsonl").read_text()
@@ -202,16 +209,17 @@ def test_adept_run_under_torchrun_and_its_resume(tmp_path):
     (DDP on gloo), one table is printed; a run that died during training resumes from its checkpoint."""
     save_tiny_checkpoint(tmp_path / "base", "llama")
     (tmp_path / "probe.txt").write_text(PROBE_TEXT)
-    (tmp_path / "domain.txt").write_text("\n\n".join(f"Axiom {i}: every set has a power set of size two to the n."
-                                                       for i in range(80)))
+    (tmp_path / "domain.txt").write_text(
+        "\n\n".join(f"Axiom {i}: every set has a power set of size two to the n." for i in range(80))
+    )
     (tmp_path / "heldout.txt").write_text(PROBE_TEXT.replace("river", "road"))
     config = tmp_path / "run.yaml"
     config.write_text(f"""
-model: {tmp_path / 'base'}
-run_dir: {tmp_path / 'run'}
+model: {tmp_path / "base"}
+run_dir: {tmp_path / "run"}
 device: cpu
-data: {{domain_train: {tmp_path / 'domain.txt'}, general_probe: {tmp_path / 'probe.txt'},
-        general_heldout: {tmp_path / 'heldout.txt'}, domain_heldout: {tmp_path / 'domain.txt'}, block_size: 32}}
+data: {{domain_train: {tmp_path / "domain.txt"}, general_probe: {tmp_path / "probe.txt"},
+        general_heldout: {tmp_path / "heldout.txt"}, domain_heldout: {tmp_path / "domain.txt"}, block_size: 32}}
 importance: {{max_tokens: 2000, max_length: 48, batch_size: 2, metrics: [masking, grad_weight]}}
 expansion: {{num_new_layers: 1}}
 train:
@@ -241,7 +249,9 @@ evaluation: {{batch_size: 4, max_blocks: 2, shift: false}}
     shutil.rmtree(run / "train" / "adept" / "model")
     shutil.rmtree(run / "train" / "adept" / "checkpoint-4")
     records["train:adept"]["status"] = "running"
-    (run / "pipeline.json").write_text(json.dumps({**json.loads((run / "pipeline.json").read_text()), "stages": records}))
+    (run / "pipeline.json").write_text(
+        json.dumps({**json.loads((run / "pipeline.json").read_text()), "stages": records})
+    )
     output = _launch(2, "-m", "adept.cli", "run", str(config))
     assert "up to date, skipped: data, importance, expand:adept, eval:base" in output
     assert f"resuming from {checkpoint}" in output
@@ -249,4 +259,5 @@ evaluation: {{batch_size: 4, max_blocks: 2, shift: false}}
     resumed = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
     assert resumed["global_step"] == 4 and resumed["train_steps"] == 4
     assert [e["loss"] for e in resumed["log_history"] if "loss" in e] == pytest.approx(
-        [e["loss"] for e in summary["log_history"] if "loss" in e], rel=1e-5)
+        [e["loss"] for e in summary["log_history"] if "loss" in e], rel=1e-5
+    )

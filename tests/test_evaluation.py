@@ -8,8 +8,10 @@ import socket
 
 import pytest
 import torch
+from conftest import PROBE_TEXT, byte_tokenizer, save_tiny_checkpoint
 
 from adept.artifacts import artifact_header, write_json
+from adept.checkpoints import load_model_and_tokenizer
 from adept.cli import main
 from adept.data import build_packed_dataset
 from adept.evaluation import (
@@ -22,9 +24,6 @@ from adept.evaluation import (
     validate_benchmark_file,
 )
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.checkpoints import load_model_and_tokenizer
-
-from conftest import PROBE_TEXT, byte_tokenizer, save_tiny_checkpoint
 
 DOMAIN_TEXT = (
     "The enzyme binds its substrate and lowers the activation energy of the reaction.\n\n"
@@ -44,7 +43,7 @@ DOMAIN_MC = [
     {"question": "What makes ATP?", "choices": ["mitochondria", "ribosome", "nucleus"], "answer": 0},
     {"question": "What translates mRNA?", "choices": ["kinase", "ribosome"], "answer": 1},
     {"question": "What adds a phosphate?", "choices": ["kinase", "lipase", "membrane"], "answer": 0},
-    {"question": "What lowers activation energy?", "choices": ["heat", "an enzyme's \"site\""], "answer": 1},
+    {"question": "What lowers activation energy?", "choices": ["heat", 'an enzyme\'s "site"'], "answer": 1},
 ]
 
 
@@ -153,7 +152,9 @@ def test_perplexity_matches_manual_loss_and_expansion(checkpoints, files, tmp_pa
     dataset = build_packed_dataset(files["general"], tokenizer, 32)
     assert len(dataset) >= 4
 
-    result = evaluate_perplexity(base, tokenizer, files["general"], block_size=32, batch_size=3, progress=False, cache_dir=tmp_path)
+    result = evaluate_perplexity(
+        base, tokenizer, files["general"], block_size=32, batch_size=3, progress=False, cache_dir=tmp_path
+    )
     assert result["tokens"] == len(dataset) * 31
     assert result["path"] == str(files["general"])
     assert result["loss"] == pytest.approx(_manual_loss(base, dataset), rel=1e-5)
@@ -208,11 +209,23 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
             assert set(entry) == {"loss", "perplexity", "tokens", "bytes", "bits_per_byte", "path", "domain"}
             # Byte-level test tokenizer: one byte per predicted token except the EOS between documents.
             assert entry["tokens"] - 8 <= entry["bytes"] <= entry["tokens"]
-            assert entry["bits_per_byte"] == pytest.approx(entry["loss"] * entry["tokens"] / math.log(2) / entry["bytes"])
+            assert entry["bits_per_byte"] == pytest.approx(
+                entry["loss"] * entry["tokens"] / math.log(2) / entry["bytes"]
+            )
         assert set(run["benchmarks"]) == {"general_mc", "domain_mc"}
         assert run["benchmarks"]["domain_mc"]["domain"] == "domain"
         for entry in run["benchmarks"].values():
-            assert set(entry) == {"acc", "acc_norm", "acc_stderr", "acc_ci", "acc_norm_ci", "n", "path", "domain", "items"}
+            assert set(entry) == {
+                "acc",
+                "acc_norm",
+                "acc_stderr",
+                "acc_ci",
+                "acc_norm_ci",
+                "n",
+                "path",
+                "domain",
+                "items",
+            }
             assert len(entry["items"]["acc"]) == entry["n"] and entry["acc_ci"][0] <= entry["acc"] <= entry["acc_ci"][1]
     assert runs["base"]["benchmarks"]["general_mc"]["n"] == len(GENERAL_MC)
 
@@ -224,7 +237,13 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
         "tokens_per_second", "peak_memory_bytes",
     }  # fmt: skip
     assert base_row["method"] == "base" and base_row["trainable_share"] is None
-    for key in ("general_loss_change", "general_loss_change_pct", "domain_loss_change", "general_acc_change", "domain_acc_change"):
+    for key in (
+        "general_loss_change",
+        "general_loss_change_pct",
+        "domain_loss_change",
+        "general_acc_change",
+        "domain_acc_change",
+    ):
         assert base_row[key] == 0
     assert base_row["benchmarks"]["general_mc"]["change"] == 0
 
@@ -244,7 +263,9 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
     assert noisy_row["domain_loss_change"] == pytest.approx(domain_change)
     assert noisy_row["general_acc"] == pytest.approx(acc("noisy", "general_mc"))
     assert noisy_row["domain_acc_change"] == pytest.approx(acc("noisy", "domain_mc") - acc("base", "domain_mc"))
-    assert noisy_row["benchmarks"]["general_mc"]["change"] == pytest.approx(acc("noisy", "general_mc") - acc("base", "general_mc"))
+    assert noisy_row["benchmarks"]["general_mc"]["change"] == pytest.approx(
+        acc("noisy", "general_mc") - acc("base", "general_mc")
+    )
     for key, value in summary.items():
         if key != "method":
             assert noisy_row[key] == value
@@ -257,7 +278,12 @@ def test_run_evaluation_schema_and_comparison(checkpoints, files, tmp_path):
 
 def test_comparison_without_loss_sets_gives_nulls(checkpoints, files, tmp_path):
     path = run_evaluation(
-        [("base", checkpoints["base"])], tmp_path, domain_benchmarks=[files["domain_mc"]], device="cpu", limit=2, progress=False
+        [("base", checkpoints["base"])],
+        tmp_path,
+        domain_benchmarks=[files["domain_mc"]],
+        device="cpu",
+        limit=2,
+        progress=False,
     )
     row = read_results(path)["comparison"][0]
     assert row["general_loss"] is None and row["domain_loss"] is None and row["general_acc"] is None
@@ -298,7 +324,17 @@ def test_bad_benchmark_fails_before_loading_models(tmp_path, capsys):
     bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 5}\n')
     with pytest.raises(ValueError, match=r"mc\.jsonl:1: 'answer' 5 is out of range"):
         run_evaluation([("base", tmp_path / "missing")], tmp_path / "out", general_benchmarks=[bad], device="cpu")
-    code = main(["eval", "--model", str(tmp_path / "missing"), "--general-benchmark", str(bad), "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "missing"),
+            "--general-benchmark",
+            str(bad),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "mc.jsonl:1:" in err and "\n" not in err

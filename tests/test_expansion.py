@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, save_tiny_checkpoint, tiny_config, tiny_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -20,8 +21,6 @@ from adept.expansion import (
     select_uniform,
     select_within_budget,
 )
-
-from conftest import ARCHITECTURES, save_tiny_checkpoint, tiny_config, tiny_model
 
 SOURCE_LAYERS = [0, 2]
 
@@ -134,7 +133,10 @@ def test_sharded_checkpoint_round_trip_keeps_sharding_and_manifest(tmp_path):
 
     manifest = load_manifest(out)
     assert manifest["source_num_layers"] == 4 and manifest["num_hidden_layers"] == 6
-    assert manifest["inserted_layers"] == [{"layer_idx": 2, "source_layer_idx": 1}, {"layer_idx": 5, "source_layer_idx": 3}]
+    assert manifest["inserted_layers"] == [
+        {"layer_idx": 2, "source_layer_idx": 1},
+        {"layer_idx": 5, "source_layer_idx": 3},
+    ]
     assert manifest["layer_map"] == {"0": 0, "1": 1, "2": 3, "3": 4}
     assert manifest["initialized_tensors"] == {
         f"model.layers.{i}.{name}.weight": 0.0 for i in (2, 5) for name in ("self_attn.o_proj", "mlp.down_proj")
@@ -160,7 +162,13 @@ def test_tied_embeddings_stay_tied(tmp_path):
 
 @pytest.mark.parametrize(
     ("layers", "message"),
-    [([1, 1], "duplicate layer ids"), ([4], "out of range"), ([-1], "out of range"), ([0, 1, 2, 3], "choose fewer than 4"), ([], "at least one")],
+    [
+        ([1, 1], "duplicate layer ids"),
+        ([4], "out of range"),
+        ([-1], "out of range"),
+        ([0, 1, 2, 3], "choose fewer than 4"),
+        ([], "at least one"),
+    ],
 )
 def test_bad_layer_choices_are_rejected(layers, message):
     with pytest.raises(ValueError, match=message):
@@ -256,7 +264,10 @@ def test_state_dict_missing_output_projection_is_refused():
         plan_tensor_copies(keys, plan_expansion(2, [1]), spec)
     keys = [f"model.layers.{i}.{name}.weight" for i in range(2) for name in ("self_attn.o_proj", "mlp.down_proj")]
     copies = plan_tensor_copies(keys, plan_expansion(2, [1]), spec)
-    assert [c.target_key for c in copies if c.fill == 0.0] == ["model.layers.2.self_attn.o_proj.weight", "model.layers.2.mlp.down_proj.weight"]
+    assert [c.target_key for c in copies if c.fill == 0.0] == [
+        "model.layers.2.self_attn.o_proj.weight",
+        "model.layers.2.mlp.down_proj.weight",
+    ]
 
 
 def test_expanded_checkpoint_has_its_own_card_and_not_the_sources_files(tmp_path):
@@ -266,7 +277,12 @@ def test_expanded_checkpoint_has_its_own_card_and_not_the_sources_files(tmp_path
     (tmp_path / "base" / "README.md").write_text("# The base model\nTrained on Austen.\n")
     (tmp_path / "base" / "measurements.json").write_text('{"general_loss": 4.7}\n')
     (tmp_path / "base" / "training_summary.json").write_text('{"method": "full"}\n')
-    selection = {"method": "importance", "importance": "runs/x/importance.json", "metric": "masking", "num_new_layers": 2}
+    selection = {
+        "method": "importance",
+        "importance": "runs/x/importance.json",
+        "metric": "masking",
+        "num_new_layers": 2,
+    }
     expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1, 3]), selection=selection)
     names = {path.name for path in (tmp_path / "expanded").iterdir()}
     assert not {"measurements.json", "training_summary.json"} & names
@@ -286,7 +302,8 @@ def test_post_norm_copies_zero_the_norm_gain_and_keep_the_projections(tmp_path, 
     expand_checkpoint(tmp_path / "base", tmp_path / "expanded", plan_expansion(4, [1]))
     manifest = load_manifest(tmp_path / "expanded")
     assert manifest["initialized_tensors"] == {
-        "model.layers.2.post_attention_layernorm.weight": gain, "model.layers.2.post_feedforward_layernorm.weight": gain,
+        "model.layers.2.post_attention_layernorm.weight": gain,
+        "model.layers.2.post_feedforward_layernorm.weight": gain,
     }
     expanded = AutoModelForCausalLM.from_pretrained(tmp_path / "expanded", attn_implementation="eager").eval()
     copy, source = expanded.model.layers[2], original.model.layers[1]

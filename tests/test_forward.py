@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROBE_TEXT, tiny_model
 
 from adept.data import IGNORE_INDEX
 from adept.forward import BlockBatches, count_targets, forward_batches, next_token_loss_sum
 from adept.importance import mean_loss
-
-from conftest import PROBE_TEXT, tiny_model
 
 
 def padded_batches(tokenizer, batch_size: int = 2) -> list[dict]:
@@ -31,7 +30,9 @@ def test_loss_of_padded_batches_is_the_importance_loss(tokenizer):
     batches = padded_batches(tokenizer)
     total = torch.zeros((), dtype=torch.float64)
     tokens = 0
-    for batch, logits in forward_batches(model, batches, inputs=("input_ids", "attention_mask"), progress=False, use_cache=False):
+    for batch, logits in forward_batches(
+        model, batches, inputs=("input_ids", "attention_mask"), progress=False, use_cache=False
+    ):
         total += next_token_loss_sum(logits, batch["labels"]).double()
         tokens += count_targets(batch["labels"])
     assert tokens == sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)

@@ -21,17 +21,28 @@ RATES = {f.name: f.rates for f in GRID}
 PAST = (12, 3.0)  # a rate with less gain and more forgetting than another of its front
 
 
-def _data(points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[str, list[float]] | None = None) -> dict:
+def _data(
+    points: dict[str, list[tuple[float, float]]], tokens_per_second: dict[str, list[float]] | None = None
+) -> dict:
     """Fake collected runs: ``{front: [(gain %, forgetting %) per rate, in its grid's order]}``."""
     rows = {}
     for name, values in points.items():
         speeds = (tokens_per_second or {}).get(name, [100.0] * len(values))
         for rate, (gain, forgetting), speed in zip(RATES[name], values, speeds):
             rows[f"{name}@{fronts.rate_name(rate)}"] = {
-                "gain_pct": gain, "domain_loss_change_pct": -gain, "forgetting_pct": forgetting,
-                "general_acc_change": {"diff": -forgetting / 100, "ci": [-forgetting / 100 - 0.03, -forgetting / 100 + 0.03]},
+                "gain_pct": gain,
+                "domain_loss_change_pct": -gain,
+                "forgetting_pct": forgetting,
+                "general_acc_change": {
+                    "diff": -forgetting / 100,
+                    "ci": [-forgetting / 100 - 0.03, -forgetting / 100 + 0.03],
+                },
                 "domain_acc_change": {"diff": gain / 100, "ci": [gain / 100 - 0.05, gain / 100 + 0.05]},
-                "tokens_per_second": speed, "peak_memory_bytes": 2**30, "train_seconds": 100.0, "reestimation_seconds": 0.0, "curve": [],
+                "tokens_per_second": speed,
+                "peak_memory_bytes": 2**30,
+                "train_seconds": 100.0,
+                "reestimation_seconds": 0.0,
+                "curve": [],
             }
     return {"seeds": {0: rows}, "base": {0: {"general_loss": 4.0, "domain_loss": 2.0}}}
 
@@ -42,7 +53,9 @@ def test_run_order_covers_the_grid_once_group_by_group():
     position = {label: i for i, label in enumerate(order)}
     groups = [GRID[start:end] for start, end in zip((0, *fronts.GROUPS[:-1]), fronts.GROUPS)]
     for earlier, later in zip(groups, groups[1:]):
-        assert max(position[label_of(f, r)] for f in earlier for r in f.rates) < min(position[label_of(f, r)] for f in later for r in f.rates)
+        assert max(position[label_of(f, r)] for f in earlier for r in f.rates) < min(
+            position[label_of(f, r)] for f in later for r in f.rates
+        )
     # Middle rates first: every front of the first group has a point before any group runs its ends.
     assert order[:4] == [label_of(f, f.rates[1]) for f in groups[0]]
 
@@ -71,8 +84,17 @@ def test_a_rate_past_the_useful_range_is_not_interpolated():
 
 
 def test_notes_name_past_and_still_rising_fronts():
-    text = "\n".join(fronts.notes(_data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0), (24, 1.6)],
-                                         "llama-pro": [(8, 0.5), (14, 1.0)]})))
+    text = "\n".join(
+        fronts.notes(
+            _data(
+                {
+                    "full": [(10, 1), (20, 4), (12, 9)],
+                    "adept": [(10, 0.2), (15, 0.5), (21, 1.0), (24, 1.6)],
+                    "llama-pro": [(8, 0.5), (14, 1.0)],
+                }
+            )
+        )
+    )
     assert "useful range" in text and "full 1e-3" in text
     # llama-pro's grid is not complete, full's peaks lower; the note says by how much adept still gains.
     assert "highest rate of its grid: adept (+3.00 points of domain-loss gain over 3e-3)." in text
@@ -118,9 +140,13 @@ def test_targets_undecided_until_the_fronts_are_complete():
 
 def test_targets_met_and_missed_with_their_numbers():
     # The expansion fronts' fourth rate (1e-2) lies past their useful range: it changes no verdict.
-    complete = {"full": [(10, 1), (20, 4), (12, 9)], "llama-pro": [(8, 0.5), (14, 1.0), (22, 2.0), PAST],
-                "adept-no-stage2": [(8, 0.1), (14, 0.2), (22, 0.4), PAST], "full-replay": [(10, 0.5), (19, 1.0), (12, 5.0)],
-                "adept-replay": [(9, 0.1), (15, 0.3), (21, 0.5), PAST]}
+    complete = {
+        "full": [(10, 1), (20, 4), (12, 9)],
+        "llama-pro": [(8, 0.5), (14, 1.0), (22, 2.0), PAST],
+        "adept-no-stage2": [(8, 0.1), (14, 0.2), (22, 0.4), PAST],
+        "full-replay": [(10, 0.5), (19, 1.0), (12, 5.0)],
+        "adept-replay": [(9, 0.1), (15, 0.3), (21, 0.5), PAST],
+    }
     # ADEPT: below llama-pro everywhere, above adept-no-stage2; at full's gain (20%) it forgets
     # 0.92% (interpolated), under a quarter of full CPT's 4%.
     data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0), PAST]})
@@ -134,7 +160,13 @@ def test_targets_met_and_missed_with_their_numbers():
     replay = next(t for name, t in verdicts.items() if "replay" in name)
     assert replay["status"] == "met" and "gain 19.0%" in replay["detail"]
     # adept-replay short of full-replay's best gain: missed, and compared at its own best gain too.
-    data = _data({**complete, "adept": [(10, 0.2), (15, 0.5), (21, 1.0), PAST], "adept-replay": [(9, 0.1), (15, 0.3), (17, 0.5), PAST]})
+    data = _data(
+        {
+            **complete,
+            "adept": [(10, 0.2), (15, 0.5), (21, 1.0), PAST],
+            "adept-replay": [(9, 0.1), (15, 0.3), (17, 0.5), PAST],
+        }
+    )
     replay = next(t for t in check_targets(data) if "replay" in t["target"])
     assert replay["status"] == "missed" and "at most 17.0%" in replay["detail"]
     assert "own best gain (17.0%, 3e-3): adept-replay +0.50% vs full-replay +0.89%" in replay["detail"]
@@ -153,17 +185,28 @@ def test_targets_met_and_missed_with_their_numbers():
 def test_front_comparison_checks_every_rate_not_a_few_samples():
     # ADEPT jumps above llama-pro only between gains 14.1% and ~14.3%: evenly spaced samples of
     # the shared range (10, 12.5, 15, 17.5, 20) all see ADEPT below; its rate at 14.1% does not.
-    data = _data({"adept": [(10, 0.2), (13.8, 0.3), (14.1, 3.0), (20, 3.8)],
-                  "llama-pro": [(10, 1.0), (14.2, 1.2), (14.4, 3.5), (20, 4.0)]})
+    data = _data(
+        {
+            "adept": [(10, 0.2), (13.8, 0.3), (14.1, 3.0), (20, 3.8)],
+            "llama-pro": [(10, 1.0), (14.2, 1.2), (14.4, 3.5), (20, 4.0)],
+        }
+    )
     target = next(t for t in check_targets(data) if "below llama-pro's" in t["target"])
     assert target["status"] == "missed"
     assert "gain 14.1%: ADEPT +3.00% vs +1.20%" in target["detail"]
-    assert fronts.shared_breakpoints(fronts.front_points(data, fronts._front("adept"), "forgetting_pct"),
-                                     fronts.front_points(data, fronts._front("llama-pro"), "forgetting_pct"),
-                                     10, 20) == [10, 13.8, 14.1, 14.2, 14.4, 20]
+    assert fronts.shared_breakpoints(
+        fronts.front_points(data, fronts._front("adept"), "forgetting_pct"),
+        fronts.front_points(data, fronts._front("llama-pro"), "forgetting_pct"),
+        10,
+        20,
+    ) == [10, 13.8, 14.1, 14.2, 14.4, 20]
     # A narrow shared range prints gains to two decimals, so distinct gains read as distinct.
-    data = _data({"adept": [(28.9, 0.5), (29.01, 1.09), (29.17, 2.51), (29.19, 2.54)],
-                  "llama-pro": [(27.28, 0.68), (30.91, 1.70), (32.09, 2.51), (32.10, 2.56)]})
+    data = _data(
+        {
+            "adept": [(28.9, 0.5), (29.01, 1.09), (29.17, 2.51), (29.19, 2.54)],
+            "llama-pro": [(27.28, 0.68), (30.91, 1.70), (32.09, 2.51), (32.10, 2.56)],
+        }
+    )
     target = next(t for t in check_targets(data) if "below llama-pro's" in t["target"])
     assert target["status"] == "missed" and "gain 29.17%: ADEPT +2.51%" in target["detail"]
 
@@ -171,7 +214,12 @@ def test_front_comparison_checks_every_rate_not_a_few_samples():
 def test_a_past_range_rate_below_the_rivals_gains_does_not_widen_the_shared_range():
     # ADEPT's lowest rate gains less *and* forgets more than its next: the shared range starts at
     # the next rate's gain, not at the rival's lowest, where ADEPT's front has no value.
-    data = _data({"adept": [(8, 2.0), (10, 0.5), (12, 1.0), (12.1, 1.1)], "llama-pro": [(9, 0.5), (11, 1.5), (13, 2.5), (13, 2.6)]})
+    data = _data(
+        {
+            "adept": [(8, 2.0), (10, 0.5), (12, 1.0), (12.1, 1.1)],
+            "llama-pro": [(9, 0.5), (11, 1.5), (13, 2.5), (13, 2.6)],
+        }
+    )
     verdict = next(t for t in check_targets(data) if "llama-pro" in t["target"])
     assert verdict["status"] == "met"
     assert verdict["detail"].startswith("gain 10.0%: ADEPT +0.50% vs +1.00%")
@@ -189,8 +237,10 @@ def test_matched_accuracy_follows_the_loss_front():
 
 
 def test_time_per_token_takes_each_fronts_fastest_run():
-    data = _data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]},
-                 tokens_per_second={"full": [60.0, 100.0, 90.0], "adept": [150.0, 200.0, 120.0]})
+    data = _data(
+        {"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5), (21, 1.0)]},
+        tokens_per_second={"full": [60.0, 100.0, 90.0], "adept": [150.0, 200.0, 120.0]},
+    )
     _, table = fronts.matched_table(data)
     assert table["rows"]["adept"]["time_per_token_vs_full"] == pytest.approx(0.5)
     assert table["rows"]["full"]["time_per_token_vs_full"] == pytest.approx(1.0)
@@ -201,13 +251,22 @@ def test_toy_comparison_names_the_pairs_the_two_order_differently(tmp_path):
         return {"general_loss_change_pct": {"mean": general}, "domain_loss_change_pct": {"mean": domain}}
 
     toy = tmp_path / "results.json"
-    write_json(toy, {**artifact_header("method-comparison"), "config": str(ROOT / "configs" / "compare.yaml"),
-                     "budget": ["adept, full: 204,800 domain tokens = 100 steps"],
-                     "methods": {"full": stats(20.0, -40.0), "adept": stats(15.0, -10.0), "lora": stats(5.0, -10.0)}})
+    write_json(
+        toy,
+        {
+            **artifact_header("method-comparison"),
+            "config": str(ROOT / "configs" / "compare.yaml"),
+            "budget": ["adept, full: 204,800 domain tokens = 100 steps"],
+            "methods": {"full": stats(20.0, -40.0), "adept": stats(15.0, -10.0), "lora": stats(5.0, -10.0)},
+        },
+    )
     rate = float(load_config(ROOT / "configs" / "compare.yaml").train.training_args["learning_rate"])
     assert any(math.isclose(rate, r) for r in RATES["full"]) and any(math.isclose(rate, r) for r in RATES["adept"])
     # Real, at that rate: adept forgets least per gain, full most; lora has no run at it.
-    full = [(gain, forgetting) if math.isclose(r, rate) else (1, 1) for r, (gain, forgetting) in zip(RATES["full"], [(20, 2.0)] * 3)]
+    full = [
+        (gain, forgetting) if math.isclose(r, rate) else (1, 1)
+        for r, (gain, forgetting) in zip(RATES["full"], [(20, 2.0)] * 3)
+    ]
     adept = [(15, -0.3) if math.isclose(r, rate) else (1, 1) for r in RATES["adept"]]
     lines = fronts.toy_comparison(_data({"full": full, "adept": adept}), toy)
     text = "\n".join(lines)
@@ -242,14 +301,28 @@ def test_labels_select_exact_runs(tmp_path, capsys):
 
 
 def test_cpu_time_counts_shared_stages_and_the_reported_runs_only():
-    stages = {"data": {"seconds": 1.0}, "importance": {"seconds": 10.0}, "expand:adept": {"seconds": 2.0},
-              "eval:base": {"seconds": 20.0}, "train:full@3e-4": {"seconds": 100.0}, "eval:full@3e-4": {"seconds": 30.0},
-              "train:adept@3e-3": {"seconds": None, "status": "running"}, "train:lora@1e-3": {"seconds": 500.0}}
+    stages = {
+        "data": {"seconds": 1.0},
+        "importance": {"seconds": 10.0},
+        "expand:adept": {"seconds": 2.0},
+        "eval:base": {"seconds": 20.0},
+        "train:full@3e-4": {"seconds": 100.0},
+        "eval:full@3e-4": {"seconds": 30.0},
+        "train:adept@3e-3": {"seconds": None, "status": "running"},
+        "train:lora@1e-3": {"seconds": 500.0},
+    }
     assert fronts.stage_seconds(stages, {"full@3e-4"}) == 163.0
     assert fronts.stage_seconds(stages, {"full@3e-4", "adept@3e-3", "lora@1e-3"}) == 663.0
 
 
-X4 = ["--labels", "full@3e-4,adept@3e-3", "--set", "train.training_args.max_steps=128", "--set", "train.training_args.save_steps=32"]
+X4 = [
+    "--labels",
+    "full@3e-4,adept@3e-3",
+    "--set",
+    "train.training_args.max_steps=128",
+    "--set",
+    "train.training_args.save_steps=32",
+]
 
 
 def _x4_record(tmp_path: Path) -> Path:
@@ -280,8 +353,10 @@ def test_a_record_from_other_settings_is_refused_by_name(tmp_path, capsys):
     assert "page_fronts.json: runs.0.full@3e-4.steps: recorded 128, this config trains 64" in capsys.readouterr().err
     assert fronts.main([*docs, *X4, "--config", "configs/demo.yaml", "--list"]) == 2
     assert "page_fronts.json: config: the recorded runs used configs/fronts_smollm2.yaml" in capsys.readouterr().err
-    text = record.read_text().replace('"config": "configs/fronts_smollm2.yaml"',
-                                      '"config": "configs/fronts_smollm2.yaml", "overrides": ["train.training_args.max_steps=128"]')
+    text = record.read_text().replace(
+        '"config": "configs/fronts_smollm2.yaml"',
+        '"config": "configs/fronts_smollm2.yaml", "overrides": ["train.training_args.max_steps=128"]',
+    )
     record.write_text(text)
     assert fronts.main([*docs, *X4, "--list"]) == 2
     assert "page_fronts.json: overrides: the recorded runs used --set" in capsys.readouterr().err
@@ -297,7 +372,10 @@ def test_recorded_rows_need_the_base_evaluated_here(tmp_path):
     other = {"seeds": {0: {}}, "base": {0: {**base, "general_loss": base["general_loss"] * 1.01}}}
     with pytest.raises(ValueError, match=r"r.json: base.0.general_loss: recorded .* evaluated here"):
         fronts.merge_record(other, record, tmp_path / "r.json", [0])
-    moved = {"seeds": {0: {}}, "base": {0: {**base, "benchmarks": {**base["benchmarks"], "piqa": {"acc": 0.0, "acc_norm": 0.0, "n": 100}}}}}
+    moved = {
+        "seeds": {0: {}},
+        "base": {0: {**base, "benchmarks": {**base["benchmarks"], "piqa": {"acc": 0.0, "acc_norm": 0.0, "n": 100}}}},
+    }
     with pytest.raises(ValueError, match=r"r.json: base.0.benchmarks"):
         fronts.merge_record(moved, record, tmp_path / "r.json", [0])
 
@@ -315,9 +393,20 @@ def test_the_base_is_checked_against_the_record_before_any_training(tmp_path, ca
     def evaluate_base(self):  # the base model "evaluated here": the recorded one, its general loss times ``drift``
         sides = {"general": base["general_loss"] * drift, "domain": base["domain_loss"]}
         out = Path(self.config.run_dir) / "eval" / "base" / "results.json"
-        write_json(out, {**artifact_header("evaluation"), "runs": [{
-            "perplexity": {side: {"domain": side, "loss": loss, "tokens": 100} for side, loss in sides.items()},
-            "benchmarks": base["benchmarks"]}]})
+        write_json(
+            out,
+            {
+                **artifact_header("evaluation"),
+                "runs": [
+                    {
+                        "perplexity": {
+                            side: {"domain": side, "loss": loss, "tokens": 100} for side, loss in sides.items()
+                        },
+                        "benchmarks": base["benchmarks"],
+                    }
+                ],
+            },
+        )
         return out
 
     def run_pipeline(cfg):
@@ -325,8 +414,15 @@ def test_the_base_is_checked_against_the_record_before_any_training(tmp_path, ca
 
     monkeypatch.setattr(adept.pipeline.Pipeline, "evaluate_base", evaluate_base)
     monkeypatch.setattr(adept.pipeline, "run_pipeline", run_pipeline)
-    argv = ["--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md"),
-            "--labels", "full@3e-4,adept@3e-3,llama-pro@3e-3", *X4[2:]]
+    argv = [
+        "--output-root",
+        str(tmp_path / "runs"),
+        "--docs",
+        str(tmp_path / "page.md"),
+        "--labels",
+        "full@3e-4,adept@3e-3,llama-pro@3e-3",
+        *X4[2:],
+    ]
     if drift == 1.0:
         with pytest.raises(Trained, match="llama-pro@3e-3"):  # the recorded labels are skipped, the new one trains
             fronts.main(argv)

@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import VOCAB, byte_tokenizer, randomize_
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install 'adept-cpt[test]')")
@@ -21,7 +20,18 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pi
 
 def _sentencepiece_vocab() -> list[str]:
     """A small Gemma-style vocabulary: specials, 256 byte-fallback tokens, characters, a few words."""
-    pieces = ["\u2581", *"abcdefghijklmnopqrstuvwxyzTC.,;", "th", "he", "\u2581t", "\u2581th", "\u2581the", "er", "in", "an"]
+    pieces = [
+        "\u2581",
+        *"abcdefghijklmnopqrstuvwxyzTC.,;",
+        "th",
+        "he",
+        "\u2581t",
+        "\u2581th",
+        "\u2581the",
+        "er",
+        "in",
+        "an",
+    ]
     return ["<pad>", "<eos>", "<bos>", "<unk>", *(f"<0x{byte:02X}>" for byte in range(256)), *pieces]
 
 
@@ -29,16 +39,35 @@ def _config(arch: str):
     from transformers import CONFIG_MAPPING
 
     common = dict(
-        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=128, tie_word_embeddings=True,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
     )
     if arch == "llama":  # SmolLM2's shape in small: tied embeddings, no biases, byte-level BPE ids
-        config = CONFIG_MAPPING["llama"](num_hidden_layers=3, rms_norm_eps=1e-5, vocab_size=VOCAB, bos_token_id=256,
-                                         eos_token_id=257, pad_token_id=258, **common)
+        config = CONFIG_MAPPING["llama"](
+            num_hidden_layers=3,
+            rms_norm_eps=1e-5,
+            vocab_size=VOCAB,
+            bos_token_id=256,
+            eos_token_id=257,
+            pad_token_id=258,
+            **common,
+        )
     else:  # Gemma 3: one global layer after five sliding ones, as in the released models; sentencepiece ids
-        config = CONFIG_MAPPING["gemma3_text"](num_hidden_layers=6, head_dim=8, sliding_window=6, rms_norm_eps=1e-6,
-                                               vocab_size=len(_sentencepiece_vocab()), pad_token_id=0, eos_token_id=1,
-                                               bos_token_id=2, **common)
+        config = CONFIG_MAPPING["gemma3_text"](
+            num_hidden_layers=6,
+            head_dim=8,
+            sliding_window=6,
+            rms_norm_eps=1e-6,
+            vocab_size=len(_sentencepiece_vocab()),
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+            **common,
+        )
     config._attn_implementation = "eager"
     return config
 
@@ -52,7 +81,11 @@ def _model(arch: str, seed: int = 0):
 
 def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row order (interleaved rotary halves)."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def write_gguf(model, path, arch: str, permute: bool = True) -> None:
@@ -238,8 +271,26 @@ def test_gguf_model_accepted_by_expand_and_eval(tmp_path, monkeypatch):
     assert [entry["source_layer_idx"] for entry in manifest["inserted_layers"]] == [1]
     held_out = tmp_path / "heldout.txt"
     held_out.write_text(TEXT + "\n\n" + TEXT[::-1] + "\n")
-    assert main(["eval", "--model", str(gguf_path), "--model", str(tmp_path / "expanded"), "--general", str(held_out),
-                 "--output", str(tmp_path / "eval"), "--block-size", "16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(gguf_path),
+                "--model",
+                str(tmp_path / "expanded"),
+                "--general",
+                str(held_out),
+                "--output",
+                str(tmp_path / "eval"),
+                "--block-size",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     runs = json.loads((tmp_path / "eval" / "results.json").read_text())["runs"]
     assert runs[0]["label"] == "tiny"
     # The expanded copy computes the same function, so the held-out loss is the same.
@@ -249,28 +300,48 @@ def test_gguf_model_accepted_by_expand_and_eval(tmp_path, monkeypatch):
 def test_pipeline_takes_a_gguf_model(tmp_path, monkeypatch):
     """`model: x.gguf` in a config: the saved config keeps the file, every stage reads its conversion."""
     import yaml
+    from conftest import PROBE_TEXT
 
     from adept.config import load_config
     from adept.pipeline import run_pipeline
-
-    from conftest import PROBE_TEXT
 
     monkeypatch.setenv("ADEPT_CACHE_DIR", str(tmp_path / "cache"))
     gguf_path = tmp_path / "tiny.gguf"
     write_gguf(_model("llama"), gguf_path, "llama")
     (tmp_path / "probe.txt").write_text(PROBE_TEXT)
-    (tmp_path / "domain.txt").write_text("\n\n".join(f"Lemma {i}: the integral of x to the {i} is x to the {i + 1}." for i in range(30)))
+    (tmp_path / "domain.txt").write_text(
+        "\n\n".join(f"Lemma {i}: the integral of x to the {i} is x to the {i + 1}." for i in range(30))
+    )
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": str(gguf_path), "run_dir": str(tmp_path / "run"), "device": "cpu",
-        "data": {"domain_train": str(tmp_path / "domain.txt"), "domain_heldout": str(tmp_path / "domain.txt"),
-                 "general_probe": str(tmp_path / "probe.txt"), "general_heldout": str(tmp_path / "probe.txt"), "block_size": 32},
-        "importance": {"max_tokens": 500, "max_length": 48, "batch_size": 2, "metrics": ["masking"]},
-        "expansion": {"num_new_layers": 1},
-        "train": {"methods": ["llama-pro"], "training_args": {"max_steps": 1, "per_device_train_batch_size": 2, "save_steps": 1,
-                                                                "eval_steps": 1, "disable_tqdm": True}},
-        "evaluation": {"max_blocks": 2, "shift": False},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(gguf_path),
+                "run_dir": str(tmp_path / "run"),
+                "device": "cpu",
+                "data": {
+                    "domain_train": str(tmp_path / "domain.txt"),
+                    "domain_heldout": str(tmp_path / "domain.txt"),
+                    "general_probe": str(tmp_path / "probe.txt"),
+                    "general_heldout": str(tmp_path / "probe.txt"),
+                    "block_size": 32,
+                },
+                "importance": {"max_tokens": 500, "max_length": 48, "batch_size": 2, "metrics": ["masking"]},
+                "expansion": {"num_new_layers": 1},
+                "train": {
+                    "methods": ["llama-pro"],
+                    "training_args": {
+                        "max_steps": 1,
+                        "per_device_train_batch_size": 2,
+                        "save_steps": 1,
+                        "eval_steps": 1,
+                        "disable_tqdm": True,
+                    },
+                },
+                "evaluation": {"max_blocks": 2, "shift": False},
+            }
+        )
+    )
     run_pipeline(load_config(config), progress=False)
     run = tmp_path / "run"
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == str(gguf_path)

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, tiny_model
 
+from adept.architectures import get_architecture
 from adept.data import collate, load_documents, make_batches, tokenize_documents
 from adept.expansion import expand_model, plan_expansion
-from adept.architectures import get_architecture
 from adept.importance import (
     ImportanceResult,
     bypass_layer,
@@ -19,8 +20,6 @@ from adept.importance import (
     rank_aggregate,
     unit_gradient_scores,
 )
-
-from conftest import ARCHITECTURES, tiny_model
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import byte_tokenizer, randomize_, save_tiny_checkpoint, tiny_config
 from transformers import AutoModelForCausalLM
 
 from adept.architectures import get_architecture
 from adept.cli import main
 from adept.expansion import MANIFEST_NAME, expand_checkpoint, load_manifest, plan_expansion
 from adept.interpolation import interpolate_state_dict, run_interpolation, starting_state_dict
-
-from conftest import byte_tokenizer, randomize_, save_tiny_checkpoint, tiny_config
 
 IDS = torch.tensor([[256, 72, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104]])
 
@@ -70,8 +69,22 @@ def test_alpha_zero_and_one_are_exact_and_half_is_in_between(models, tmp_path):
     outputs = {}
     for alpha in (0.0, 0.5, 1.0):
         out = tmp_path / f"alpha{alpha}"
-        assert main(["interpolate", "--base", str(models / "base"), "--tuned", str(models / "run"), "--alpha", str(alpha),
-                     "--output", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "interpolate",
+                    "--base",
+                    str(models / "base"),
+                    "--tuned",
+                    str(models / "run"),
+                    "--alpha",
+                    str(alpha),
+                    "--output",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         outputs[alpha] = _logits(out)
     assert torch.equal(outputs[0.0], base)  # the initial copies preserve the base model's function
     assert torch.equal(outputs[1.0], tuned)
@@ -100,7 +113,10 @@ def test_the_expanded_starting_checkpoint_is_accepted_as_base(models, tmp_path):
         run_interpolation(models / base, models / "run" / "model", tmp_path / base, 0.3)
     a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / base).state_dict() for base in ("base", "expanded"))
     assert all(torch.equal(a[name], b[name]) for name in a)
-    assert json.loads((tmp_path / "expanded" / "interpolation.json").read_text())["start"] == "expanded starting checkpoint"
+    assert (
+        json.loads((tmp_path / "expanded" / "interpolation.json").read_text())["start"]
+        == "expanded starting checkpoint"
+    )
 
 
 def test_full_cpt_interpolates_towards_the_base(models, tmp_path, caplog):
@@ -118,7 +134,9 @@ def test_full_cpt_interpolates_towards_the_base(models, tmp_path, caplog):
 def test_core_functions_are_exact_and_check_shapes(models):
     generator = torch.Generator().manual_seed(0)
     start = {"a": torch.randn(5, 3, generator=generator), "b": torch.randn(7, generator=generator).to(torch.bfloat16)}
-    tuned = {name: tensor + torch.randn(tensor.shape, generator=generator).to(tensor.dtype) for name, tensor in start.items()}
+    tuned = {
+        name: tensor + torch.randn(tensor.shape, generator=generator).to(tensor.dtype) for name, tensor in start.items()
+    }
     assert all(torch.equal(interpolate_state_dict(start, tuned, 0.0)[n], start[n]) for n in start)
     assert all(torch.equal(interpolate_state_dict(start, tuned, 1.0)[n], tuned[n]) for n in start)
     assert interpolate_state_dict(start, tuned, 0.5)["b"].dtype == torch.bfloat16
@@ -132,7 +150,10 @@ def test_core_functions_are_exact_and_check_shapes(models):
     rebuilt = starting_state_dict(base, manifest, get_architecture("llama"))
     expanded = AutoModelForCausalLM.from_pretrained(models / "expanded").state_dict()
     assert rebuilt.keys() == expanded.keys() and all(torch.equal(rebuilt[n], expanded[n]) for n in rebuilt)
-    wrong = {**manifest, "initialized_tensors": {**manifest["initialized_tensors"], "model.layers.2.mlp.up_proj.weight": 0.0}}
+    wrong = {
+        **manifest,
+        "initialized_tensors": {**manifest["initialized_tensors"], "model.layers.2.mlp.up_proj.weight": 0.0},
+    }
     with pytest.raises(ValueError, match="initialized_tensors do not match"):
         starting_state_dict(base, wrong, get_architecture("llama"))
 
@@ -151,8 +172,19 @@ def test_bad_input_is_one_line_exit_2_and_no_output(models, tmp_path, capsys, ba
         save_tiny_checkpoint(models / "small", "llama", num_hidden_layers=3)
     capsys.readouterr()
     out = tmp_path / "out"
-    code = main(["interpolate", "--base", str(models / base), "--tuned", str(models / "run"), "--alpha", alpha,
-                 "--output", str(out)])
+    code = main(
+        [
+            "interpolate",
+            "--base",
+            str(models / base),
+            "--tuned",
+            str(models / "run"),
+            "--alpha",
+            alpha,
+            "--output",
+            str(out),
+        ]
+    )
     err = _error_line(capsys.readouterr().err)
     assert code == 2 and message in err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
@@ -166,8 +198,19 @@ def test_mismatched_shapes_name_the_tensor(models, tmp_path, capsys):
     other.save_pretrained(tmp_path / "other")
     byte_tokenizer().save_pretrained(tmp_path / "other")
     capsys.readouterr()
-    code = main(["interpolate", "--base", str(tmp_path / "other"), "--tuned", str(models / "full"), "--alpha", "0.5",
-                 "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "interpolate",
+            "--base",
+            str(tmp_path / "other"),
+            "--tuned",
+            str(models / "full"),
+            "--alpha",
+            "0.5",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     err = _error_line(capsys.readouterr().err)
     assert code == 2 and "tensor 'model.layers.0.mlp.gate_proj.weight' has shape (48, 32)" in err
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,7 @@
-"""`adept.memory` against real models: parameter counts, optimizer state, saved activations; the GPU recipe and check."""
+"""`adept.memory` against real models.
+
+Parameter counts, optimizer state, saved activations; the GPU recipe and check.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, CONFIG_MAPPING
+from conftest import tiny_config
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
 from adept.config import load_config
 from adept.expansion import expand_model, plan_expansion
@@ -22,8 +26,6 @@ from adept.memory import (
     saved_activation_bytes,
     training_flops_per_token,
 )
-
-from conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "gpu" / "qwen3-1.7b.yaml"
@@ -53,8 +55,16 @@ def _shaped_config(model_type: str, num_hidden_layers: int = 3):
     """Llama/Qwen2/Qwen3 with hidden 128, intermediate 384, 4 heads of 32, 2 key-value heads, vocab 512."""
     extra = {"qwen3": {"head_dim": 32}, "llama": {"attention_bias": True, "mlp_bias": True}}.get(model_type, {})
     return CONFIG_MAPPING[model_type](
-        hidden_size=128, intermediate_size=384, num_hidden_layers=num_hidden_layers, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=512, max_position_embeddings=128, tie_word_embeddings=False, **extra)
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        **extra,
+    )
 
 
 def _training_model(config, method: str, dtype: torch.dtype, source_layers=(1, 2)):
@@ -108,7 +118,9 @@ def test_parameter_count_of_an_expanded_model():
 # --- weights, gradients, optimizer state -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, model_type", [("full", "llama"), ("full", "qwen2"), ("adept", "qwen3"), ("adept", "llama")])
+@pytest.mark.parametrize(
+    "method, model_type", [("full", "llama"), ("full", "qwen2"), ("adept", "qwen3"), ("adept", "llama")]
+)
 def test_state_bytes_match_one_adamw_step(method, model_type):
     """Weights, gradients and AdamW's two moments of a real step equal the estimate, byte for byte."""
     config = tiny_config(model_type)
@@ -121,15 +133,24 @@ def test_state_bytes_match_one_adamw_step(method, model_type):
         model(input_ids=ids, labels=ids).loss.backward()
     optimizer.step()
 
-    estimate = estimate_training_memory(config, method=method, trainable_layers=2, lowest_trainable_layer=lowest,
-                                        micro_batch_size=2, block_size=16, gradient_checkpointing=False)
+    estimate = estimate_training_memory(
+        config,
+        method=method,
+        trainable_layers=2,
+        lowest_trainable_layer=lowest,
+        micro_batch_size=2,
+        block_size=16,
+        gradient_checkpointing=False,
+    )
     moments = [value for state in optimizer.state.values() for key, value in state.items() if key != "step"]
     assert _numel_bytes(model.parameters()) == estimate.weights
     assert _numel_bytes(p.grad for p in model.parameters() if p.grad is not None) == estimate.gradients
     assert _numel_bytes(moments) == estimate.optimizer_states
     assert estimate.master_weights == 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert estimate.trainable_parameters == trainable and estimate.parameters == sum(p.numel() for p in model.parameters())
+    assert estimate.trainable_parameters == trainable and estimate.parameters == sum(
+        p.numel() for p in model.parameters()
+    )
 
 
 # --- activations ---------------------------------------------------------------------------------
@@ -166,8 +187,14 @@ def test_saved_activations_match_autograd(model_type, method, checkpointing):
     config = _shaped_config(model_type)
     model, lowest = _training_model(config, method, torch.bfloat16)
     measured, copies = _saved_bytes(model, torch.bfloat16, checkpointing)
-    kwargs = dict(method=method, trainable_layers=2, lowest_trainable_layer=lowest, micro_batch_size=BATCH,
-                  block_size=SEQ, gradient_checkpointing=checkpointing)
+    kwargs = dict(
+        method=method,
+        trainable_layers=2,
+        lowest_trainable_layer=lowest,
+        micro_batch_size=BATCH,
+        block_size=SEQ,
+        gradient_checkpointing=checkpointing,
+    )
     assert saved_activation_bytes(config, **kwargs) == pytest.approx(measured, rel=0.01)
     if method == "full" and not checkpointing:  # every projection's input needs a gradient: every cast is saved
         assert estimate_training_memory(config, **kwargs).autocast_copies == copies
@@ -178,26 +205,52 @@ def test_saved_activations_in_float32(method):
     config = _shaped_config("llama")
     model, lowest = _training_model(config, method, torch.float32)
     measured, _ = _saved_bytes(model, torch.float32, False)
-    predicted = saved_activation_bytes(config, method=method, trainable_layers=2, lowest_trainable_layer=lowest,
-                                       dtype="float32", micro_batch_size=BATCH, block_size=SEQ)
+    predicted = saved_activation_bytes(
+        config,
+        method=method,
+        trainable_layers=2,
+        lowest_trainable_layer=lowest,
+        dtype="float32",
+        micro_batch_size=BATCH,
+        block_size=SEQ,
+    )
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
 def test_activations_grow_with_tokens_and_checkpointing_shrinks_them():
     config = reference_configs()["Qwen3-1.7B"]
     for method in ("adept", "full"):
-        def total(mb, block, gc):
-            return estimate_training_memory(config, method=method, trainable_layers=4, micro_batch_size=mb,
-                                            block_size=block, gradient_checkpointing=gc)
+
+        def total(mb, block, gc, method=method):
+            return estimate_training_memory(
+                config,
+                method=method,
+                trainable_layers=4,
+                micro_batch_size=mb,
+                block_size=block,
+                gradient_checkpointing=gc,
+            )
+
         assert total(1, 2048, False).activations < total(1, 4096, False).activations < total(2, 4096, False).activations
         assert total(1, 4096, True).activations < total(1, 4096, False).activations
         assert total(1, 4096, True).logits == total(1, 4096, False).logits
-    adept, full = (estimate_training_memory(config, method=m, trainable_layers=4, micro_batch_size=1, block_size=4096,
-                                            gradient_checkpointing=False) for m in ("adept", "full"))
+    adept, full = (
+        estimate_training_memory(
+            config, method=m, trainable_layers=4, micro_batch_size=1, block_size=4096, gradient_checkpointing=False
+        )
+        for m in ("adept", "full")
+    )
     assert adept.total < full.total and adept.activations < full.activations
     # Copies placed higher up leave more frozen layers below them, which save nothing.
-    high = estimate_training_memory(config, method="adept", trainable_layers=4, lowest_trainable_layer=20,
-                                    micro_batch_size=1, block_size=4096, gradient_checkpointing=False)
+    high = estimate_training_memory(
+        config,
+        method="adept",
+        trainable_layers=4,
+        lowest_trainable_layer=20,
+        micro_batch_size=1,
+        block_size=4096,
+        gradient_checkpointing=False,
+    )
     assert high.activations < adept.activations
 
 
@@ -209,8 +262,16 @@ def test_sharding_divides_what_it_shards():
     counts = count_parameters(config)
 
     def estimate(method, world, sharding):
-        return estimate_training_memory(config, method=method, trainable_layers=4, micro_batch_size=1, block_size=2048,
-                                        gradient_checkpointing=True, world_size=world, sharding=sharding)
+        return estimate_training_memory(
+            config,
+            method=method,
+            trainable_layers=4,
+            micro_batch_size=1,
+            block_size=2048,
+            gradient_checkpointing=True,
+            world_size=world,
+            sharding=sharding,
+        )
 
     for method in ("adept", "full"):
         single, ddp = estimate(method, 1, "none"), estimate(method, 8, "none")
@@ -218,7 +279,9 @@ def test_sharding_divides_what_it_shards():
         assert (ddp.weights, ddp.optimizer_states) == (single.weights, single.optimizer_states)
         one, eight = estimate(method, 1, "zero2"), estimate(method, 8, "zero2")
         assert eight.weights == one.weights == 2 * one.parameters  # DeepSpeed holds bf16 parameters
-        assert one.master_weights == 4 * one.trainable_parameters and one.optimizer_states == 8 * one.trainable_parameters
+        assert (
+            one.master_weights == 4 * one.trainable_parameters and one.optimizer_states == 8 * one.trainable_parameters
+        )
         for name in ("gradients", "optimizer_states", "master_weights"):
             assert getattr(eight, name) == getattr(one, name) // 8
         layers = counts.num_hidden_layers + (4 if method == "adept" else 0)
@@ -236,8 +299,9 @@ def test_estimate_rejects_what_it_does_not_model():
     with pytest.raises(ValueError, match="needs trainable_layers"):
         estimate_training_memory(config, method="adept", micro_batch_size=1, block_size=8, gradient_checkpointing=False)
     with pytest.raises(ValueError, match="sharding must be one of"):
-        estimate_training_memory(config, method="full", micro_batch_size=1, block_size=8, gradient_checkpointing=False,
-                                 sharding="zero1")
+        estimate_training_memory(
+            config, method="full", micro_batch_size=1, block_size=8, gradient_checkpointing=False, sharding="zero1"
+        )
     with pytest.raises(ValueError, match="method must be"):
         estimate_training_memory(config, method="lora", micro_batch_size=1, block_size=8, gradient_checkpointing=False)
     with pytest.raises(ValueError, match="not 'gemma2'"):
@@ -260,9 +324,13 @@ def test_training_flops_per_token():
     # One copy on top of 3 layers (index 3 of 4): forward through all 4, backward through the copy only.
     head = 2 * config.vocab_size * config.hidden_size
     layer, attention = (2 * matmul - head) // layers, 2 * q_dim * block
-    top = training_flops_per_token(config, method="adept", trainable_layers=1, lowest_trainable_layer=3, block_size=block)
+    top = training_flops_per_token(
+        config, method="adept", trainable_layers=1, lowest_trainable_layer=3, block_size=block
+    )
     assert top == 4 * (layer + attention) + head + (layer + 2 * attention) + head + layer
-    low = training_flops_per_token(config, method="adept", trainable_layers=1, lowest_trainable_layer=1, block_size=block)
+    low = training_flops_per_token(
+        config, method="adept", trainable_layers=1, lowest_trainable_layer=1, block_size=block
+    )
     assert low == top + 2 * (layer + 2 * attention)
     assert training_flops_per_token(config, method="adept", trainable_layers=1, block_size=block) == low  # the default
 
@@ -273,7 +341,11 @@ def test_training_flops_per_token():
 def test_gpu_check_runs_tiny_on_cpu(capsys):
     rows = gpu_check.main(["--device", "cpu", "--tiny"])
     assert [(r["model"], r["method"]) for r in rows] == [
-        ("tiny-qwen2", "adept"), ("tiny-qwen2", "full"), ("tiny-qwen3", "adept"), ("tiny-qwen3", "full")]
+        ("tiny-qwen2", "adept"),
+        ("tiny-qwen2", "full"),
+        ("tiny-qwen3", "adept"),
+        ("tiny-qwen3", "full"),
+    ]
     assert all(r["tokens_per_s"] > 0 and r["estimate_bytes"] > 0 and r["peak_bytes"] is None for r in rows)
     assert rows[0]["flops_per_token"] < rows[1]["flops_per_token"]
     out = capsys.readouterr().out
@@ -302,9 +374,16 @@ def test_gpu_recipe_loads():
     # The DeepSpeed alternative named in the recipe's header loads too.
     zero2 = ROOT / "configs" / "gpu" / "zero2.json"
     assert json.loads(zero2.read_text())["zero_optimization"]["stage"] == 2
-    deepspeed = load_config(RECIPE, ["model=x", "train.training_args.fsdp=", "train.training_args.fsdp_config=",
-                                     f"train.training_args.deepspeed={zero2}",
-                                     "train.training_args.gradient_checkpointing=true"])
+    deepspeed = load_config(
+        RECIPE,
+        [
+            "model=x",
+            "train.training_args.fsdp=",
+            "train.training_args.fsdp_config=",
+            f"train.training_args.deepspeed={zero2}",
+            "train.training_args.gradient_checkpointing=true",
+        ],
+    )
     assert deepspeed.method_settings("adept").training_args["deepspeed"] == str(zero2)
 
 
@@ -312,7 +391,17 @@ def test_docs_hold_the_generated_tables():
     """docs/gpu.md quotes `python -m adept.memory` verbatim (rerun it after changing the formula)."""
     text = (ROOT / "docs" / "gpu.md").read_text()
     assert docs_tables() in text
-    adept, full = (estimate_training_memory(reference_configs()["Qwen3-1.7B"], method=m, trainable_layers=4,
-                                            micro_batch_size=2, block_size=4096, gradient_checkpointing=True,
-                                            world_size=8, sharding="fsdp2") for m in ("adept", "full"))
+    adept, full = (
+        estimate_training_memory(
+            reference_configs()["Qwen3-1.7B"],
+            method=m,
+            trainable_layers=4,
+            micro_batch_size=2,
+            block_size=4096,
+            gradient_checkpointing=True,
+            world_size=8,
+            sharding="fsdp2",
+        )
+        for m in ("adept", "full")
+    )
     assert f"{adept.total / GIB:.1f} GiB" in text and f"{full.total / GIB:.1f} GiB" in text

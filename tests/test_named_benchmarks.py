@@ -14,7 +14,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import byte_tokenizer, save_tiny_checkpoint, tiny_model
 
 ARC = [
@@ -30,15 +29,33 @@ ARC = [
 
 HELLASWAG = [
     {
-        "ind": 4, "activity_label": "Removing ice from car", "ctx_a": "Then, the man writes over the snow covering the window of a car,",
-        "ctx_b": "and a woman wearing winter clothes smiles.", "ctx": "", "source_id": "x", "split": "val", "split_type": "indomain",
-        "endings": [", the man adds wax to the windshield.", ", a person board a ski lift.", ", the man puts on a christmas coat.", ", the man continues removing the snow on his car."],
+        "ind": 4,
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car,",
+        "ctx_b": "and a woman wearing winter clothes smiles.",
+        "ctx": "",
+        "source_id": "x",
+        "split": "val",
+        "split_type": "indomain",
+        "endings": [
+            ", the man adds wax to the windshield.",
+            ", a person board a ski lift.",
+            ", the man puts on a christmas coat.",
+            ", the man continues removing the snow on his car.",
+        ],
         "label": "3",
     },
     {
-        "ind": 5, "activity_label": "Baking cookies", "ctx_a": "A kitchen is shown.", "ctx_b": "a woman [title] mixes flour and sugar.",
-        "ctx": "", "source_id": "y", "split": "val", "split_type": "indomain",
-        "endings": ["she bakes the dough.", "a dog runs away.", "he swims.", "the car drives off."], "label": "0",
+        "ind": 5,
+        "activity_label": "Baking cookies",
+        "ctx_a": "A kitchen is shown.",
+        "ctx_b": "a woman [title] mixes flour and sugar.",
+        "ctx": "",
+        "source_id": "y",
+        "split": "val",
+        "split_type": "indomain",
+        "endings": ["she bakes the dough.", "a dog runs away.", "he swims.", "the car drives off."],
+        "label": "0",
     },
 ]
 
@@ -82,7 +99,9 @@ def test_named_benchmarks_use_the_harness_format_on_local_files(benchmark_data):
     from adept.evaluation import run_benchmarks
 
     model, tokenizer = tiny_model("llama"), byte_tokenizer()
-    scores = run_benchmarks(model, tokenizer, {"arc_easy": "arc_easy", "hellaswag": "hellaswag"}, batch_size=4, log_samples=True)
+    scores = run_benchmarks(
+        model, tokenizer, {"arc_easy": "arc_easy", "hellaswag": "hellaswag"}, batch_size=4, log_samples=True
+    )
 
     arc = scores["arc_easy"]
     assert arc["n"] == len(ARC) and arc["items"]["doc_id"] == list(range(len(ARC)))
@@ -135,13 +154,20 @@ def test_limit_takes_a_seeded_subset_shared_by_every_model(benchmark_data):
     from adept.evaluation import run_benchmarks
 
     tokenizer = byte_tokenizer()
-    first = run_benchmarks(tiny_model("llama", seed=0), tokenizer, {"arc_easy": "arc_easy"}, limit=3, seed=7)["arc_easy"]
-    second = run_benchmarks(tiny_model("llama", seed=1), tokenizer, {"arc_easy": "arc_easy"}, limit=3, seed=7)["arc_easy"]
+    first = run_benchmarks(tiny_model("llama", seed=0), tokenizer, {"arc_easy": "arc_easy"}, limit=3, seed=7)[
+        "arc_easy"
+    ]
+    second = run_benchmarks(tiny_model("llama", seed=1), tokenizer, {"arc_easy": "arc_easy"}, limit=3, seed=7)[
+        "arc_easy"
+    ]
     chosen = subset_indices(len(ARC), 3, 7)
     assert first["items"]["doc_id"] == second["items"]["doc_id"] == chosen and first["n"] == 3
     assert chosen != [0, 1, 2] and chosen != subset_indices(len(ARC), 3, 8)  # not the first items, and the seed matters
     assert first["subset_seed"] == 7
-    assert subset_indices(len(ARC), 0.5, 7) == sorted(subset_indices(len(ARC), 0.5, 7)) and len(subset_indices(len(ARC), 0.5, 7)) == 4
+    assert (
+        subset_indices(len(ARC), 0.5, 7) == sorted(subset_indices(len(ARC), 0.5, 7))
+        and len(subset_indices(len(ARC), 0.5, 7)) == 4
+    )
     assert subset_indices(len(ARC), 100, 7) is None  # a limit above the size takes everything
 
 
@@ -173,7 +199,9 @@ def test_paired_difference_matches_items_by_id():
     mean = sum(diffs) / 5
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 4)
     assert result["n"] == 5 and result["diff"] == pytest.approx(mean)
-    assert result["ci"] == pytest.approx([mean - 1.959963984540054 * sd / math.sqrt(5), mean + 1.959963984540054 * sd / math.sqrt(5)])
+    assert result["ci"] == pytest.approx(
+        [mean - 1.959963984540054 * sd / math.sqrt(5), mean + 1.959963984540054 * sd / math.sqrt(5)]
+    )
     assert paired_difference(base, other, "acc_norm") is None
 
 
@@ -182,17 +210,47 @@ def test_cli_eval_reports_intervals_and_paired_differences(benchmark_data, tmp_p
 
     save_tiny_checkpoint(tmp_path / "a", seed=0)
     save_tiny_checkpoint(tmp_path / "b", seed=3)
-    code = main(["eval", "--model", str(tmp_path / "a"), "--model", str(tmp_path / "a"), "--model", str(tmp_path / "b"),
-                 "--label", "base", "--label", "again", "--label", "other", "--general-benchmark", "arc_easy",
-                 "--output", str(tmp_path / "eval"), "--limit", "6", "--seed", "3", "--device", "cpu"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "a"),
+            "--model",
+            str(tmp_path / "a"),
+            "--model",
+            str(tmp_path / "b"),
+            "--label",
+            "base",
+            "--label",
+            "again",
+            "--label",
+            "other",
+            "--general-benchmark",
+            "arc_easy",
+            "--output",
+            str(tmp_path / "eval"),
+            "--limit",
+            "6",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     runs = {run["label"]: run for run in results["runs"]}
-    assert runs["base"]["benchmarks"]["arc_easy"]["items"]["doc_id"] == runs["other"]["benchmarks"]["arc_easy"]["items"]["doc_id"]
+    assert (
+        runs["base"]["benchmarks"]["arc_easy"]["items"]["doc_id"]
+        == runs["other"]["benchmarks"]["arc_easy"]["items"]["doc_id"]
+    )
     rows = {row["label"]: row for row in results["comparison"]}
     assert rows["again"]["benchmarks"]["arc_easy"]["paired"]["acc"] == {"diff": 0.0, "ci": [0.0, 0.0], "n": 6}
     other = rows["other"]["benchmarks"]["arc_easy"]["paired"]["acc_norm"]
-    base_items, other_items = runs["base"]["benchmarks"]["arc_easy"]["items"], runs["other"]["benchmarks"]["arc_easy"]["items"]
+    base_items, other_items = (
+        runs["base"]["benchmarks"]["arc_easy"]["items"],
+        runs["other"]["benchmarks"]["arc_easy"]["items"],
+    )
     assert other["diff"] == pytest.approx((sum(other_items["acc_norm"]) - sum(base_items["acc_norm"])) / 6)
     out = capsys.readouterr().out
     assert "| arc_easy | other | 6 |" in out and "acc_norm [95% CI]" in out
@@ -203,6 +261,18 @@ def test_missing_benchmark_data_is_one_clear_error(tmp_path, monkeypatch, capsys
 
     monkeypatch.setenv("ADEPT_BENCHMARK_DATA", str(tmp_path / "nothing"))
     save_tiny_checkpoint(tmp_path / "a")
-    code = main(["eval", "--model", str(tmp_path / "a"), "--general-benchmark", "piqa", "--output", str(tmp_path / "eval"), "--device", "cpu"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "a"),
+            "--general-benchmark",
+            "piqa",
+            "--output",
+            str(tmp_path / "eval"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "benchmark 'piqa': no data-*.arrow files in" in err and "make real-setup" in err

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import PROBE_TEXT, save_tiny_checkpoint
 from transformers import TrainerCallback
 
 import adept.training as training
@@ -13,13 +14,16 @@ from adept.cli import main
 from adept.config import load_config
 from adept.pipeline import Pipeline, run_pipeline
 
-from conftest import PROBE_TEXT, save_tiny_checkpoint
-
-DOMAIN = "\n\n".join(f"Lemma {i}: the integral of x to the power {i} is x to the power {i + 1} over {i + 1}." for i in range(60))
+DOMAIN = "\n\n".join(
+    f"Lemma {i}: the integral of x to the power {i} is x to the power {i + 1} over {i + 1}." for i in range(60)
+)
 
 
 def _mc(path: Path, words: list[str]) -> Path:
-    lines = [json.dumps({"question": f"Which word is {w}?", "choices": [w, "stone", "river", "bread"], "answer": 0}) for w in words]
+    lines = [
+        json.dumps({"question": f"Which word is {w}?", "choices": [w, "stone", "river", "bread"], "answer": 0})
+        for w in words
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -33,19 +37,23 @@ def workspace(tmp_path):
     (tmp_path / "domain_heldout.txt").write_text(DOMAIN.replace("integral", "derivative"))
     _mc(tmp_path / "general_mc.jsonl", ["apple", "cloud"])
     _mc(tmp_path / "domain_mc.jsonl", ["lemma", "integral"])
+    training_args = (
+        "{max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.005, save_steps: 2, logging_steps: 1, "
+        "eval_steps: 2, disable_tqdm: true}"
+    )
     config = tmp_path / "run.yaml"
     config.write_text(
         f"""
-model: {tmp_path / 'base'}
-run_dir: {tmp_path / 'run'}
+model: {tmp_path / "base"}
+run_dir: {tmp_path / "run"}
 device: cpu
 data:
-  domain_train: {tmp_path / 'domain.txt'}
-  domain_heldout: {tmp_path / 'domain_heldout.txt'}
-  general_probe: {tmp_path / 'probe.txt'}
-  general_heldout: {tmp_path / 'general.txt'}
-  general_benchmarks: {tmp_path / 'general_mc.jsonl'}
-  domain_benchmarks: {tmp_path / 'domain_mc.jsonl'}
+  domain_train: {tmp_path / "domain.txt"}
+  domain_heldout: {tmp_path / "domain_heldout.txt"}
+  general_probe: {tmp_path / "probe.txt"}
+  general_heldout: {tmp_path / "general.txt"}
+  general_benchmarks: {tmp_path / "general_mc.jsonl"}
+  domain_benchmarks: {tmp_path / "domain_mc.jsonl"}
   block_size: 32
 importance: {{max_tokens: 2000, max_length: 48, batch_size: 2, metrics: [masking, grad_weight]}}
 expansion: {{num_new_layers: 1}}
@@ -53,7 +61,7 @@ train:
   methods: [adept]
   reestimate_every: 2
   probe: {{max_length: 48, batch_size: 2}}
-  training_args: {{max_steps: 4, per_device_train_batch_size: 2, learning_rate: 0.005, save_steps: 2, logging_steps: 1, eval_steps: 2, disable_tqdm: true}}
+  training_args: {training_args}
 evaluation: {{batch_size: 4, max_blocks: 4, shift_max_blocks: 2}}
 """
     )
@@ -70,9 +78,18 @@ def test_run_writes_every_stage_and_skips_them_when_unchanged(workspace, capsys)
     out = capsys.readouterr().out
     run = tmp_path / "run"
     assert "| adept" in out and "| llama-pro" in out and f"report: {run / 'report' / 'index.html'}" in out
-    for rel in ("config.yaml", "data/data.json", "importance/importance.json", "expanded/adept/expansion.json",
-                "expanded/uniform/expansion.json", "train/adept/unit_rates.jsonl", "train/full/model/config.json",
-                "eval/results.json", "shift/adept/shift.json", "report/index.html"):
+    for rel in (
+        "config.yaml",
+        "data/data.json",
+        "importance/importance.json",
+        "expanded/adept/expansion.json",
+        "expanded/uniform/expansion.json",
+        "train/adept/unit_rates.jsonl",
+        "train/full/model/config.json",
+        "eval/results.json",
+        "shift/adept/shift.json",
+        "report/index.html",
+    ):
         assert (run / rel).exists(), rel
     results = json.loads((run / "eval" / "results.json").read_text())
     assert [row["label"] for row in results["comparison"]] == ["base", "adept", "llama-pro", "full"]
@@ -139,12 +156,16 @@ def test_crash_during_training_resumes_from_checkpoint_without_redoing_stage1(wo
     monkeypatch.setattr(training, "NonFiniteLossGuard", guard)
     resumed_from = []
     original = training.last_complete_checkpoint
-    monkeypatch.setattr(training, "last_complete_checkpoint", lambda out: resumed_from.append(original(out)) or resumed_from[-1])
+    monkeypatch.setattr(
+        training, "last_complete_checkpoint", lambda out: resumed_from.append(original(out)) or resumed_from[-1]
+    )
     _, pipeline = run_pipeline(load_config(config), progress=False)
     assert {"importance", "expand:adept"} <= set(pipeline.skipped)
     assert resumed_from == [str(run / "train" / "adept" / "checkpoint-2")]
     assert (run / "importance" / "importance.json").stat().st_mtime_ns == importance_mtime
-    steps = [json.loads(line)["step"] for line in (run / "train" / "adept" / "unit_rates.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run / "train" / "adept" / "unit_rates.jsonl").read_text().splitlines()
+    ]
     assert steps == [0, 2]  # re-estimated at 0 and 2 before the crash; the log continues without repeats
 
 
@@ -152,12 +173,19 @@ def test_bad_config_gives_one_line_error_naming_the_key(workspace, capsys):
     tmp_path, config = workspace
     assert main(["run", str(config), "train.training_args.learnig_rate=0.1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {config}: unknown key 'train.training_args.learnig_rate' (did you mean 'train.training_args.learning_rate'?)"
+    assert (
+        err == f"error: {config}: unknown key 'train.training_args.learnig_rate' (did you mean "
+        "'train.training_args.learning_rate'?)"
+    )
     assert main(["run", str(config), "data.domain_train=missing.txt"]) == 2
     assert "error: data.domain_train[0]: missing.txt: no such file or directory" in capsys.readouterr().err
     assert main(["run", str(config), f"data.domain_train={tmp_path}/shards/*.parquet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: data.domain_train[0]: ") and "the glob matches no file" in err and len(err.splitlines()) == 1
+    assert (
+        err.startswith("error: data.domain_train[0]: ")
+        and "the glob matches no file" in err
+        and len(err.splitlines()) == 1
+    )
     assert not (tmp_path / "run" / "train").exists()
 
 
@@ -172,8 +200,16 @@ def test_sigkill_during_training_then_rerun_resumes(workspace):
 
     tmp_path, config = workspace
     run = tmp_path / "run"
-    argv = [sys.executable, "-m", "adept.cli", "run", str(config), "train.training_args.max_steps=300",
-            "train.training_args.save_steps=20", "train.training_args.eval_steps=1000"]
+    argv = [
+        sys.executable,
+        "-m",
+        "adept.cli",
+        "run",
+        str(config),
+        "train.training_args.max_steps=300",
+        "train.training_args.save_steps=20",
+        "train.training_args.eval_steps=1000",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
@@ -192,5 +228,7 @@ def test_sigkill_during_training_then_rerun_resumes(workspace):
     assert (run / "importance" / "importance.json").stat().st_mtime_ns == importance_mtime
     summary = json.loads((run / "train" / "adept" / "training_summary.json").read_text())
     assert summary["global_step"] == 300
-    steps = [json.loads(line)["step"] for line in (run / "train" / "adept" / "unit_rates.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (run / "train" / "adept" / "unit_rates.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(0, 300, 2))  # every re-estimation exactly once across the kill

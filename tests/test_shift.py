@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import PROBE_TEXT, byte_tokenizer, save_tiny_checkpoint, tiny_model
 
 from adept.cli import main
 from adept.shift import packed_blocks, ranks_of, summarize_shift, token_shift, top1_tokens
-
-from conftest import PROBE_TEXT, byte_tokenizer, save_tiny_checkpoint, tiny_model
 
 BLOCK = 16
 
@@ -82,7 +81,12 @@ def test_category_boundaries():
     result = summarize_shift(ranks, top1, tokenizer, top_k=2)
     assert result["categories"] == {"unshifted": 1 / 8, "marginal": 2 / 8, "shifted": 5 / 8}
     assert result["rank_histogram"] == {"1": 1, "2": 1, "3": 1, "4-10": 3, ">10": 2}
-    assert result["top_shifted_tokens"][0] == {"token": tokenizer.decode([68]), "token_id": 68, "count": 3, "share_of_shifted": 3 / 5}
+    assert result["top_shifted_tokens"][0] == {
+        "token": tokenizer.decode([68]),
+        "token_id": 68,
+        "count": 3,
+        "share_of_shifted": 3 / 5,
+    }
     assert len(result["top_shifted_tokens"]) == 2
 
 
@@ -92,7 +96,18 @@ def test_cli_analyze_shift(tmp_path, corpus, capsys):
     byte_tokenizer().save_pretrained(tmp_path / "tuned")
     out = tmp_path / "shift"
     argv = ["analyze", "shift", "--base", str(tmp_path / "base"), "--tuned", str(tmp_path / "tuned")]
-    argv += ["--data", str(corpus), "--output", str(out), "--block-size", str(BLOCK), "--max-blocks", "3", "--device", "cpu"]
+    argv += [
+        "--data",
+        str(corpus),
+        "--output",
+        str(out),
+        "--block-size",
+        str(BLOCK),
+        "--max-blocks",
+        "3",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert f"token shift: {out / 'shift.json'}" in capsys.readouterr().out
     payload = json.loads((out / "shift.json").read_text())

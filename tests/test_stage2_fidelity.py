@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, PROBE_TEXT, save_tiny_checkpoint
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from adept.architectures import get_architecture
@@ -19,8 +20,6 @@ from adept.expansion import expand_checkpoint, plan_expansion
 from adept.stage2 import read_rate_log
 from adept.training import TrainConfig, run_training
 from adept.tuning import MultiplierRule
-
-from conftest import ARCHITECTURES, PROBE_TEXT, save_tiny_checkpoint
 
 DOMAIN = "\n\n".join(
     f"Theorem {i}. Every bounded monotone sequence of reals converges; take the supremum of its {i % 7 + 2} terms."
@@ -43,8 +42,22 @@ def llama(tmp_path_factory):
 
 
 def _train_argv(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(root / "expanded"), "--data", str(root / "domain.txt"), "--output", str(out),
-            "--probe", str(root / "probe.txt"), "--block-size", "32", "--batch-size", "2", *extra]
+    return [
+        "train",
+        "--model",
+        str(root / "expanded"),
+        "--data",
+        str(root / "domain.txt"),
+        "--output",
+        str(out),
+        "--probe",
+        str(root / "probe.txt"),
+        "--block-size",
+        "32",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
 
 
 def test_default_adept_train_starts_with_differentiatedread_rate_log(llama, tmp_path):
@@ -77,9 +90,15 @@ def test_step0_scores_equal_the_source_layers_stage1_scores(llama, tmp_path):
     importance = json.loads((tmp_path / "imp" / "importance.json").read_text())
     runs = {}
     for name, source in (("stage1", str(tmp_path / "imp")), ("probe", None)):
-        cfg = TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(tmp_path / name),
-                          probe_data=str(llama / "probe.txt"), importance=source, block_size=32,
-                          training_args={"max_steps": 1, "per_device_train_batch_size": 2, "disable_tqdm": True})
+        cfg = TrainConfig(
+            model=str(llama / "expanded"),
+            data=[str(llama / "domain.txt")],
+            output_dir=str(tmp_path / name),
+            probe_data=str(llama / "probe.txt"),
+            importance=source,
+            block_size=32,
+            training_args={"max_steps": 1, "per_device_train_batch_size": 2, "disable_tqdm": True},
+        )
         run_training(cfg, progress=False)
         runs[name] = read_rate_log(tmp_path / name / "unit_rates.jsonl")[0]
     assert runs["stage1"]["source"].startswith("importance.json of the source layers")
@@ -119,12 +138,20 @@ def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llam
     assert resolve_reestimate_every(None, 0.25, 200) == 50
     assert resolve_reestimate_every(7, None, 200) == 7
     out = tmp_path / "never"
-    cfg = TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(out),
-                      probe_data=str(llama / "probe.txt"), block_size=32, reestimate_every=5,
-                      training_args={"max_steps": 2, "per_device_train_batch_size": 2, "disable_tqdm": True})
+    cfg = TrainConfig(
+        model=str(llama / "expanded"),
+        data=[str(llama / "domain.txt")],
+        output_dir=str(out),
+        probe_data=str(llama / "probe.txt"),
+        block_size=32,
+        reestimate_every=5,
+        training_args={"max_steps": 2, "per_device_train_batch_size": 2, "disable_tqdm": True},
+    )
     with caplog.at_level(logging.WARNING, logger="adept.training"):
         run_training(cfg, progress=False)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "reestimate_every" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "reestimate_every" in r.getMessage()
+    ]
     assert len(warnings) == 1 and "never refreshed" in warnings[0] and "train.reestimate_every" in warnings[0]
     assert [entry["step"] for entry in read_rate_log(out / "unit_rates.jsonl")] == [0]
     with pytest.raises(ValueError, match="reestimate_every or reestimate_fraction, not both"):
@@ -133,8 +160,22 @@ def test_refresh_interval_follows_the_run_and_warns_when_it_never_refreshes(llam
 
 def test_logged_learning_rate_is_the_base_rate_with_multiplier_range(llama, tmp_path):
     out = tmp_path / "run"
-    argv = _train_argv(llama, out, "--max-steps", "2", "--learning-rate", "1e-3", "--set", "lr_scheduler_type=constant",
-                       "--set", "warmup_steps=0", "--set", "logging_steps=1", "--set", "disable_tqdm=true")
+    argv = _train_argv(
+        llama,
+        out,
+        "--max-steps",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--set",
+        "lr_scheduler_type=constant",
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "logging_steps=1",
+        "--set",
+        "disable_tqdm=true",
+    )
     assert main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     logs = [entry for entry in summary["log_history"] if "loss" in entry]
@@ -192,10 +233,31 @@ def test_copies_are_exact_then_stay_near_the_identity_after_a_step(tmp_path, mod
         assert not any("o_proj" in key or "down_proj" in key for key in manifest["initialized_tensors"])
         assert set(manifest["initialized_tensors"].values()) == {spec.post_norms[0][2]}
 
-    argv = ["train", "--model", str(tmp_path / "expanded"), "--data", str(tmp_path / "domain.txt"),
-            "--output", str(tmp_path / "run"), "--probe", str(tmp_path / "probe.txt"), "--block-size", "32",
-            "--batch-size", "2", "--max-steps", "1", "--learning-rate", "1e-3", "--set", "warmup_steps=0",
-            "--set", "lr_scheduler_type=constant", "--set", "disable_tqdm=true"]
+    argv = [
+        "train",
+        "--model",
+        str(tmp_path / "expanded"),
+        "--data",
+        str(tmp_path / "domain.txt"),
+        "--output",
+        str(tmp_path / "run"),
+        "--probe",
+        str(tmp_path / "probe.txt"),
+        "--block-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--set",
+        "warmup_steps=0",
+        "--set",
+        "lr_scheduler_type=constant",
+        "--set",
+        "disable_tqdm=true",
+    ]
     assert main(argv) == 0
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model", attn_implementation="eager").eval()
     updates = _residual_updates(trained, ids)
@@ -231,10 +293,19 @@ def test_gradient_checkpointing_skips_frozen_layers_below_the_copies(llama, tmp_
     probes = {}
     for checkpointing in (False, True):
         probe = Probe()
-        cfg = TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")],
-                          output_dir=str(tmp_path / f"gc-{checkpointing}"), method="adept-no-stage2", block_size=32,
-                          training_args={"max_steps": 1, "per_device_train_batch_size": 2, "disable_tqdm": True,
-                                         "gradient_checkpointing": checkpointing})
+        cfg = TrainConfig(
+            model=str(llama / "expanded"),
+            data=[str(llama / "domain.txt")],
+            output_dir=str(tmp_path / f"gc-{checkpointing}"),
+            method="adept-no-stage2",
+            block_size=32,
+            training_args={
+                "max_steps": 1,
+                "per_device_train_batch_size": 2,
+                "disable_tqdm": True,
+                "gradient_checkpointing": checkpointing,
+            },
+        )
         run_training(cfg, progress=False, callbacks=[probe])
         probes[checkpointing] = probe
     assert probes[True].backward_calls == probes[False].backward_calls == 0
@@ -255,11 +326,21 @@ def test_timing_counts_optimizer_steps_and_survives_a_resume(llama, tmp_path):
                 raise KeyboardInterrupt
 
     def cfg():
-        return TrainConfig(model=str(llama / "expanded"), data=[str(llama / "domain.txt")], output_dir=str(tmp_path / "run"),
-                           method="adept-no-stage2", block_size=32,
-                           eval_data=[str(llama / "domain.txt"), str(llama / "probe.txt")],
-                           training_args={"max_steps": 4, "per_device_train_batch_size": 2, "disable_tqdm": True,
-                                          "save_steps": 2, "eval_steps": 2})
+        return TrainConfig(
+            model=str(llama / "expanded"),
+            data=[str(llama / "domain.txt")],
+            output_dir=str(tmp_path / "run"),
+            method="adept-no-stage2",
+            block_size=32,
+            eval_data=[str(llama / "domain.txt"), str(llama / "probe.txt")],
+            training_args={
+                "max_steps": 4,
+                "per_device_train_batch_size": 2,
+                "disable_tqdm": True,
+                "save_steps": 2,
+                "eval_steps": 2,
+            },
+        )
 
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg(), progress=False, callbacks=[Stop()])

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PROBE_TEXT, save_tiny_checkpoint
 from safetensors.torch import load_file
 
 from adept.config import METHODS, ProbeConfig
 from adept.expansion import expand_checkpoint, plan_expansion
 from adept.stage2 import AdeptCallback, NonFiniteLossError
 from adept.training import TrainConfig, run_training
-
-from conftest import PROBE_TEXT, save_tiny_checkpoint
 
 DOMAIN = "\n\n".join(
     f"Lemma {i}. If n is an integer then n(n+{i % 5 + 1}) has a factor; the proof splits on the parity of n."
@@ -33,21 +32,40 @@ def workspace(tmp_path_factory):
     from adept.config import ImportanceSection
     from adept.importance import run_importance
 
-    run_importance(root / "base", root / "probe.txt", root / "imp", ImportanceSection(max_tokens=50_000, max_length=48, batch_size=4),
-                   progress=False)
+    run_importance(
+        root / "base",
+        root / "probe.txt",
+        root / "imp",
+        ImportanceSection(max_tokens=50_000, max_length=48, batch_size=4),
+        progress=False,
+    )
     return root
 
 
 def _config(ws: Path, out: Path, method: str = "adept", **overrides) -> TrainConfig:
     training_args = {
-        "max_steps": 6, "per_device_train_batch_size": 2, "learning_rate": 5e-3, "save_steps": 3,
-        "logging_steps": 1, "disable_tqdm": True, "warmup_steps": 1, **overrides.pop("training_args", {}),
+        "max_steps": 6,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 5e-3,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "warmup_steps": 1,
+        **overrides.pop("training_args", {}),
     }
     model = ws / ("expanded" if method in ("adept", "llama-pro", "adept-no-stage2") else "base")
     kwargs = dict(
-        model=str(model), data=[str(ws / "domain.txt")], output_dir=str(out), method=method,
-        probe_data=str(ws / "probe.txt"), block_size=32, reestimate_every=2, probe=ProbeConfig(max_length=48),
-        importance=str(ws / "imp"), num_layers=2, training_args=training_args,
+        model=str(model),
+        data=[str(ws / "domain.txt")],
+        output_dir=str(out),
+        method=method,
+        probe_data=str(ws / "probe.txt"),
+        block_size=32,
+        reestimate_every=2,
+        probe=ProbeConfig(max_length=48),
+        importance=str(ws / "imp"),
+        num_layers=2,
+        training_args=training_args,
     )
     kwargs.update(overrides)
     return TrainConfig(**kwargs)
@@ -101,9 +119,7 @@ def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
     """Per-unit groups with every multiplier 1 follow the plain Trainer's loss trajectory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer
 
-    from adept.data import collate_blocks
-
-    from adept.data import build_packed_dataset
+    from adept.data import build_packed_dataset, collate_blocks
     from adept.training import freeze_all_but, layer_parameter_names, make_training_arguments
 
     class Ones(AdeptCallback):
@@ -112,7 +128,11 @@ def test_all_ones_matches_a_plain_trainer(workspace, tmp_path):
             return {n: 0.0 for n in names}, {n: 1.0 for n in names}
 
     run_training(_config(workspace, tmp_path / "ours"), progress=False, adept_callback=Ones)
-    ours = [e["loss"] for e in json.loads((tmp_path / "ours" / "training_summary.json").read_text())["log_history"] if "loss" in e]
+    ours = [
+        e["loss"]
+        for e in json.loads((tmp_path / "ours" / "training_summary.json").read_text())["log_history"]
+        if "loss" in e
+    ]
 
     cfg = _config(workspace, tmp_path / "plain", method="adept-no-stage2")
     model = AutoModelForCausalLM.from_pretrained(workspace / "expanded")
@@ -209,7 +229,9 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(workspace, tmp_path):
 def test_config_errors_are_named(workspace, tmp_path):
     with pytest.raises(ValueError, match="did you mean 'adept'"):
         _config(workspace, tmp_path, method="adpet")
-    with pytest.raises(ValueError, match="training_args.learnig_rate is not a TrainingArguments field \\(did you mean 'learning_rate'"):
+    with pytest.raises(
+        ValueError, match="training_args.learnig_rate is not a TrainingArguments field \\(did you mean 'learning_rate'"
+    ):
         from adept.training import make_training_arguments
 
         make_training_arguments(_config(workspace, tmp_path, training_args={"learnig_rate": 1}))
@@ -220,8 +242,14 @@ def test_config_errors_are_named(workspace, tmp_path):
     zero3.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}))
     _config(workspace, tmp_path, training_args={"deepspeed": str(zero3)})
     with pytest.raises(ValueError, match="training_args.fsdp_config.version: method 'adept-no-stage1' .* needs FSDP2"):
-        _config(workspace, tmp_path, method="adept-no-stage1", importance=str(workspace / "imp"), num_layers=1,
-                training_args={"fsdp": True, "fsdp_config": {"version": 1}})
+        _config(
+            workspace,
+            tmp_path,
+            method="adept-no-stage1",
+            importance=str(workspace / "imp"),
+            num_layers=1,
+            training_args={"fsdp": True, "fsdp_config": {"version": 1}},
+        )
     with pytest.raises(FileNotFoundError, match="needs an expanded checkpoint"):
         run_training(_config(workspace, tmp_path / "x", model=str(workspace / "base")), progress=False)
 
@@ -231,9 +259,7 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     from torch.optim import AdamW
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from adept.data import collate_blocks
-
-    from adept.data import build_packed_dataset, load_probe_batches
+    from adept.data import build_packed_dataset, collate_blocks, load_probe_batches
     from adept.expansion import load_manifest
     from adept.stage2 import AdeptCallback, initial_copy_scores
     from adept.training import freeze_all_but, layer_parameter_names
@@ -246,16 +272,39 @@ def test_public_api_inside_a_plain_trainer(workspace, tmp_path):
     trainable = layer_parameter_names(model, [layer["layer_idx"] for layer in manifest["inserted_layers"]])
     freeze_all_but(model, trainable)
     optimizer = AdamW(build_param_groups(model, trainable, base_lr=5e-3))
-    probe = load_probe_batches(workspace / "probe.txt", tokenizer, ProbeConfig(max_length=48, max_tokens=2000, batch_size=2))
+    probe = load_probe_batches(
+        workspace / "probe.txt", tokenizer, ProbeConfig(max_length=48, max_tokens=2000, batch_size=2)
+    )
     rule = MultiplierRule()
     scores, source = initial_copy_scores(model, manifest, rule, probe, importance=workspace / "imp" / "importance.json")
-    callback = AdeptCallback(probe, rule, reestimate_every=2, log_path=tmp_path / "unit_rates.jsonl",
-                             initial_scores=scores, initial_source=source)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=2, learning_rate=5e-3,
-                             lr_scheduler_type="constant", report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)
+    callback = AdeptCallback(
+        probe,
+        rule,
+        reestimate_every=2,
+        log_path=tmp_path / "unit_rates.jsonl",
+        initial_scores=scores,
+        initial_source=source,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
     train = build_packed_dataset(workspace / "domain.txt", tokenizer, 32, cache_dir=tmp_path / "cache")
-    Trainer(model=model, args=args, train_dataset=train, data_collator=collate_blocks,
-            optimizers=(optimizer, None), callbacks=[callback]).train()
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collate_blocks,
+        optimizers=(optimizer, None),
+        callbacks=[callback],
+    ).train()
 
     assert len(optimizer.param_groups) == len(trainable)
     rates = {group["unit"]: group["lr"] for group in optimizer.param_groups}

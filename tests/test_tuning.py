@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model
 from transformers import get_cosine_schedule_with_warmup
 
-from adept.training import layer_parameter_names, freeze_all_but
+from adept.training import freeze_all_but, layer_parameter_names
 from adept.tuning import (
     MultiplierRule,
     build_param_groups,
@@ -14,8 +15,6 @@ from adept.tuning import (
     normalize_importance,
     set_unit_multipliers,
 )
-
-from conftest import tiny_model
 
 
 def test_paper_rule_with_minmax_over_all_units():
@@ -35,7 +34,10 @@ def test_equal_importance_gives_all_ones():
 
 def test_rank_normalisation_shares_ties():
     assert normalize_importance({"a": 5.0, "b": 1.0, "c": 5.0, "d": 0.0}, "rank") == {
-        "a": pytest.approx(2.5 / 3), "b": pytest.approx(1 / 3), "c": pytest.approx(2.5 / 3), "d": 0.0
+        "a": pytest.approx(2.5 / 3),
+        "b": pytest.approx(1 / 3),
+        "c": pytest.approx(2.5 / 3),
+        "d": 0.0,
     }
 
 

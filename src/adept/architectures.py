@@ -91,7 +91,7 @@ class ArchitectureSpec:
         no gradient and the copy could never grow).
         """
         normed = {projection for projection, _, _ in self.post_norms}
-        for projection, norm, zero_gain in self.post_norms:
+        for _projection, norm, zero_gain in self.post_norms:
             if unit_key == f"{norm}.weight":
                 return zero_gain
         if self.is_output_projection(unit_key) and unit_key.rsplit(".", 1)[0] not in normed:

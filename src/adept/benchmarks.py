@@ -51,8 +51,12 @@ NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {
     "winogrande": NamedBenchmark("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "CC BY"),
     # The package ships google/boolq (answer: a boolean), not SuperGLUE's copy (label: 0/1) that
     # the harness's config reads; the prompt and the choices stay the harness's.
-    "boolq": NamedBenchmark("super_glue/boolq/default.yaml", "boolq/none/validation", "CC BY-SA 3.0",
-                            {"doc_to_target": "{{ 1 if answer|string == 'True' else 0 }}"}),
+    "boolq": NamedBenchmark(
+        "super_glue/boolq/default.yaml",
+        "boolq/none/validation",
+        "CC BY-SA 3.0",
+        {"doc_to_target": "{{ 1 if answer|string == 'True' else 0 }}"},
+    ),
     "openbookqa": NamedBenchmark("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "Apache-2.0"),
 }
 
@@ -107,7 +111,10 @@ def named_task_config(name: str, task_id: str, cache_dir: str | os.PathLike) -> 
         "tag": [],
         "dataset_path": "arrow",
         "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"validation": [str(p) for p in benchmark_files(name)]}, "cache_dir": str(cache_dir)},
+        "dataset_kwargs": {
+            "data_files": {"validation": [str(p) for p in benchmark_files(name)]},
+            "cache_dir": str(cache_dir),
+        },
         "training_split": None,
         "validation_split": "validation",
         "test_split": None,
@@ -179,7 +186,9 @@ def summarize_items(items: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     return summary
 
 
-def paired_difference(base: Mapping[str, Sequence], other: Mapping[str, Sequence], metric: str) -> dict[str, Any] | None:
+def paired_difference(
+    base: Mapping[str, Sequence], other: Mapping[str, Sequence], metric: str
+) -> dict[str, Any] | None:
     """Mean of ``other - base`` over the items both were scored on, with a 95% interval.
 
     The interval is the normal one for a mean of per-item differences (each -1, 0 or +1), so
@@ -216,7 +225,9 @@ def build_named_tasks(names: Sequence[str], work_dir: str | os.PathLike) -> dict
         config = named_task_config(name, f"adept_named_{name}", Path(work_dir) / "datasets")
         (folder / f"adept_named_{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with offline_hub():
-        tasks = TaskManager(include_path=str(folder), include_defaults=False).load([f"adept_named_{name}" for name in names])["tasks"]
+        tasks = TaskManager(include_path=str(folder), include_defaults=False).load(
+            [f"adept_named_{name}" for name in names]
+        )["tasks"]
     return {name: tasks[f"adept_named_{name}"] for name in names}
 
 

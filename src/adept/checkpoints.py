@@ -76,10 +76,14 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
     try:
         import gguf  # noqa: F401  (transformers needs it; say so in our words)
     except ImportError:
-        raise ValueError(f"{path}: reading GGUF files needs the 'gguf' package (pip install 'adept-cpt[real]')") from None
+        raise ValueError(
+            f"{path}: reading GGUF files needs the 'gguf' package (pip install 'adept-cpt[real]')"
+        ) from None
     folder, name = str(path.parent.resolve()), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True
+    )
     get_architecture(model.config.model_type)  # fail early, naming the model type, if we cannot expand it
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -216,7 +220,6 @@ def read_model_config(model_dir: str | os.PathLike):
 # --- loading a local checkpoint for any stage ---
 
 
-
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; validate explicit choices."""
     import torch
@@ -256,7 +259,9 @@ def load_model(model_path: str | os.PathLike, dtype, attn_implementation: str = 
     from transformers import AutoModelForCausalLM
 
     kernel = supported_attn_implementation(read_model_config(model_path), attn_implementation)
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=kernel, local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=dtype, attn_implementation=kernel, local_files_only=True
+    )
 
 
 def supported_attn_implementation(config, requested: str) -> str:
@@ -272,8 +277,9 @@ def supported_attn_implementation(config, requested: str) -> str:
     return "eager"
 
 
-def load_model_and_tokenizer(model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
-                             attn_implementation: str = "sdpa"):
+def load_model_and_tokenizer(
+    model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa"
+):
     """Load a local checkpoint and its tokenizer onto ``device``, checking its architecture first."""
     from adept.architectures import get_architecture
 

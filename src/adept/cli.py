@@ -15,16 +15,17 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from adept.config import (
     DEFAULT_LEARNING_RATES,
-    DataSection,
     DEFAULT_TRAINING_ARGS,
+    DataSection,
     ImportanceSection,
     PipelineConfig,
     TrainConfig,
@@ -96,8 +97,10 @@ def setting_options(
             continue
         if dataclasses.is_dataclass(hints[f.name]):
             prefix = (nested or {})[f.name]
-            options += [dataclasses.replace(o, name=prefix + o.name, path=f"{f.name}.{o.path}")
-                        for o in setting_options(hints[f.name])]
+            options += [
+                dataclasses.replace(o, name=prefix + o.name, path=f"{f.name}.{o.path}")
+                for o in setting_options(hints[f.name])
+            ]
         else:
             options.append(SettingOption((rename or {}).get(f.name, f.name), f.name, f, hints[f.name], f.name in comma))
     return sorted(options, key=lambda o: (default_of(o.field) is not MISSING, o.name not in first))
@@ -107,14 +110,19 @@ def _parameter(option: SettingOption) -> inspect.Parameter:
     hint, default = option.hint, default_of(option.field)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        hint = Optional[inner]
+        # typing.Optional, not `inner | None`: built at runtime for typer, kept a typing.Union as before.
+        hint = Optional[inner]  # noqa: UP045
     if option.comma:
         hint, default = str, ",".join(default)
     elif typing.get_origin(hint) is list and default is not MISSING:
-        hint, default = Optional[hint], None  # repeatable; absent: the field's default
+        hint, default = Optional[hint], None  # repeatable; absent: the field's default  # noqa: UP045
     annotation = Annotated[hint, typer.Option(help=option.field.metadata["help"])]
-    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                             default=inspect.Parameter.empty if default is MISSING else default)
+    return inspect.Parameter(
+        option.name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
+        default=inspect.Parameter.empty if default is MISSING else default,
+    )
 
 
 def _with_options(*groups: list[SettingOption], extra: list[inspect.Parameter] = ()) -> Callable:
@@ -125,8 +133,11 @@ def _with_options(*groups: list[SettingOption], extra: list[inspect.Parameter] =
     """
 
     def decorate(func: Callable) -> Callable:
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(func, eval_str=True).parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for p in inspect.signature(func, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         required = [p for p in own if p.default is inspect.Parameter.empty]
         optional = [p for p in own if p.default is not inspect.Parameter.empty]
         generated = [_parameter(option) for group in groups for option in group]
@@ -151,13 +162,22 @@ def settings_from_options(cls: type, options: list[SettingOption], values: dict[
 
 def _instantiate(cls: type, tree: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
-    return cls(**{key: _instantiate(hints[key], value) if dataclasses.is_dataclass(hints[key]) else value
-                  for key, value in tree.items()})
+    return cls(
+        **{
+            key: _instantiate(hints[key], value) if dataclasses.is_dataclass(hints[key]) else value
+            for key, value in tree.items()
+        }
+    )
 
 
 IMPORTANCE_OPTIONS = setting_options(ImportanceSection, comma=("metrics",))
-TRAIN_OPTIONS = setting_options(TrainConfig, skip=("training_args",), rename={"output_dir": "output", "probe_data": "probe"},
-                                nested={"rule": "", "probe": "probe_"}, first=("method", "probe"))
+TRAIN_OPTIONS = setting_options(
+    TrainConfig,
+    skip=("training_args",),
+    rename={"output_dir": "output", "probe_data": "probe"},
+    nested={"rule": "", "probe": "probe_"},
+    first=("method", "probe"),
+)
 DEVICE_OPTIONS = setting_options(PipelineConfig, only=("device", "dtype", "attn_implementation"))
 TEXT_OPTIONS = setting_options(DataSection, only=("text_field",))
 _HELP = {f.name: f.metadata["help"] for cls in (PipelineConfig, DataSection) for f in dataclasses.fields(cls)}
@@ -165,8 +185,11 @@ _HELP = {f.name: f.metadata["help"] for cls in (PipelineConfig, DataSection) for
 # flag -> (field, help); each defaults to DEFAULT_TRAINING_ARGS[field], the learning rate to the method's.
 _RATES = ", ".join(f"{method} {value:g}" for method, value in DEFAULT_LEARNING_RATES.items())
 TRAINING_ARG_FLAGS = {
-    "learning_rate": ("learning_rate", f"Base learning rate (multipliers scale it per unit); default by method: {_RATES}, "
-                                       f"others {DEFAULT_TRAINING_ARGS['learning_rate']:g}."),
+    "learning_rate": (
+        "learning_rate",
+        f"Base learning rate (multipliers scale it per unit); default by method: {_RATES}, "
+        f"others {DEFAULT_TRAINING_ARGS['learning_rate']:g}.",
+    ),
     "max_steps": ("max_steps", "Optimizer steps (-1: num_train_epochs, or --max-tokens, decides)."),
     "batch_size": ("per_device_train_batch_size", "Per-device training batch size."),
     "gradient_accumulation_steps": ("gradient_accumulation_steps", "Micro-batches per optimizer step."),
@@ -177,11 +200,19 @@ TRAINING_ARG_FLAGS = {
 # Flags whose default depends on other settings (the method's rate; bf16 on with a bf16 dtype): None leaves them out.
 _DERIVED_DEFAULTS = {"learning_rate": float, "bf16": bool}
 _TRAINING_ARG_PARAMS = [
-    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[Optional[_DERIVED_DEFAULTS[name]], typer.Option(help=help_)])
-    if name in _DERIVED_DEFAULTS else
-    inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_TRAINING_ARGS[name],
-                      annotation=Annotated[type(DEFAULT_TRAINING_ARGS[name]), typer.Option(help=help_)])
+    inspect.Parameter(
+        flag,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[_DERIVED_DEFAULTS[name] | None, typer.Option(help=help_)],
+    )
+    if name in _DERIVED_DEFAULTS
+    else inspect.Parameter(
+        flag,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=DEFAULT_TRAINING_ARGS[name],
+        annotation=Annotated[type(DEFAULT_TRAINING_ARGS[name]), typer.Option(help=help_)],
+    )
     for flag, (name, help_) in TRAINING_ARG_FLAGS.items()
 ]
 
@@ -198,9 +229,13 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug 
 @_with_options(IMPORTANCE_OPTIONS, DEVICE_OPTIONS, TEXT_OPTIONS)
 def importance(
     model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory or .gguf file.")],
-    probe: Annotated[Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")],
+    probe: Annotated[
+        Path, typer.Option(help="General-domain probe corpus: .txt, .jsonl, .json or a dataset directory.")
+    ],
     output: Annotated[Path, typer.Option(help="Directory for importance.json and the PNG plots.")],
-    txt_split: Annotated[str, typer.Option(help="How .txt files split into documents: paragraph or line.")] = "paragraph",
+    txt_split: Annotated[
+        str, typer.Option(help="How .txt files split into documents: paragraph or line.")
+    ] = "paragraph",
     **values: Any,
 ) -> None:
     """Score how much each layer and unit matters for general competence.
@@ -211,9 +246,17 @@ def importance(
 
     try:
         settings = settings_from_options(ImportanceSection, IMPORTANCE_OPTIONS, values)
-        path = run_importance(_model_path(model), probe, output, settings, txt_split=txt_split, device=values["device"],
-                              dtype=values["dtype"], attn_implementation=values["attn_implementation"],
-                              text_field=values["text_field"])
+        path = run_importance(
+            _model_path(model),
+            probe,
+            output,
+            settings,
+            txt_split=txt_split,
+            device=values["device"],
+            dtype=values["dtype"],
+            attn_implementation=values["attn_implementation"],
+            text_field=values["text_field"],
+        )
     except _USER_ERRORS as err:
         _fail(err)
     typer.echo(f"importance: {path}")
@@ -223,16 +266,19 @@ def importance(
 def expand(
     model: Annotated[Path, typer.Option(help="Local Hugging Face checkpoint directory (safetensors) or .gguf file.")],
     output: Annotated[Path, typer.Option(help="Directory for the expanded checkpoint.")],
-    layers: Annotated[Optional[str], typer.Option(help="0-based source layers to duplicate, e.g. 3,7.")] = None,
-    importance: Annotated[Optional[Path], typer.Option(help="importance.json used to pick layers.")] = None,
-    num_new_layers: Annotated[Optional[int], typer.Option(help="Duplicate the K least important layers.")] = None,
+    layers: Annotated[str | None, typer.Option(help="0-based source layers to duplicate, e.g. 3,7.")] = None,
+    importance: Annotated[Path | None, typer.Option(help="importance.json used to pick layers.")] = None,
+    num_new_layers: Annotated[int | None, typer.Option(help="Duplicate the K least important layers.")] = None,
     trainable_fraction: Annotated[
-        Optional[float], typer.Option(help="Duplicate as many least important layers as fit in this share of the expanded model.")
+        float | None,
+        typer.Option(help="Duplicate as many least important layers as fit in this share of the expanded model."),
     ] = None,
     uniform: Annotated[
-        Optional[int], typer.Option(help="LLaMA-Pro baseline: K copies spread evenly, ignoring importance.")
+        int | None, typer.Option(help="LLaMA-Pro baseline: K copies spread evenly, ignoring importance.")
     ] = None,
-    metric: Annotated[str, typer.Option(help="Layer metric from importance.json: masking, grad_weight, rank, fisher.")] = "masking",
+    metric: Annotated[
+        str, typer.Option(help="Layer metric from importance.json: masking, grad_weight, rank, fisher.")
+    ] = "masking",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
     """Duplicate the least important layers with zeroed output projections (function preserving)."""
@@ -259,7 +305,10 @@ def expand(
 @_with_options(TRAIN_OPTIONS, extra=_TRAINING_ARG_PARAMS)
 def train(
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Any TrainingArguments field, e.g. --set save_steps=50 --set report_to=tensorboard.")
+        list[str] | None,
+        typer.Option(
+            "--set", help="Any TrainingArguments field, e.g. --set save_steps=50 --set report_to=tensorboard."
+        ),
     ] = None,
     **values: Any,
 ) -> None:
@@ -291,12 +340,14 @@ def train(
 def run_command(
     config: Annotated[Path, typer.Argument(help="Pipeline YAML, e.g. configs/demo.yaml.")],
     overrides: Annotated[
-        Optional[list[str]], typer.Argument(help="key=value overrides with dotted keys, e.g. train.training_args.max_steps=50.")
+        list[str] | None,
+        typer.Argument(help="key=value overrides with dotted keys, e.g. train.training_args.max_steps=50."),
     ] = None,
     compare: Annotated[
-        Optional[str], typer.Option(help="Comma-separated methods or variants to train side by side, e.g. adept,full,llama-pro.")
+        str | None,
+        typer.Option(help="Comma-separated methods or variants to train side by side, e.g. adept,full,llama-pro."),
     ] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory (overrides run_dir in the config).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (overrides run_dir in the config).")] = None,
 ) -> None:
     """Importance -> expansion -> training -> evaluation -> report in one run directory, resumable."""
     from adept.config import load_config
@@ -328,8 +379,12 @@ def run_command(
         typer.echo(f"up to date, skipped: {', '.join(pipeline.skipped)}")
     run = Path(cfg.run_dir)
     typer.echo(f"run directory: {run}")
-    for name, what in (("importance", "layer and unit importance + plots"), ("expanded", "expanded checkpoints + expansion.json"),
-                       ("train", "per-method checkpoints, unit_rates.jsonl, model/"), ("shift", "token-distribution shift")):
+    for name, what in (
+        ("importance", "layer and unit importance + plots"),
+        ("expanded", "expanded checkpoints + expansion.json"),
+        ("train", "per-method checkpoints, unit_rates.jsonl, model/"),
+        ("shift", "token-distribution shift"),
+    ):
         if (run / name).is_dir():
             typer.echo(f"  {run / name}/: {what}")
     typer.echo(f"results: {run / 'eval' / 'results.json'}")
@@ -345,8 +400,14 @@ def _close_process_group() -> None:
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Pipeline run directories; several (e.g. seeds) merge into one report.")],
-    output: Annotated[Optional[Path], typer.Option(help="Report directory (default RUN_DIR/report; required with several run directories).")] = None,
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN_DIR", help="Pipeline run directories; several (e.g. seeds) merge into one report."),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Report directory (default RUN_DIR/report; required with several run directories)."),
+    ] = None,
 ) -> None:
     """Self-contained HTML report (and Markdown) built from the artifacts of one or more runs."""
     from adept.report import build_report
@@ -369,23 +430,45 @@ def _parse_limit(limit: float | None) -> int | float | None:
 
 @app.command("eval")
 def evaluate(
-    model: Annotated[list[Path], typer.Option(help="Checkpoint directory or .gguf file; repeat, the first is the base the others are compared with.")],
+    model: Annotated[
+        list[Path],
+        typer.Option(
+            help="Checkpoint directory or .gguf file; repeat, the first is the base the others are compared with."
+        ),
+    ],
     output: Annotated[Path, typer.Option(help="Directory for results.json.")],
-    label: Annotated[Optional[list[str]], typer.Option(help="Name of each --model, in order (default: run or checkpoint directory name).")] = None,
-    general: Annotated[Optional[list[Path]], typer.Option(help="General-domain held-out corpus (forgetting); repeatable.")] = None,
-    domain: Annotated[Optional[list[Path]], typer.Option(help="Domain held-out corpus (gain); repeatable.")] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(help="Name of each --model, in order (default: run or checkpoint directory name)."),
+    ] = None,
+    general: Annotated[
+        list[Path] | None, typer.Option(help="General-domain held-out corpus (forgetting); repeatable.")
+    ] = None,
+    domain: Annotated[list[Path] | None, typer.Option(help="Domain held-out corpus (gain); repeatable.")] = None,
     general_benchmark: Annotated[
-        Optional[list[str]],
-        typer.Option(help="General multiple-choice JSONL file, named benchmark (arc_easy, arc_challenge, hellaswag, piqa, sciq, winogrande, boolq, openbookqa) or lm-eval task; repeatable."),
+        list[str] | None,
+        typer.Option(
+            help="General multiple-choice JSONL file, named benchmark (arc_easy, arc_challenge, hellaswag, piqa, "
+            "sciq, winogrande, boolq, openbookqa) or lm-eval task; repeatable."
+        ),
     ] = None,
     domain_benchmark: Annotated[
-        Optional[list[str]], typer.Option(help="Domain multiple-choice JSONL file, named benchmark or lm-eval task name; repeatable.")
+        list[str] | None,
+        typer.Option(help="Domain multiple-choice JSONL file, named benchmark or lm-eval task name; repeatable."),
     ] = None,
     block_size: Annotated[int, typer.Option(help="Tokens per packed held-out block.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Blocks or benchmark requests per forward pass.")] = 8,
-    max_blocks: Annotated[Optional[int], typer.Option(help="Evaluate at most N blocks of each held-out corpus.")] = None,
-    limit: Annotated[Optional[float], typer.Option(help="At most N questions per benchmark (below 1: a fraction); named benchmarks take a seeded subset.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the named benchmarks' item subset under --limit (the same items for every model).")] = 1234,
+    max_blocks: Annotated[int | None, typer.Option(help="Evaluate at most N blocks of each held-out corpus.")] = None,
+    limit: Annotated[
+        float | None,
+        typer.Option(
+            help="At most N questions per benchmark (below 1: a fraction); named benchmarks take a seeded subset."
+        ),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed of the named benchmarks' item subset under --limit (the same items for every model)."),
+    ] = 1234,
     device: Annotated[str, typer.Option(help="cpu, cuda[:N] or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto.")] = "float32",
     attn_implementation: Annotated[str, typer.Option(help=_HELP["attn_implementation"])] = "sdpa",
@@ -397,7 +480,11 @@ def evaluate(
     try:
         if label and len(label) != len(model):
             raise ValueError(f"give one --label per --model ({len(model)} models, {len(label)} labels)")
-        labels = list(label) if label else [path.stem if path.suffix.lower() == ".gguf" else default_label(path) for path in model]
+        labels = (
+            list(label)
+            if label
+            else [path.stem if path.suffix.lower() == ".gguf" else default_label(path) for path in model]
+        )
         path = run_evaluation(
             list(zip(labels, [_model_path(path) for path in model])),
             output,
@@ -426,8 +513,12 @@ def evaluate(
 
 @app.command()
 def convert(
-    gguf_file: Annotated[Path, typer.Argument(metavar="MODEL.gguf", help="GGUF file (any quantization transformers reads).")],
-    output: Annotated[Path, typer.Option(help="Directory for the checkpoint (safetensors, tokenizer, conversion.json).")],
+    gguf_file: Annotated[
+        Path, typer.Argument(metavar="MODEL.gguf", help="GGUF file (any quantization transformers reads).")
+    ],
+    output: Annotated[
+        Path, typer.Option(help="Directory for the checkpoint (safetensors, tokenizer, conversion.json).")
+    ],
     dtype: Annotated[str, typer.Option(help="Weights dtype: float32, bfloat16 or float16.")] = "float32",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
@@ -443,10 +534,19 @@ def convert(
 
 @app.command()
 def interpolate(
-    base: Annotated[Path, typer.Option(help="Where training started: the base model (for an expanded run the "
-                                            "unexpanded base or the expanded starting checkpoint), or a .gguf file.")],
-    tuned: Annotated[Path, typer.Option(help="The trained model's folder, or a training output directory (its model/).")],
-    alpha: Annotated[float, typer.Option(help="Share of the training update kept: 0 the starting model, 1 the trained one.")],
+    base: Annotated[
+        Path,
+        typer.Option(
+            help="Where training started: the base model (for an expanded run the "
+            "unexpanded base or the expanded starting checkpoint), or a .gguf file."
+        ),
+    ],
+    tuned: Annotated[
+        Path, typer.Option(help="The trained model's folder, or a training output directory (its model/).")
+    ],
+    alpha: Annotated[
+        float, typer.Option(help="Share of the training update kept: 0 the starting model, 1 the trained one.")
+    ],
     output: Annotated[Path, typer.Option(help="Directory for the interpolated checkpoint and interpolation.json.")],
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
 ) -> None:
@@ -484,8 +584,18 @@ def analyze_shift(
 
     try:
         path = run_shift(
-            _model_path(base), _model_path(tuned), data, output, block_size=block_size, max_blocks=max_blocks, top_k=top_k,
-            batch_size=batch_size, device=device, dtype=dtype, attn_implementation=attn_implementation, text_field=text_field,
+            _model_path(base),
+            _model_path(tuned),
+            data,
+            output,
+            block_size=block_size,
+            max_blocks=max_blocks,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            text_field=text_field,
         )
     except _USER_ERRORS as err:
         _fail(err)

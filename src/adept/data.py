@@ -107,7 +107,9 @@ def _format_of(path: Path) -> tuple[str, str | None]:
         try:
             import zstandard  # noqa: F401  (datasets needs it for .zst)
         except ImportError:
-            raise ValueError(f"{path}: reading .zst files needs the zstandard package (pip install zstandard)") from None
+            raise ValueError(
+                f"{path}: reading .zst files needs the zstandard package (pip install zstandard)"
+            ) from None
     return FORMATS[suffix], compression
 
 
@@ -150,7 +152,8 @@ def resolve_corpus(spec: str | os.PathLike) -> CorpusSource:
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         return CorpusSource(SAVED, (path,), text)
     candidates = sorted(
-        file for file in path.rglob("*")
+        file
+        for file in path.rglob("*")
         if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
     )
     files = []
@@ -161,7 +164,9 @@ def resolve_corpus(spec: str | os.PathLike) -> CorpusSource:
             continue
         files.append(file)
     if not files:
-        raise ValueError(f"{text}: a folder with no readable corpus file ({len(candidates)} files; supported: {SUPPORTED})")
+        raise ValueError(
+            f"{text}: a folder with no readable corpus file ({len(candidates)} files; supported: {SUPPORTED})"
+        )
     return CorpusSource(_same_builder(text, files), tuple(files), text)
 
 
@@ -269,8 +274,11 @@ def _load_files(source: CorpusSource, cache_dir, workers: int, **builder_options
 
     try:
         return datasets.load_dataset(
-            source.builder, data_files=[str(file) for file in source.files], split="train",
-            cache_dir=None if cache_dir is None else str(cache_dir), num_proc=workers if workers > 1 else None,
+            source.builder,
+            data_files=[str(file) for file in source.files],
+            split="train",
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            num_proc=workers if workers > 1 else None,
             **builder_options,
         )
     except FileNotFoundError:
@@ -296,8 +304,10 @@ def _read_error(source: CorpusSource, err: BaseException) -> ValueError:
     if any(isinstance(e, (CastError, DatasetGenerationCastError)) for e in chain):
         culprit, columns, first = _odd_file(source)
         if culprit is not None:
-            return ValueError(f"{culprit}: its columns {columns} differ from those of {source.files[0]} ({first}); "
-                              "give files of different columns as separate corpora")
+            return ValueError(
+                f"{culprit}: its columns {columns} differ from those of {source.files[0]} ({first}); "
+                "give files of different columns as separate corpora"
+            )
     cause = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
@@ -332,8 +342,11 @@ def _odd_file(source: CorpusSource) -> tuple[Path | None, list[str], list[str]]:
     with tempfile.TemporaryDirectory(prefix="adept-check-") as scratch:
         for file in source.files:
             try:
-                columns = sorted(datasets.load_dataset(source.builder, data_files=[str(file)], split="train",
-                                                       cache_dir=scratch).column_names)
+                columns = sorted(
+                    datasets.load_dataset(
+                        source.builder, data_files=[str(file)], split="train", cache_dir=scratch
+                    ).column_names
+                )
             except Exception:  # noqa: BLE001  (this only improves a message; the caller has a fallback)
                 break
             if file == source.files[0]:
@@ -469,7 +482,9 @@ def _document_from_row(row: Mapping[str, Any], text_field: str, source: CorpusSo
     messages = row.get("messages")
     if messages is not None:
         if not messages or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str) for m in messages):
-            raise ValueError(f"{source.locate(index)}: 'messages' must be a non-empty list of {{role, content}} objects")
+            raise ValueError(
+                f"{source.locate(index)}: 'messages' must be a non-empty list of {{role, content}} objects"
+            )
         return Document(messages=tuple(messages), source=source.name(index))
     keys = sorted(key for key, value in row.items() if value is not None)
     raise ValueError(
@@ -595,7 +610,9 @@ def _tokenize_one(doc: Document, tokenizer, max_length: int) -> Iterable[Tokeniz
     yield TokenizedExample(ids, labels)
 
 
-def _render_chat(messages: Sequence[Mapping[str, Any]], tokenizer, where: str, add_generation_prompt: bool = False) -> str:
+def _render_chat(
+    messages: Sequence[Mapping[str, Any]], tokenizer, where: str, add_generation_prompt: bool = False
+) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{where}: chat 'messages' need a tokenizer with a chat template, and this tokenizer has none")
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
@@ -789,11 +806,19 @@ def _tokenize_corpus(
         name = work / f"tokens-{tag}-{chunk:05d}.arrow"
         try:
             mapped = part.map(
-                functools.partial(_tokenize_rows, tokenizer=tokenizer, source=source, text_field=text_field, offset=start),
-                batched=True, with_indices=True, remove_columns=part.column_names, features=_token_features(),
-                num_proc=workers if workers > 1 else None, cache_file_name=str(name),
-                load_from_cache_file=False, new_fingerprint=hashlib.sha256(f"{tag}|{chunk}|{work}".encode()).hexdigest()[:16],
-                desc=f"tokenising {Path(source.spec).name}" + (f" (part {chunk + 1})" if len(rows) > TOKENIZE_CHUNK_ROWS else ""),
+                functools.partial(
+                    _tokenize_rows, tokenizer=tokenizer, source=source, text_field=text_field, offset=start
+                ),
+                batched=True,
+                with_indices=True,
+                remove_columns=part.column_names,
+                features=_token_features(),
+                num_proc=workers if workers > 1 else None,
+                cache_file_name=str(name),
+                load_from_cache_file=False,
+                new_fingerprint=hashlib.sha256(f"{tag}|{chunk}|{work}".encode()).hexdigest()[:16],
+                desc=f"tokenising {Path(source.spec).name}"
+                + (f" (part {chunk + 1})" if len(rows) > TOKENIZE_CHUNK_ROWS else ""),
             )
         except UnicodeDecodeError as err:  # pyarrow's JSON reader does not check UTF-8; reading the rows does
             raise ValueError(f"{source.spec}: not UTF-8 text ({err.reason})") from None
@@ -803,7 +828,9 @@ def _tokenize_corpus(
     return files
 
 
-def _pack_stream(files: Sequence[Path], block_size: int, lead: Sequence[int], out: Path, documents: int) -> tuple[int, int, int]:
+def _pack_stream(
+    files: Sequence[Path], block_size: int, lead: Sequence[int], out: Path, documents: int
+) -> tuple[int, int, int]:
     """Cut the documents' token stream into blocks in one sequential pass; write them to ``out``.
 
     Reads the token files record batch by record batch with plain reads (a ListArray's flattened
@@ -820,8 +847,12 @@ def _pack_stream(files: Sequence[Path], block_size: int, lead: Sequence[int], ou
     rows_per_write = max(1, (1 << 24) // block_size)  # keeps ListArray's int32 offsets far from overflow
     carry = np.empty(0, dtype=np.uint32)
     stream_tokens = blocks = 0
-    bar = tqdm(total=documents, desc=f"packing into {block_size}-token blocks", unit="doc",
-               disable=os.environ.get("RANK", "0") != "0")
+    bar = tqdm(
+        total=documents,
+        desc=f"packing into {block_size}-token blocks",
+        unit="doc",
+        disable=os.environ.get("RANK", "0") != "0",
+    )
     with bar, pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for path in files:
             with pa.OSFile(str(path), "rb") as source:
@@ -845,16 +876,24 @@ def _pack_stream(files: Sequence[Path], block_size: int, lead: Sequence[int], ou
 
 
 def _build_blocks(
-    sources: Sequence[CorpusSource], tokenizer, block_size: int, lead: Sequence[int], *,
-    work: Path, num_proc: int | None, txt_split: str, text_field: str,
+    sources: Sequence[CorpusSource],
+    tokenizer,
+    block_size: int,
+    lead: Sequence[int],
+    *,
+    work: Path,
+    num_proc: int | None,
+    txt_split: str,
+    text_field: str,
 ) -> tuple[Path, dict[str, int]]:
     """Load, tokenise and pack every corpus inside ``work``; the blocks file and the statistics."""
     work.mkdir(parents=True, exist_ok=True)
     token_files: list[Path] = []
     documents = 0
     for k, source in enumerate(sources):
-        rows = load_corpus(source.spec, cache_dir=work / "hf", txt_split=txt_split, text_field=text_field,
-                           num_proc=num_proc)
+        rows = load_corpus(
+            source.spec, cache_dir=work / "hf", txt_split=txt_split, text_field=text_field, num_proc=num_proc
+        )
         documents += len(rows)
         token_files += _tokenize_corpus(source, rows, tokenizer, text_field, num_proc, work, str(k))
         del rows
@@ -865,8 +904,15 @@ def _build_blocks(
         raise ValueError(
             f"{names}: fewer tokens than one block of {block_size} ({stream_tokens} tokens in {documents} documents)"
         )
-    logger.info("%s: %d documents, %d tokens -> %d blocks of %d (%d tokens dropped at the end)",
-                names, documents, stream_tokens, blocks, block_size, dropped)
+    logger.info(
+        "%s: %d documents, %d tokens -> %d blocks of %d (%d tokens dropped at the end)",
+        names,
+        documents,
+        stream_tokens,
+        blocks,
+        block_size,
+        dropped,
+    )
     return out, {"documents": documents, "stream_tokens": stream_tokens, "blocks": blocks, "dropped_tokens": dropped}
 
 
@@ -934,12 +980,21 @@ def pack_corpus(
             folder = tmp / "dataset"
             folder.mkdir()
             os.replace(blocks_file, folder / BLOCKS_NAME)
-            write_json(folder / PACKED_STATS_NAME, {
-                **artifact_header("packed_corpus"), **stats, "block_size": block_size, "bos_lead": bool(lead),
-                "txt_split": txt_split, "text_field": text_field,
-                "sources": [{"spec": src.spec, "builder": src.builder, "files": [str(f) for f in src.files]}
-                            for src in sources],
-            })
+            write_json(
+                folder / PACKED_STATS_NAME,
+                {
+                    **artifact_header("packed_corpus"),
+                    **stats,
+                    "block_size": block_size,
+                    "bos_lead": bool(lead),
+                    "txt_split": txt_split,
+                    "text_field": text_field,
+                    "sources": [
+                        {"spec": src.spec, "builder": src.builder, "files": [str(f) for f in src.files]}
+                        for src in sources
+                    ],
+                },
+            )
             try:
                 os.replace(folder, cache_path)
             except OSError:
@@ -951,8 +1006,12 @@ def pack_corpus(
             shutil.rmtree(tmp, ignore_errors=True)
     stats = read_json(cache_path / PACKED_STATS_NAME, kind="packed_corpus")
     return PackedCorpus(
-        datasets.Dataset.from_file(str(cache_path / BLOCKS_NAME)), documents=stats["documents"], stream_tokens=stats["stream_tokens"],
-        blocks=stats["blocks"], dropped_tokens=stats["dropped_tokens"], cache_path=cache_path,
+        datasets.Dataset.from_file(str(cache_path / BLOCKS_NAME)),
+        documents=stats["documents"],
+        stream_tokens=stats["stream_tokens"],
+        blocks=stats["blocks"],
+        dropped_tokens=stats["dropped_tokens"],
+        cache_path=cache_path,
     )
 
 

@@ -118,8 +118,10 @@ def probe_gradients(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> list[
             p.grad = None
         return grads
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
-    return [torch.zeros(p.ds_shape if is_zero3(p) else p.shape, dtype=p.dtype, device=p.device) if g is None else g
-            for g, p in zip(grads, params)]
+    return [
+        torch.zeros(p.ds_shape if is_zero3(p) else p.shape, dtype=p.dtype, device=p.device) if g is None else g
+        for g, p in zip(grads, params)
+    ]
 
 
 def dist_ready() -> bool:
@@ -136,7 +138,7 @@ def check_engine(model) -> None:
 
     if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
         raise ValueError(
-            "dynamic per-unit rates need FSDP2: set \"version\": 2 in fsdp_config "
+            'dynamic per-unit rates need FSDP2: set "version": 2 in fsdp_config '
             "(FSDP1 flattens each wrapped module's tensors, so there are no units to score)"
         )
 

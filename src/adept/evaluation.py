@@ -87,8 +87,14 @@ def evaluate_perplexity(
             total_bytes += len(tokenizer.decode(predicted, skip_special_tokens=True).encode("utf-8"))
     loss = total_loss / total_tokens
     bits_per_byte = total_loss / math.log(2) / total_bytes if total_bytes else None
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": total_tokens, "bytes": total_bytes,
-            "bits_per_byte": bits_per_byte, "path": str(path)}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "tokens": total_tokens,
+        "bytes": total_bytes,
+        "bits_per_byte": bits_per_byte,
+        "path": str(path),
+    }
 
 
 # --- multiple-choice benchmarks through lm-evaluation-harness -----------------------------------
@@ -220,7 +226,14 @@ def run_benchmarks(
         (``path`` is the task name for named and lm-eval tasks; ``items`` holds per-item
         ``doc_id``, ``acc`` and ``acc_norm``; a metric a task does not report is None).
     """
-    from adept.benchmarks import benchmark_size, is_named_benchmark, item_scores, named_task_config, subset_indices, summarize_items
+    from adept.benchmarks import (
+        benchmark_size,
+        is_named_benchmark,
+        item_scores,
+        named_task_config,
+        subset_indices,
+        summarize_items,
+    )
 
     if not tasks:
         return {}
@@ -255,7 +268,10 @@ def run_benchmarks(
         manager = TaskManager(include_path=str(task_dir), include_defaults=len(local) + len(named) < len(tasks))
         for name, task in task_ids.items():
             if name not in local and name not in named and task not in manager.all_tasks:
-                raise ValueError(f"benchmark '{name}': '{task}' is neither a .jsonl file, a named benchmark nor a task known to lm-eval")
+                raise ValueError(
+                    f"benchmark '{name}': '{task}' is neither a .jsonl file, a named benchmark nor a task known to "
+                    "lm-eval"
+                )
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         # lm-eval takes either a limit (first items) or item lists, so seeded subsets run on their own.
         seeded = [task_ids[name] for name in named if limit is not None]
@@ -263,9 +279,15 @@ def run_benchmarks(
         outputs = []
         if seeded:
             samples = {task_ids[name]: subsets[name] for name in named if subsets[name] is not None}
-            outputs.append(lm_eval.simple_evaluate(model=lm, tasks=seeded, task_manager=manager, samples=samples or None, log_samples=True))
+            outputs.append(
+                lm_eval.simple_evaluate(
+                    model=lm, tasks=seeded, task_manager=manager, samples=samples or None, log_samples=True
+                )
+            )
         if rest:
-            outputs.append(lm_eval.simple_evaluate(model=lm, tasks=rest, task_manager=manager, limit=limit, log_samples=True))
+            outputs.append(
+                lm_eval.simple_evaluate(model=lm, tasks=rest, task_manager=manager, limit=limit, log_samples=True)
+            )
         output = _merge_outputs(outputs)
     scores: dict[str, dict[str, Any]] = {}
     for name, task in task_ids.items():
@@ -360,7 +382,9 @@ def _pct(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else 100.0 * (value - reference) / reference
 
 
-def compare_runs(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+def compare_runs(
+    runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any] | None]
+) -> list[dict[str, Any]]:
     """One comparison row per run against the first one (the base model, whose changes are 0).
 
     Loss changes are forgetting on general data (positive = forgot) and gain on domain data
@@ -385,7 +409,8 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapp
             if entry.get("items") and base_entry.get("items"):
                 # Same items for both models: the paired difference and its own interval.
                 benchmarks[task]["paired"] = {
-                    metric: paired_difference(base_entry["items"], entry["items"], metric) for metric in ("acc", "acc_norm")
+                    metric: paired_difference(base_entry["items"], entry["items"], metric)
+                    for metric in ("acc", "acc_norm")
                 }
         rows.append(
             {
@@ -404,7 +429,13 @@ def compare_runs(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapp
                 "benchmarks": benchmarks,
                 **{
                     key: summary.get(key)
-                    for key in ("trainable_parameters", "trainable_share", "wall_seconds", "tokens_per_second", "peak_memory_bytes")
+                    for key in (
+                        "trainable_parameters",
+                        "trainable_share",
+                        "wall_seconds",
+                        "tokens_per_second",
+                        "peak_memory_bytes",
+                    )
                 },
             }
         )
@@ -429,10 +460,13 @@ def evaluate_model(
     """Perplexity and benchmark entries of one loaded model; sets are ``(key, path, domain)``."""
     perplexity = {}
     for key, path, domain in perplexity_sets:
-        entry = evaluate_perplexity(model, tokenizer, path, block_size, batch_size, max_blocks, progress, cache_dir,
-                                    text_field=text_field)
+        entry = evaluate_perplexity(
+            model, tokenizer, path, block_size, batch_size, max_blocks, progress, cache_dir, text_field=text_field
+        )
         perplexity[key] = {**entry, "domain": domain}
-    scores = run_benchmarks(model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed)
+    scores = run_benchmarks(
+        model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed
+    )
     benchmarks = {key: {**scores[key], "domain": domain} for key, _, domain in benchmark_sets}
     return {"perplexity": perplexity, "benchmarks": benchmarks}
 
@@ -506,8 +540,9 @@ def run_evaluation(
     for label, model_path in models:
         logger.info("evaluating %s (%s)", label, model_path)
         start = time.perf_counter()
-        model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype,
-                                                    attn_implementation=attn_implementation)
+        model, tokenizer = load_model_and_tokenizer(
+            model_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+        )
         try:
             entries = evaluate_model(
                 model,
@@ -535,9 +570,16 @@ def run_evaluation(
     return path
 
 
-def write_results(runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any] | None], path: str | os.PathLike) -> Path:
+def write_results(
+    runs: Sequence[Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any] | None], path: str | os.PathLike
+) -> Path:
     """``results.json`` for evaluated runs (the first is the base) with their comparison rows."""
-    payload = {**artifact_header("evaluation"), "base": runs[0]["label"], "runs": list(runs), "comparison": compare_runs(runs, summaries)}
+    payload = {
+        **artifact_header("evaluation"),
+        "base": runs[0]["label"],
+        "runs": list(runs),
+        "comparison": compare_runs(runs, summaries),
+    }
     return write_json(path, payload)
 
 

@@ -77,11 +77,13 @@ def plan_expansion(source_num_layers: int, source_layers: Sequence[int]) -> Expa
     out_of_range = [idx for idx in layers if not 0 <= idx < source_num_layers]
     if out_of_range:
         raise ValueError(
-            f"layer ids {out_of_range} out of range: the model has {source_num_layers} layers (0-{source_num_layers - 1})"
+            f"layer ids {out_of_range} out of range: the model has {source_num_layers} layers "
+            f"(0-{source_num_layers - 1})"
         )
     if len(layers) >= source_num_layers:
         raise ValueError(
-            f"cannot expand {len(layers)} layers of a {source_num_layers}-layer model: choose fewer than {source_num_layers}"
+            f"cannot expand {len(layers)} layers of a {source_num_layers}-layer model: choose fewer than "
+            f"{source_num_layers}"
         )
     chosen = set(layers)
     layer_map: list[int] = []
@@ -103,7 +105,8 @@ def select_least_important(layer_scores: Sequence[float], num_new_layers: int) -
     """
     if not 0 < num_new_layers < len(layer_scores):
         raise ValueError(
-            f"--num-new-layers must be between 1 and {len(layer_scores) - 1} for a {len(layer_scores)}-layer model, got {num_new_layers}"
+            f"--num-new-layers must be between 1 and {len(layer_scores) - 1} for a {len(layer_scores)}-layer model, "
+            f"got {num_new_layers}"
         )
     order = sorted(range(len(layer_scores)), key=lambda idx: (layer_scores[idx], idx))
     return sorted(order[:num_new_layers])
@@ -115,7 +118,9 @@ def select_uniform(num_layers: int, num_new_layers: int) -> list[int]:
     For 8 layers and 2 copies this is layers 3 and 7; importance plays no part.
     """
     if not 0 < num_new_layers <= num_layers:
-        raise ValueError(f"--uniform must be between 1 and {num_layers} for a {num_layers}-layer model, got {num_new_layers}")
+        raise ValueError(
+            f"--uniform must be between 1 and {num_layers} for a {num_layers}-layer model, got {num_new_layers}"
+        )
     return [(group + 1) * num_layers // num_new_layers - 1 for group in range(num_new_layers)]
 
 
@@ -152,7 +157,8 @@ def expand_config(config, plan: ExpansionPlan, spec: ArchitectureSpec | None = N
     spec = spec or get_architecture(config.model_type)
     if config.num_hidden_layers != plan.source_num_layers:
         raise ValueError(
-            f"config has num_hidden_layers={config.num_hidden_layers} but the plan was made for {plan.source_num_layers}"
+            f"config has num_hidden_layers={config.num_hidden_layers} but the plan was made for "
+            f"{plan.source_num_layers}"
         )
     new_config = copy.deepcopy(config)
     origin = plan.new_layer_origin()
@@ -209,7 +215,9 @@ def _map_keys(keys: Sequence[str], plan: ExpansionPlan, spec: ArchitectureSpec) 
             continue
         old, unit = parts
         if old >= plan.source_num_layers:
-            raise ValueError(f"tensor '{key}' belongs to layer {old}, beyond the {plan.source_num_layers} layers of the config")
+            raise ValueError(
+                f"tensor '{key}' belongs to layer {old}, beyond the {plan.source_num_layers} layers of the config"
+            )
         copies.append(TensorCopy(spec.layer_key(plan.layer_map[old], unit), key))
         if old in chosen:
             copies.append(TensorCopy(spec.layer_key(chosen[old], unit), key, fill=spec.copy_init_value(unit)))
@@ -260,7 +268,9 @@ def expand_model(model, plan: ExpansionPlan):
     missing, unexpected = new_model.load_state_dict(new_state, strict=False)
     tied = set(getattr(new_model, "_tied_weights_keys", None) or [])
     if unexpected or [key for key in missing if key not in tied]:
-        raise RuntimeError(f"expanded state dict does not fit the expanded model: missing={missing}, unexpected={unexpected}")
+        raise RuntimeError(
+            f"expanded state dict does not fit the expanded model: missing={missing}, unexpected={unexpected}"
+        )
     if getattr(new_config, "tie_word_embeddings", False):
         new_model.tie_weights()
     return new_model.eval() if not model.training else new_model
@@ -381,13 +391,25 @@ def expand_checkpoint(
         manifest = build_manifest(model_dir, config, plan, dict(sorted(initialized.items())), selection)
         write_json(tmp_dir / MANIFEST_NAME, manifest)
         (tmp_dir / MODEL_CARD_NAME).write_text(model_card(manifest))
-    logger.info("expanded %s -> %s (%d -> %d layers)", model_dir, output_dir, plan.source_num_layers, plan.num_hidden_layers)
+    logger.info(
+        "expanded %s -> %s (%d -> %d layers)", model_dir, output_dir, plan.source_num_layers, plan.num_hidden_layers
+    )
     return output_dir
 
 
 # Files of the source folder that go with its tokenizer and generation settings, not its weights.
-_CARRIED_FILES = ("tokenizer", "special_tokens_map", "added_tokens", "vocab", "merges", "generation_config",
-                  "chat_template", "preprocessor_config", "spiece", "sentencepiece")
+_CARRIED_FILES = (
+    "tokenizer",
+    "special_tokens_map",
+    "added_tokens",
+    "vocab",
+    "merges",
+    "generation_config",
+    "chat_template",
+    "preprocessor_config",
+    "spiece",
+    "sentencepiece",
+)
 
 
 def _describes_the_model(name: str) -> bool:
@@ -428,10 +450,12 @@ def model_card(manifest: Mapping[str, Any]) -> str:
     selection = manifest["selection"]
     how = {
         "layers": "given explicitly",
-        "uniform": f"spread uniformly ({selection.get('num_new_layers')} copies, LLaMA-Pro style; importance plays no part)",
+        "uniform": f"spread uniformly ({selection.get('num_new_layers')} copies, LLaMA-Pro style; importance plays "
+        "no part)",
         "importance": f"the {selection.get('num_new_layers')} layers least important for general competence "
         f"by `{selection.get('metric')}` in `{selection.get('importance')}`",
-        "trainable_fraction": f"the least important layers by `{selection.get('metric')}` in `{selection.get('importance')}` "
+        "trainable_fraction": f"the least important layers by `{selection.get('metric')}` in "
+        f"`{selection.get('importance')}` "
         f"that fit in {selection.get('trainable_fraction')} of the expanded model",
     }.get(selection.get("method"), str(selection.get("method")))
     rows = "\n".join(f"| {layer['layer_idx']} | {layer['source_layer_idx']} |" for layer in manifest["inserted_layers"])
@@ -444,16 +468,16 @@ tags: [adept-cpt, layer-expansion]
 
 # Expanded checkpoint
 
-Made by `adept expand` from `{manifest['source_model']}` ({manifest['model_type']}): {manifest['source_num_layers']}
-decoder layers became {manifest['num_hidden_layers']}. Each inserted layer is a copy of its source layer placed right
+Made by `adept expand` from `{manifest["source_model"]}` ({manifest["model_type"]}): {manifest["source_num_layers"]}
+decoder layers became {manifest["num_hidden_layers"]}. Each inserted layer is a copy of its source layer placed right
 after it; source layers were chosen {how}.
 
 | inserted layer_idx | copy of source layer |
 |---:|---:|
 {rows}
 
-In every copy, {', '.join(f'`{m}`' for m in modules)} {'were' if len(modules) > 1 else 'was'} set to
-{' / '.join(str(v) for v in values)} so that the copy adds nothing to the residual stream: this model computes
+In every copy, {", ".join(f"`{m}`" for m in modules)} {"were" if len(modules) > 1 else "was"} set to
+{" / ".join(str(v) for v in values)} so that the copy adds nothing to the residual stream: this model computes
 the same function as its source until it is trained. `expansion.json` lists every set tensor and its value; it is
 what `adept train` reads to know which layers are new. Load it as any checkpoint:
 

@@ -25,7 +25,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def first_blocks(
-    path: str | os.PathLike, tokenizer, block_size: int, max_blocks: int | None = None, cache_dir=None, *,
+    path: str | os.PathLike,
+    tokenizer,
+    block_size: int,
+    max_blocks: int | None = None,
+    cache_dir=None,
+    *,
     text_field: str = "text",
 ):
     """The first ``max_blocks`` blocks (all when None) of a corpus packed like the training data.
@@ -78,7 +83,9 @@ class BlockBatches(Sequence):
         if not 0 <= index < len(self):
             raise IndexError(index)
         rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
-        part = {name: self.rows[name][rows] for name in self.read} if isinstance(self.rows, Mapping) else self.rows[rows]
+        part = (
+            {name: self.rows[name][rows] for name in self.read} if isinstance(self.rows, Mapping) else self.rows[rows]
+        )
         batch = {name: _long_tensor(part[name]) for name in self.read}
         if self.derived_labels:
             batch["labels"] = batch["input_ids"].clone()

@@ -115,7 +115,9 @@ def rank_aggregate(unit_scores: Sequence[Sequence[float]]) -> list[float]:
     totals = [0.0] * num_layers
     counts = [0] * num_layers
     for unit in range(num_units):
-        present = [(unit_scores[layer][unit], layer) for layer in range(num_layers) if not math.isnan(unit_scores[layer][unit])]
+        present = [
+            (unit_scores[layer][unit], layer) for layer in range(num_layers) if not math.isnan(unit_scores[layer][unit])
+        ]
         present.sort()
         for rank, (_, layer) in enumerate(present):
             totals[layer] += rank / max(len(present) - 1, 1)
@@ -147,8 +149,9 @@ def batch_loss_sum(model: nn.Module, batch: dict) -> torch.Tensor:
     (the gradient probes backpropagate through it).
     """
     with mixed_precision(model):
-        ((moved, logits),) = forward_batches(model, [batch], inputs=PROBE_INPUTS, grad=torch.is_grad_enabled(),
-                                             progress=False, use_cache=False)
+        ((moved, logits),) = forward_batches(
+            model, [batch], inputs=PROBE_INPUTS, grad=torch.is_grad_enabled(), progress=False, use_cache=False
+        )
         return next_token_loss_sum(logits, moved["labels"])
 
 
@@ -314,7 +317,9 @@ def unit_gradient_scores(
                     loss_sum = batch_loss_sum(model, row)
                     loss_total += loss_sum.detach().double()
                     row_grads = [cut(g) for g, (_, cut) in zip(probe_gradients(loss_sum / row_tokens, params), shards)]
-                    fisher_sums += row_tokens / float(total_tokens) * torch.stack(torch._foreach_norm(row_grads, 2)).float().pow(2)
+                    fisher_sums += (
+                        row_tokens / float(total_tokens) * torch.stack(torch._foreach_norm(row_grads, 2)).float().pow(2)
+                    )
                     share = row_tokens / n_tokens  # g_b = sum_s (n_s / n_b) g_s
                     if grads is None:
                         grads = torch._foreach_mul(row_grads, share)
@@ -365,11 +370,15 @@ def compute_importance(
     num_layers = len(get_decoder_layers(model))
     layers = list(range(num_layers)) if layers is None else list(layers)
     names, grid = layer_units(model, layers)
-    result = ImportanceResult(num_layers=num_layers, layers=layers, unit_names=names, num_tokens=0, base_loss=float("nan"))
+    result = ImportanceResult(
+        num_layers=num_layers, layers=layers, unit_names=names, num_tokens=0, base_loss=float("nan")
+    )
     if set(metrics) & {"grad_weight", "rank", "fisher"}:
         flat = [p for row in grid for p in row if p is not None]
         with_fisher = "fisher" in metrics
-        grad_weight, fisher, loss, tokens = unit_gradient_scores(model, batches, flat, progress=progress, fisher=with_fisher)
+        grad_weight, fisher, loss, tokens = unit_gradient_scores(
+            model, batches, flat, progress=progress, fisher=with_fisher
+        )
         gw_list = grad_weight.tolist()
         fi_list = fisher.tolist() if with_fisher else [math.nan] * len(gw_list)
         result.base_loss, result.num_tokens = loss, tokens
@@ -432,9 +441,13 @@ def run_importance(
 
     settings = settings or ImportanceSection()
     output_dir = Path(output_dir)
-    model, tokenizer = load_model_and_tokenizer(model_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
+    model, tokenizer = load_model_and_tokenizer(
+        model_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+    )
     torch.manual_seed(settings.seed)
-    batches = load_probe_batches(probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split, text_field=text_field)
+    batches = load_probe_batches(
+        probe_path, tokenizer, settings, seed=settings.seed, txt_split=txt_split, text_field=text_field
+    )
     metrics = list(settings.metrics)
     result = compute_importance(model, batches, metrics=metrics, progress=progress)
     probe = {f.name: getattr(settings, f.name) for f in fields(ProbeConfig)}

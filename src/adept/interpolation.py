@@ -22,7 +22,14 @@ import torch
 from adept.architectures import ArchitectureSpec, get_architecture
 from adept.artifacts import artifact_header, atomic_directory, check_output_dir, read_json, write_json
 from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer, read_model_config
-from adept.expansion import MANIFEST_NAME, ExpansionPlan, expand_state_dict, load_manifest, plan_expansion, plan_tensor_copies
+from adept.expansion import (
+    MANIFEST_NAME,
+    ExpansionPlan,
+    expand_state_dict,
+    load_manifest,
+    plan_expansion,
+    plan_tensor_copies,
+)
 from adept.training import FINAL_MODEL_DIR, SUMMARY_NAME
 
 logger = logging.getLogger(__name__)
@@ -44,18 +51,26 @@ def interpolate_state_dict(
     """
     missing, extra = sorted(set(tuned) - set(start)), sorted(set(start) - set(tuned))
     if missing or extra:
-        what = f"'{missing[0]}' is only in the tuned model" if missing else f"'{extra[0]}' is only in the starting model"
-        raise ValueError(f"the starting and tuned models have different tensors: {what} "
-                         f"({len(missing)} only in the tuned, {len(extra)} only in the starting model)")
+        what = (
+            f"'{missing[0]}' is only in the tuned model" if missing else f"'{extra[0]}' is only in the starting model"
+        )
+        raise ValueError(
+            f"the starting and tuned models have different tensors: {what} "
+            f"({len(missing)} only in the tuned, {len(extra)} only in the starting model)"
+        )
     result = {}
     for name, after in tuned.items():
         before = start[name]
         if before.shape != after.shape:
-            raise ValueError(f"tensor '{name}' has shape {tuple(before.shape)} in the starting model but "
-                             f"{tuple(after.shape)} in the tuned one")
+            raise ValueError(
+                f"tensor '{name}' has shape {tuple(before.shape)} in the starting model but "
+                f"{tuple(after.shape)} in the tuned one"
+            )
         if not after.is_floating_point():
             if not torch.equal(before, after):
-                raise ValueError(f"tensor '{name}' ({after.dtype}) differs between the models and cannot be interpolated")
+                raise ValueError(
+                    f"tensor '{name}' ({after.dtype}) differs between the models and cannot be interpolated"
+                )
             result[name] = after.clone()
             continue
         work = torch.float64 if torch.float64 in (before.dtype, after.dtype) else torch.float32
@@ -68,7 +83,9 @@ def plan_from_manifest(manifest: Mapping[str, Any]) -> ExpansionPlan:
     plan = plan_expansion(int(manifest["source_num_layers"]), [int(i) for i in manifest["source_layers"]])
     inserted = [(layer["layer_idx"], layer["source_layer_idx"]) for layer in manifest["inserted_layers"]]
     layer_map = [manifest["layer_map"][str(old)] for old in range(plan.source_num_layers)]
-    if inserted != [(layer.layer_idx, layer.source_layer_idx) for layer in plan.inserted] or layer_map != list(plan.layer_map):
+    if inserted != [(layer.layer_idx, layer.source_layer_idx) for layer in plan.inserted] or layer_map != list(
+        plan.layer_map
+    ):
         raise ValueError("expansion.json: its inserted_layers and layer_map are not what its source_layers give")
     return plan
 
@@ -84,12 +101,16 @@ def starting_state_dict(
     manifest lists other tensors or values than this version of the expansion sets.
     """
     plan = plan_from_manifest(manifest)
-    fills = {item.target_key: item.fill for item in plan_tensor_copies(list(base_state), plan, spec) if item.fill is not None}
+    fills = {
+        item.target_key: item.fill for item in plan_tensor_copies(list(base_state), plan, spec) if item.fill is not None
+    }
     listed = {key: float(value) for key, value in manifest["initialized_tensors"].items()}
     if fills != listed:
         differ = sorted(set(fills.items()) ^ set(listed.items()))
-        raise ValueError(f"expansion.json's initialized_tensors do not match the copies this adept makes "
-                         f"(first difference: {differ[0][0]})")
+        raise ValueError(
+            f"expansion.json's initialized_tensors do not match the copies this adept makes "
+            f"(first difference: {differ[0][0]})"
+        )
     return expand_state_dict(base_state, plan, spec)
 
 
@@ -103,8 +124,9 @@ def tuned_model_dir(path: str | os.PathLike) -> Path:
         return path
     if (path / FINAL_MODEL_DIR / "config.json").is_file():
         return path / FINAL_MODEL_DIR
-    raise FileNotFoundError(f"{path}: neither a checkpoint (config.json) nor a training output directory with "
-                            f"{FINAL_MODEL_DIR}/config.json")
+    raise FileNotFoundError(
+        f"{path}: neither a checkpoint (config.json) nor a training output directory with {FINAL_MODEL_DIR}/config.json"
+    )
 
 
 def run_interpolation(
@@ -146,15 +168,19 @@ def run_interpolation(
     if manifest is None:
         start_kind = "base"
         if base_layers != tuned_config.num_hidden_layers:
-            raise ValueError(f"--base has {base_layers} layers but --tuned {tuned_config.num_hidden_layers}, and "
-                             f"{tuned_dir} has no {MANIFEST_NAME} saying how it was expanded")
+            raise ValueError(
+                f"--base has {base_layers} layers but --tuned {tuned_config.num_hidden_layers}, and "
+                f"{tuned_dir} has no {MANIFEST_NAME} saying how it was expanded"
+            )
     elif base_layers == manifest["source_num_layers"]:
         start_kind = "base expanded as in expansion.json"
     elif base_layers == manifest["num_hidden_layers"]:
         start_kind = "expanded starting checkpoint"
     else:
-        raise ValueError(f"--base has {base_layers} layers; the tuned model was expanded from "
-                         f"{manifest['source_num_layers']} into {manifest['num_hidden_layers']} (expansion.json)")
+        raise ValueError(
+            f"--base has {base_layers} layers; the tuned model was expanded from "
+            f"{manifest['source_num_layers']} into {manifest['num_hidden_layers']} (expansion.json)"
+        )
 
     base_state = load_model(base, torch.float32).state_dict()
     model = load_model(tuned_dir, torch.float32)
@@ -169,21 +195,26 @@ def run_interpolation(
     model.to(getattr(torch, checkpoint_dtype(tuned_dir)))
     tokenizer = load_tokenizer(tuned_dir)
     summary_path = tuned_dir.parent / SUMMARY_NAME
-    method = read_json(summary_path).get("method") if tuned_dir.name == FINAL_MODEL_DIR and summary_path.is_file() else None
+    method = (
+        read_json(summary_path).get("method") if tuned_dir.name == FINAL_MODEL_DIR and summary_path.is_file() else None
+    )
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if manifest is not None:
             shutil.copy2(tuned_dir / MANIFEST_NAME, tmp / MANIFEST_NAME)
-        write_json(tmp / INTERPOLATION_NAME, {
-            **artifact_header("interpolation"),
-            "alpha": alpha,
-            "base": str(base),
-            "tuned": str(tuned_dir),
-            "method": method,
-            "start": start_kind,
-            "formula": "w = w_start + alpha * (w_tuned - w_start)",
-        })
+        write_json(
+            tmp / INTERPOLATION_NAME,
+            {
+                **artifact_header("interpolation"),
+                "alpha": alpha,
+                "base": str(base),
+                "tuned": str(tuned_dir),
+                "method": method,
+                "start": start_kind,
+                "formula": "w = w_start + alpha * (w_tuned - w_start)",
+            },
+        )
     logger.info("interpolated %s towards %s (%s) with alpha %g -> %s", tuned_dir, base, start_kind, alpha, output_dir)
     return output_dir
 
@@ -194,5 +225,7 @@ def _check_initial_copies(state: Mapping[str, torch.Tensor], manifest: Mapping[s
         if key not in state:
             raise ValueError(f"--base has no tensor '{key}', which expansion.json lists as initialised")
         if not bool((state[key] == float(value)).all()):
-            raise ValueError(f"--base is not the expanded starting checkpoint: its '{key}' is not {value} as "
-                             f"expansion.json records (pass the unexpanded base or the checkpoint training started from)")
+            raise ValueError(
+                f"--base is not the expanded starting checkpoint: its '{key}' is not {value} as "
+                f"expansion.json records (pass the unexpanded base or the checkpoint training started from)"
+            )

@@ -193,8 +193,14 @@ def _training(config, method: str, trainable_layers: int | None, lowest_trainabl
     lowest = (1 if copies else 0) if lowest_trainable_layer is None else lowest_trainable_layer
     if not 0 <= lowest <= counts.num_hidden_layers - trainable_layers:
         raise ValueError(f"lowest_trainable_layer={lowest} leaves no room for {trainable_layers} trainable layers")
-    return _Training(counts, trainable_layers * counts.per_layer, trainable_layers * counts.per_layer_matmul,
-                     trainable_layers, lowest, False)
+    return _Training(
+        counts,
+        trainable_layers * counts.per_layer,
+        trainable_layers * counts.per_layer_matmul,
+        trainable_layers,
+        lowest,
+        False,
+    )
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -230,8 +236,15 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return (self.weights + self.gradients + self.optimizer_states + self.master_weights
-                + self.autocast_copies + self.activations + self.logits)
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer_states
+            + self.master_weights
+            + self.autocast_copies
+            + self.activations
+            + self.logits
+        )
 
     def as_dict(self) -> dict[str, int | str]:
         """Every field plus ``total``, in bytes (for JSON next to a benchmark's measurements)."""
@@ -327,14 +340,26 @@ def _saved_per_token(config, t: _Training, p: _Precision, gradient_checkpointing
     trainable = t.trainable_layers * _layer_saved(config, p, trainable=True)
     frozen = (saving - t.trainable_layers) * _layer_saved(config, p, trainable=False)
     # Under a method training a few layers, the lowest one's input needs no gradient (its first norm saves less).
-    lowest = 0 if t.full else _layer_saved(config, p, trainable=True) - _layer_saved(config, p, trainable=True, input_grad=False)
+    lowest = (
+        0
+        if t.full
+        else _layer_saved(config, p, trainable=True) - _layer_saved(config, p, trainable=True, input_grad=False)
+    )
     return trainable + frozen - lowest + head
 
 
-def saved_activation_bytes(config, *, method: str, trainable_layers: int | None = None,
-                           lowest_trainable_layer: int | None = None, dtype: str = "bfloat16",
-                           micro_batch_size: int, block_size: int, gradient_checkpointing: bool = False,
-                           sharding: str = "none") -> int:
+def saved_activation_bytes(
+    config,
+    *,
+    method: str,
+    trainable_layers: int | None = None,
+    lowest_trainable_layer: int | None = None,
+    dtype: str = "bfloat16",
+    micro_batch_size: int,
+    block_size: int,
+    gradient_checkpointing: bool = False,
+    sharding: str = "none",
+) -> int:
     """Bytes autograd holds for backward at the end of the forward (what `saved_tensors_hooks` sees).
 
     Layers below the lowest trainable one save nothing: nothing below them needs a gradient. With
@@ -348,10 +373,19 @@ def saved_activation_bytes(config, *, method: str, trainable_layers: int | None 
     return micro_batch_size * block_size * _saved_per_token(config, t, p, gradient_checkpointing)
 
 
-def estimate_training_memory(config, *, method: str, trainable_layers: int | None = None,
-                             lowest_trainable_layer: int | None = None, dtype: str = "bfloat16",
-                             micro_batch_size: int, block_size: int, gradient_checkpointing: bool,
-                             world_size: int = 1, sharding: str = "none") -> MemoryEstimate:
+def estimate_training_memory(
+    config,
+    *,
+    method: str,
+    trainable_layers: int | None = None,
+    lowest_trainable_layer: int | None = None,
+    dtype: str = "bfloat16",
+    micro_batch_size: int,
+    block_size: int,
+    gradient_checkpointing: bool,
+    world_size: int = 1,
+    sharding: str = "none",
+) -> MemoryEstimate:
     """Peak GPU memory of one training step of ``method`` on the model ``config`` describes.
 
     Args:
@@ -379,9 +413,14 @@ def estimate_training_memory(config, *, method: str, trainable_layers: int | Non
     # Backward working set: one layer's gradients, about its saved tensors; a recomputed layer's too.
     working = _layer_saved(config, p, trainable=True) * (2 if gradient_checkpointing else 1)
     activations = _saved_per_token(config, t, p, gradient_checkpointing) - log_softmax + working
-    return MemoryEstimate(method=method, parameters=t.counts.total, trainable_parameters=t.trainable,
-                          activations=tokens * activations, logits=tokens * 3 * log_softmax,
-                          **_state_bytes(t, p, world_size, sharding))
+    return MemoryEstimate(
+        method=method,
+        parameters=t.counts.total,
+        trainable_parameters=t.trainable,
+        activations=tokens * activations,
+        logits=tokens * 3 * log_softmax,
+        **_state_bytes(t, p, world_size, sharding),
+    )
 
 
 def _state_bytes(t: _Training, p: _Precision, world_size: int, sharding: str) -> dict[str, int]:
@@ -400,20 +439,36 @@ def _state_bytes(t: _Training, p: _Precision, world_size: int, sharding: str) ->
     optimizer = 2 * FP32 * t.trainable
     master = FP32 * t.trainable if sharding in ("zero2", "zero3") else 0
     if sharding == "none":
-        return dict(weights=weights, gradients=gradients * (2 if w > 1 else 1), optimizer_states=optimizer,
-                    master_weights=0, autocast_copies=p.compute * t.trainable_matmul if p.casts else 0)
+        return dict(
+            weights=weights,
+            gradients=gradients * (2 if w > 1 else 1),
+            optimizer_states=optimizer,
+            master_weights=0,
+            autocast_copies=p.compute * t.trainable_matmul if p.casts else 0,
+        )
     if sharding in ("fsdp2", "zero3"):
         in_flight = 2 * t.counts.per_layer + t.counts.embedding + t.counts.lm_head
         weights = weights // w + p.compute * in_flight
-    return dict(weights=weights, gradients=gradients // w, optimizer_states=optimizer // w,
-                master_weights=master // w, autocast_copies=0)
+    return dict(
+        weights=weights,
+        gradients=gradients // w,
+        optimizer_states=optimizer // w,
+        master_weights=master // w,
+        autocast_copies=0,
+    )
 
 
 # --- FLOPs -------------------------------------------------------------------------------------
 
 
-def training_flops_per_token(config, *, method: str, trainable_layers: int | None = None,
-                             lowest_trainable_layer: int | None = None, block_size: int) -> float:
+def training_flops_per_token(
+    config,
+    *,
+    method: str,
+    trainable_layers: int | None = None,
+    lowest_trainable_layer: int | None = None,
+    block_size: int,
+) -> float:
     """Model FLOPs of one training token (forward + backward), for MFU.
 
     N counts matmul weights (decoder projections and the output matrix; no lookups, norms or
@@ -451,22 +506,57 @@ def reference_configs() -> dict[str, object]:
 
     return {
         "Qwen2.5-0.5B": Qwen2Config(
-            hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-            vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1e6),
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            max_position_embeddings=32768,
+            rope_theta=1e6,
+        ),
         "Qwen3-1.7B": Qwen3Config(
-            hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-            head_dim=128, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=40960, rope_theta=1e6),
+            hidden_size=2048,
+            intermediate_size=6144,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            max_position_embeddings=40960,
+            rope_theta=1e6,
+        ),
         "Llama-3.1-8B": LlamaConfig(
-            hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-            vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=131072, rope_theta=5e5),
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+            max_position_embeddings=131072,
+            rope_theta=5e5,
+        ),
     }
 
 
-def memory_table(configs: dict[str, object], *, block_size: int, micro_batch_size: int, copies: int = DOC_COPIES,
-                 dtype: str = "bfloat16", gpus: int = 8, sharding: str = "fsdp2") -> str:
+def memory_table(
+    configs: dict[str, object],
+    *,
+    block_size: int,
+    micro_batch_size: int,
+    copies: int = DOC_COPIES,
+    dtype: str = "bfloat16",
+    gpus: int = 8,
+    sharding: str = "fsdp2",
+) -> str:
     """Markdown: GiB per GPU of ADEPT and full CPT, with and without checkpointing, on 1 and ``gpus`` GPUs."""
-    head = (f"| model | params | checkpointing | ADEPT, 1 GPU | full, 1 GPU | ADEPT, {gpus} GPUs ({sharding}) "
-            f"| full, {gpus} GPUs ({sharding}) |")
+    head = (
+        f"| model | params | checkpointing | ADEPT, 1 GPU | full, 1 GPU | ADEPT, {gpus} GPUs ({sharding}) "
+        f"| full, {gpus} GPUs ({sharding}) |"
+    )
     lines = [head, "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
     for name, config in configs.items():
         for checkpointing in (False, True):
@@ -474,25 +564,50 @@ def memory_table(configs: dict[str, object], *, block_size: int, micro_batch_siz
             for world, shard in ((1, "none"), (gpus, sharding)):
                 for method in ("adept", "full"):
                     estimate = estimate_training_memory(
-                        config, method=method, trainable_layers=copies, dtype=dtype, micro_batch_size=micro_batch_size,
-                        block_size=block_size, gradient_checkpointing=checkpointing, world_size=world, sharding=shard)
+                        config,
+                        method=method,
+                        trainable_layers=copies,
+                        dtype=dtype,
+                        micro_batch_size=micro_batch_size,
+                        block_size=block_size,
+                        gradient_checkpointing=checkpointing,
+                        world_size=world,
+                        sharding=shard,
+                    )
                     cells.append(f"{estimate.total / GIB:.1f}")
             billions = count_parameters(config).total / 1e9
-            lines.append(f"| {name} | {billions:.2f}B | {'yes' if checkpointing else 'no'} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {name} | {billions:.2f}B | {'yes' if checkpointing else 'no'} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
 def docs_tables(block_size: int = 4096, micro_batch_size: int = 2, copies: int = DOC_COPIES) -> str:
-    """The memory tables of docs/gpu.md (the recipe's block and micro-batch): every reference shape, then Qwen3-1.7B's components."""
+    """The memory tables of docs/gpu.md (the recipe's block and micro-batch).
+
+    Every reference shape, then Qwen3-1.7B's components.
+    """
     configs = reference_configs()
-    settings = (f"bf16, block {block_size}, micro-batch {micro_batch_size}, ADEPT with {copies} copies "
-                f"(lowest copy at layer 1, the conservative default)")
-    parts = [f"Per-GPU peak memory in GiB ({settings}):", "", memory_table(
-        configs, block_size=block_size, micro_batch_size=micro_batch_size, copies=copies)]
+    settings = (
+        f"bf16, block {block_size}, micro-batch {micro_batch_size}, ADEPT with {copies} copies "
+        f"(lowest copy at layer 1, the conservative default)"
+    )
+    parts = [
+        f"Per-GPU peak memory in GiB ({settings}):",
+        "",
+        memory_table(configs, block_size=block_size, micro_batch_size=micro_batch_size, copies=copies),
+    ]
     for method in ("adept", "full"):
         estimate = estimate_training_memory(
-            configs["Qwen3-1.7B"], method=method, trainable_layers=copies, micro_batch_size=micro_batch_size,
-            block_size=block_size, gradient_checkpointing=True, world_size=8, sharding="fsdp2")
+            configs["Qwen3-1.7B"],
+            method=method,
+            trainable_layers=copies,
+            micro_batch_size=micro_batch_size,
+            block_size=block_size,
+            gradient_checkpointing=True,
+            world_size=8,
+            sharding="fsdp2",
+        )
         parts += ["", f"Qwen3-1.7B, {method}, checkpointing, 8 GPUs (fsdp2):", "", estimate.table()]
     return "\n".join(parts) + "\n"
 

@@ -35,13 +35,21 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.checkpoints import is_gguf, load_tokenizer, resolve_model_path
-from adept.config import EXPANDED_METHODS, GUIDED_EXPANSION_METHODS, MethodSettings, PipelineConfig, TrainConfig, save_config
+from adept.config import (
+    EXPANDED_METHODS,
+    GUIDED_EXPANSION_METHODS,
+    MethodSettings,
+    PipelineConfig,
+    TrainConfig,
+    save_config,
+)
 from adept.distributed import is_main_process, join_launched_processes, wait_for_main
 from adept.evaluation import RESULTS_NAME, SUMMARY_NAME
 
@@ -97,7 +105,11 @@ def path_identity(path: str | os.PathLike) -> Any:
         entries = []
         for child in sorted(path.rglob("*")):
             rel = child.relative_to(path)
-            if child.is_file() and child.name not in _NOT_CONTENT and not any(part.startswith(".") for part in rel.parts):
+            if (
+                child.is_file()
+                and child.name not in _NOT_CONTENT
+                and not any(part.startswith(".") for part in rel.parts)
+            ):
                 stat = child.stat()
                 entries.append((str(rel), stat.st_size, stat.st_mtime_ns))
         return entries
@@ -125,7 +137,12 @@ class StageRecords:
 
     def is_done(self, stage: str, print_: str, outputs: list[Path]) -> bool:
         record = self.stages.get(stage)
-        return bool(record and record["fingerprint"] == print_ and record["status"] == "done" and all(p.exists() for p in outputs))
+        return bool(
+            record
+            and record["fingerprint"] == print_
+            and record["status"] == "done"
+            and all(p.exists() for p in outputs)
+        )
 
     def previous(self, stage: str) -> dict[str, Any] | None:
         return self.stages.get(stage)
@@ -155,8 +172,15 @@ class Pipeline:
         self.main = True
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    def _stage(self, name: str, print_: str, outputs: list[Path], work: Callable[[], Any], clean: list[Path] = (),
-               every_rank: bool = False) -> None:
+    def _stage(
+        self,
+        name: str,
+        print_: str,
+        outputs: list[Path],
+        work: Callable[[], Any],
+        clean: list[Path] = (),
+        every_rank: bool = False,
+    ) -> None:
         """Run ``work`` unless the stage is up to date; wipe ``clean`` when its inputs changed.
 
         ``work`` runs on the main process only, unless ``every_rank`` (training); the ranks of a
@@ -250,12 +274,17 @@ class Pipeline:
     def _check_inputs(self) -> None:
         cfg = self.config
         if not (Path(cfg.model) / "config.json").is_file():
-            raise FileNotFoundError(f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)")
+            raise FileNotFoundError(
+                f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)"
+            )
         from adept.data import resolve_corpus
 
         data = asdict(cfg.data)
-        corpora = [(f"data.{key}[{idx}]", path) for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay")
-                   for idx, path in enumerate(data[key])]
+        corpora = [
+            (f"data.{key}[{idx}]", path)
+            for key in ("domain_train", "domain_heldout", "general_heldout", "general_replay")
+            for idx, path in enumerate(data[key])
+        ]
         if cfg.data.general_probe:
             corpora.append(("data.general_probe", cfg.data.general_probe))
         for key, path in corpora:
@@ -283,8 +312,12 @@ class Pipeline:
             "general_replay": cfg.data.general_replay,
         }
         out = self.run_dir / "data" / "data.json"
-        print_ = fingerprint(model=self._identity(cfg.model), block_size=cfg.data.block_size, text_field=cfg.data.text_field,
-                             corpora={k: self._identity(v) for k, v in corpora.items()})
+        print_ = fingerprint(
+            model=self._identity(cfg.model),
+            block_size=cfg.data.block_size,
+            text_field=cfg.data.text_field,
+            corpora={k: self._identity(v) for k, v in corpora.items()},
+        )
 
         def work() -> None:
             from adept.data import pack_corpus
@@ -294,11 +327,22 @@ class Pipeline:
             for key, paths in corpora.items():
                 if not paths:
                     continue
-                packed = pack_corpus(paths, tokenizer, cfg.data.block_size, cache_dir=self.cache_dir,
-                                     num_proc=cfg.data.tokenize_workers, text_field=cfg.data.text_field)
-                sizes[key] = {"paths": list(paths), "documents": packed.documents, "blocks": packed.blocks,
-                              "tokens": packed.blocks * cfg.data.block_size, "stream_tokens": packed.stream_tokens,
-                              "dropped_tokens": packed.dropped_tokens}
+                packed = pack_corpus(
+                    paths,
+                    tokenizer,
+                    cfg.data.block_size,
+                    cache_dir=self.cache_dir,
+                    num_proc=cfg.data.tokenize_workers,
+                    text_field=cfg.data.text_field,
+                )
+                sizes[key] = {
+                    "paths": list(paths),
+                    "documents": packed.documents,
+                    "blocks": packed.blocks,
+                    "tokens": packed.blocks * cfg.data.block_size,
+                    "stream_tokens": packed.stream_tokens,
+                    "dropped_tokens": packed.dropped_tokens,
+                }
             write_json(out, {**artifact_header("data"), "block_size": cfg.data.block_size, "corpora": sizes})
 
         self._stage("data", print_, [out], work)
@@ -312,12 +356,26 @@ class Pipeline:
 
         cfg = self.config
         out = self.run_dir / "importance"
-        print_ = fingerprint(model=self._identity(cfg.model), probe=self._identity(cfg.data.general_probe),
-                             settings=asdict(cfg.importance), device=cfg.device, **self._loading)
+        print_ = fingerprint(
+            model=self._identity(cfg.model),
+            probe=self._identity(cfg.data.general_probe),
+            settings=asdict(cfg.importance),
+            device=cfg.device,
+            **self._loading,
+        )
         self._stage(
-            "importance", print_, [out / "importance.json"],
-            lambda: run_importance(cfg.model, cfg.data.general_probe, out, cfg.importance, device=cfg.device,
-                                   progress=self.progress, **self._loading),
+            "importance",
+            print_,
+            [out / "importance.json"],
+            lambda: run_importance(
+                cfg.model,
+                cfg.data.general_probe,
+                out,
+                cfg.importance,
+                device=cfg.device,
+                progress=self.progress,
+                **self._loading,
+            ),
         )
 
     @property
@@ -328,8 +386,7 @@ class Pipeline:
 
     def expansion_count(self) -> int:
         """How many layers every expansion-style method adds (the same budget for all)."""
-        from adept.expansion import read_model_config
-        from adept.expansion import layer_param_counts
+        from adept.expansion import layer_param_counts, read_model_config
 
         exp = self.config.expansion
         num_layers = read_model_config(self.config.model).num_hidden_layers
@@ -341,10 +398,15 @@ class Pipeline:
             per_layer, total = layer_param_counts(self.config.model)
             mean_layer = sum(per_layer) / len(per_layer)
             count = 0
-            while count + 1 < num_layers and (count + 1) * mean_layer / (total + (count + 1) * mean_layer) <= exp.trainable_fraction:
+            while (
+                count + 1 < num_layers
+                and (count + 1) * mean_layer / (total + (count + 1) * mean_layer) <= exp.trainable_fraction
+            ):
                 count += 1
             if count == 0:
-                raise ValueError(f"expansion.trainable_fraction {exp.trainable_fraction} is too small for one layer copy")
+                raise ValueError(
+                    f"expansion.trainable_fraction {exp.trainable_fraction} is too small for one layer copy"
+                )
             return count
         return max(1, num_layers // 4)
 
@@ -369,8 +431,11 @@ class Pipeline:
             upstream = self._prints["importance"]
         print_ = fingerprint(model=self._identity(cfg.model), kwargs=kwargs, upstream=upstream)
         self._stage(
-            f"expand:{variant}", print_, [out / "expansion.json"],
-            lambda: run_expansion(cfg.model, out, overwrite=True, **kwargs), clean=[out],
+            f"expand:{variant}",
+            print_,
+            [out / "expansion.json"],
+            lambda: run_expansion(cfg.model, out, overwrite=True, **kwargs),
+            clean=[out],
         )
 
     def train_stage(self, label: str, settings: MethodSettings, new_layers: int) -> None:
@@ -413,13 +478,30 @@ class Pipeline:
             resume=True,
             **self._loading,
         )
-        data_print = self._identity([*cfg.data.domain_train, *train_cfg.replay_data, *train_cfg.eval_data,
-                                     *([cfg.data.general_probe] if cfg.data.general_probe else [])])
-        print_ = fingerprint(settings=asdict(settings), data=data_print, block_size=cfg.data.block_size,
-                             eval_max_blocks=cfg.evaluation.max_blocks, upstream=upstream, device=cfg.device, **self._loading)
+        data_print = self._identity(
+            [
+                *cfg.data.domain_train,
+                *train_cfg.replay_data,
+                *train_cfg.eval_data,
+                *([cfg.data.general_probe] if cfg.data.general_probe else []),
+            ]
+        )
+        print_ = fingerprint(
+            settings=asdict(settings),
+            data=data_print,
+            block_size=cfg.data.block_size,
+            eval_max_blocks=cfg.evaluation.max_blocks,
+            upstream=upstream,
+            device=cfg.device,
+            **self._loading,
+        )
         self._stage(
-            f"train:{label}", print_, [out / FINAL_MODEL_DIR / "config.json", out / SUMMARY_NAME],
-            lambda: run_training(train_cfg, progress=self.progress), clean=[out], every_rank=True,
+            f"train:{label}",
+            print_,
+            [out / FINAL_MODEL_DIR / "config.json", out / SUMMARY_NAME],
+            lambda: run_training(train_cfg, progress=self.progress),
+            clean=[out],
+            every_rank=True,
         )
 
     def model_of(self, label: str) -> str:
@@ -440,18 +522,37 @@ class Pipeline:
         ev = cfg.evaluation
         path = results_path(self.run_dir, label)
         out = path.parent
-        sets = {k: getattr(cfg.data, k) for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")}
-        print_ = fingerprint(settings=asdict(ev), sets={k: self._identity(v) for k, v in sets.items()},
-                             block_size=cfg.data.block_size, upstream=self._upstream_of(label), device=cfg.device,
-                             **self._loading)
+        sets = {
+            k: getattr(cfg.data, k)
+            for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")
+        }
+        print_ = fingerprint(
+            settings=asdict(ev),
+            sets={k: self._identity(v) for k, v in sets.items()},
+            block_size=cfg.data.block_size,
+            upstream=self._upstream_of(label),
+            device=cfg.device,
+            **self._loading,
+        )
         self._stage(
-            f"eval:{label}", print_, [path],
+            f"eval:{label}",
+            print_,
+            [path],
             lambda: run_evaluation(
-                [(label, self.model_of(label))], out,
-                general=sets["general_heldout"], domain=sets["domain_heldout"],
-                general_benchmarks=sets["general_benchmarks"], domain_benchmarks=sets["domain_benchmarks"],
-                block_size=cfg.data.block_size, batch_size=ev.batch_size, max_blocks=ev.max_blocks, limit=ev.limit,
-                device=cfg.device, summaries={label: None}, progress=self.progress, seed=ev.benchmark_seed,
+                [(label, self.model_of(label))],
+                out,
+                general=sets["general_heldout"],
+                domain=sets["domain_heldout"],
+                general_benchmarks=sets["general_benchmarks"],
+                domain_benchmarks=sets["domain_benchmarks"],
+                block_size=cfg.data.block_size,
+                batch_size=ev.batch_size,
+                max_blocks=ev.max_blocks,
+                limit=ev.limit,
+                device=cfg.device,
+                summaries={label: None},
+                progress=self.progress,
+                seed=ev.benchmark_seed,
                 **self._loading,
             ),
         )
@@ -483,13 +584,30 @@ class Pipeline:
             logger.warning("stage shift:%s: no %s held-out corpus, skipped", label, ev.shift_data)
             return
         out = self.run_dir / "shift" / label
-        print_ = fingerprint(data=self._identity(data[0]), max_blocks=ev.shift_max_blocks, block_size=cfg.data.block_size,
-                             upstream=self._upstream_of(label), device=cfg.device, **self._loading)
+        print_ = fingerprint(
+            data=self._identity(data[0]),
+            max_blocks=ev.shift_max_blocks,
+            block_size=cfg.data.block_size,
+            upstream=self._upstream_of(label),
+            device=cfg.device,
+            **self._loading,
+        )
         self._stage(
-            f"shift:{label}", print_, [out / "shift.json"],
-            lambda: run_shift(cfg.model, self.model_of(label), data[0], out, block_size=cfg.data.block_size,
-                              max_blocks=ev.shift_max_blocks, batch_size=ev.batch_size, device=cfg.device,
-                              progress=self.progress, **self._loading),
+            f"shift:{label}",
+            print_,
+            [out / "shift.json"],
+            lambda: run_shift(
+                cfg.model,
+                self.model_of(label),
+                data[0],
+                out,
+                block_size=cfg.data.block_size,
+                max_blocks=ev.shift_max_blocks,
+                batch_size=ev.batch_size,
+                device=cfg.device,
+                progress=self.progress,
+                **self._loading,
+            ),
         )
 
     def report_stage(self) -> Path:

@@ -83,7 +83,6 @@ def plot_layer_bars(
     return save_figure(fig, plt, path)
 
 
-
 # The token-shift categories and rank bins (`adept.shift` computes them; this figure and the report show them).
 CATEGORIES = ("unshifted", "marginal", "shifted")
 RANK_BINS = ("1", "2", "3", "4-10", ">10")
@@ -125,15 +124,23 @@ def _step_axes(ax, ylabel: str, ncol: int = 1) -> None:
 
 
 def plot_unit_rates(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
-    """Per-unit LR multipliers of ``unit_rates.jsonl`` at each re-estimation: lines for few units, a heatmap for many."""
+    """Per-unit LR multipliers of ``unit_rates.jsonl`` at each re-estimation.
+
+    Lines for few units, a heatmap for many.
+    """
     import numpy as np
 
     plt = pyplot()
     steps = [int(entry.get("step", i)) for i, entry in enumerate(history)]
     units = sorted({name for entry in history for name in entry["multipliers"]}, key=_unit_label)
     labels = [f"L{layer} {unit}" if layer >= 0 else unit for layer, unit in map(_unit_label, units)]
-    data = np.array([[np.nan if (value := finite_number(entry["multipliers"].get(u))) is None else value for entry in history]
-                     for u in units], dtype=float)
+    data = np.array(
+        [
+            [np.nan if (value := finite_number(entry["multipliers"].get(u))) is None else value for entry in history]
+            for u in units
+        ],
+        dtype=float,
+    )
     if len(units) <= 24:
         fig, ax = plt.subplots(figsize=(8, 4.2))
         cmap = plt.get_cmap("tab20" if len(units) > 10 else "tab10")
@@ -190,7 +197,15 @@ def plot_losses(histories: dict[str, Sequence[dict[str, Any]]], path: str | os.P
             ax.plot(xs, ys, color=color, linewidth=1.2, label=f"{method} train")
         for j, name in enumerate(evals):
             xs, ys = zip(*series[name])
-            ax.plot(xs, ys, color=color, linestyle=styles[j % len(styles)], marker="o", markersize=3, label=f"{method} {name}")
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                linestyle=styles[j % len(styles)],
+                marker="o",
+                markersize=3,
+                label=f"{method} {name}",
+            )
     _step_axes(ax, "loss")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -219,8 +234,10 @@ def plot_forgetting_gain(points: Sequence[dict[str, Any]], path: str | os.PathLi
         ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     handles = [Line2D([], [], color=cmap(i % cmap.N), marker="o", linestyle="", label=g) for i, g in enumerate(groups)]
     if len(run_names) > 1:
-        handles += [Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="", label=r)
-                    for i, r in enumerate(run_names)]
+        handles += [
+            Line2D([], [], color="0.3", marker=markers[i % len(markers)], linestyle="", label=r)
+            for i, r in enumerate(run_names)
+        ]
     ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_xlabel("general loss change % (right = more forgetting)")
     ax.set_ylabel("domain loss change % (down = more domain gain)")

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,8 @@ def collect_run(run_dir: str | os.PathLike, name: str | None = None) -> RunArtif
 
     if not run.found:
         raise ValueError(
-            f"{path}: no pipeline artifacts found (expected config.yaml, importance/, expanded/, train/, eval/ or shift/)"
+            f"{path}: no pipeline artifacts found (expected config.yaml, importance/, expanded/, train/, eval/ or "
+            "shift/)"
         )
     return run
 
@@ -249,7 +249,9 @@ def build_sections(runs: list[RunArtifacts], output_dir: Path) -> list[Section]:
             by_anchor[anchor].blocks += build(*args)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
             for run in problem_runs:
-                run.problems.append(f"section '{by_anchor[anchor].title}' could not be built: {type(err).__name__}: {err}")
+                run.problems.append(
+                    f"section '{by_anchor[anchor].title}' could not be built: {type(err).__name__}: {err}"
+                )
             by_anchor[anchor].blocks.append(Text("Could not be built from the artifacts; see Missing artifacts."))
 
     for run in runs:

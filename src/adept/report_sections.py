@@ -239,8 +239,12 @@ def importance_blocks(run: RunArtifacts, image_name) -> list[Any]:
                 highlight.add((len(rows), len(columns) - 1))
             rows.append(row)
         blocks.append(Table(columns, rows, highlight))
-        blocks.append(Text("Rank 1 = most important. "
-                           "Highlighted: layers duplicated by the expansion stage (the least important ones)."))
+        blocks.append(
+            Text(
+                "Rank 1 = most important. "
+                "Highlighted: layers duplicated by the expansion stage (the least important ones)."
+            )
+        )
     return blocks
 
 
@@ -261,23 +265,34 @@ def expansion_blocks(run: RunArtifacts) -> list[Any]:
         inserted = manifest.get("inserted_layers") or []
         selection = manifest.get("selection") or {}
         chosen = ", ".join(f"{k}={v}" for k, v in selection.items())
-        blocks.append(Text(
-            f"{name}: {manifest.get('source_model', '-')} ({manifest.get('model_type', '-')}), "
-            f"{manifest.get('source_num_layers', '-')} → {manifest.get('num_hidden_layers', '-')} layers; "
-            f"{len(inserted)} copies inserted; selection: {chosen or '-'}; "
-            f"{len(manifest.get('initialized_tensors') or {})} tensors of the copies set so they start as identities "
-            f"({_initialized_summary(manifest)})."
-        ))
+        blocks.append(
+            Text(
+                f"{name}: {manifest.get('source_model', '-')} ({manifest.get('model_type', '-')}), "
+                f"{manifest.get('source_num_layers', '-')} → {manifest.get('num_hidden_layers', '-')} layers; "
+                f"{len(inserted)} copies inserted; selection: {chosen or '-'}; "
+                f"{len(manifest.get('initialized_tensors') or {})} tensors of the copies set so they start as "
+                "identities "
+                f"({_initialized_summary(manifest)})."
+            )
+        )
         layer_map = manifest.get("layer_map") or {}
         rows = []
         for layer in inserted:
             source = _source_of(layer)
             moved_to = layer_map.get(str(source)) if source is not None else None
-            rows.append([format_cell(layer.get("layer_idx"), "text"), format_cell(source, "text"), format_cell(moved_to, "text")])
+            rows.append(
+                [
+                    format_cell(layer.get("layer_idx"), "text"),
+                    format_cell(source, "text"),
+                    format_cell(moved_to, "text"),
+                ]
+            )
         blocks.append(Table(["copy at layer_idx", "copied from source layer", "source layer's new layer_idx"], rows))
         order = _layer_order(manifest)
         if order:
-            blocks.append(Text("Expanded layer order (source layer of each new layer, copies starred): " + " ".join(order)))
+            blocks.append(
+                Text("Expanded layer order (source layer of each new layer, copies starred): " + " ".join(order))
+            )
     return blocks
 
 
@@ -305,26 +320,39 @@ def rate_blocks(run: RunArtifacts, image_name) -> list[Any]:
         blocks.append(Heading(f"{method}"))
         try:
             path = plot_unit_rates(history, image_name(run, f"rates_{method}"), f"{method}: per-unit LR multipliers")
-            blocks.append(Figure(path, f"{method}: learning-rate multiplier of every trainable unit at each re-estimation."))
+            blocks.append(
+                Figure(path, f"{method}: learning-rate multiplier of every trainable unit at each re-estimation.")
+            )
         except (ValueError, TypeError) as err:
             run.problems.append(f"train/{method}/unit_rates.jsonl: cannot draw the rates ({err})")
         rows = []
         for entry in history:
             values = [v for v in map(finite_number, entry["multipliers"].values()) if v is not None]
             spread = entry.get("distribution")
-            rows.append([
-                format_cell(entry.get("step"), "text"), str(len(values)),
-                format_cell(min(values) if values else None, "score"),
-                format_cell(sum(values) / len(values) if values else None, "score"),
-                format_cell(spread.get("parameter_mean") if isinstance(spread, Mapping) else None, "score"),
-                format_cell(max(values) if values else None, "score"),
-            ])
-        blocks.append(Table(["step", "units", "min multiplier", "mean multiplier", "parameter-weighted mean",
-                             "max multiplier"], rows))
+            rows.append(
+                [
+                    format_cell(entry.get("step"), "text"),
+                    str(len(values)),
+                    format_cell(min(values) if values else None, "score"),
+                    format_cell(sum(values) / len(values) if values else None, "score"),
+                    format_cell(spread.get("parameter_mean") if isinstance(spread, Mapping) else None, "score"),
+                    format_cell(max(values) if values else None, "score"),
+                ]
+            )
+        blocks.append(
+            Table(
+                ["step", "units", "min multiplier", "mean multiplier", "parameter-weighted mean", "max multiplier"],
+                rows,
+            )
+        )
         table = multiplier_distribution_table((run.trainings.get(method) or {}).get("multiplier_distribution"))
         if table is not None:
-            blocks.append(Text("Mean multiplier per unit type, at the first assignment and the last refresh "
-                               "(training_summary.json); weighted by parameters it is the run's rate over the base rate."))
+            blocks.append(
+                Text(
+                    "Mean multiplier per unit type, at the first assignment and the last refresh "
+                    "(training_summary.json); weighted by parameters it is the run's rate over the base rate."
+                )
+            )
             blocks.append(table)
     return blocks
 
@@ -346,16 +374,37 @@ def multiplier_distribution_table(distribution: Any) -> Table | None:
         summary = summary if isinstance(summary, Mapping) else {}
         return [format_cell(summary.get("unit_mean"), "score"), format_cell(summary.get("parameter_mean"), "score")]
 
-    rows = [["all trainable units", format_cell(first.get("units"), "int"), format_cell(first.get("parameters"), "int"),
-             *means(first), *means(last)]]
+    rows = [
+        [
+            "all trainable units",
+            format_cell(first.get("units"), "int"),
+            format_cell(first.get("parameters"), "int"),
+            *means(first),
+            *means(last),
+        ]
+    ]
     for kind in types:
         now, then = first["by_type"][kind], (last.get("by_type") or {}).get(kind)
         now = now if isinstance(now, Mapping) else {}
-        rows.append([kind, format_cell(now.get("units"), "int"), format_cell(now.get("parameters"), "int"),
-                     *means(now), *means(then)])
+        rows.append(
+            [
+                kind,
+                format_cell(now.get("units"), "int"),
+                format_cell(now.get("parameters"), "int"),
+                *means(now),
+                *means(then),
+            ]
+        )
     at = [format_cell(first.get("step"), "text"), format_cell(last.get("step"), "text")]
-    columns = ["unit type", "units", "parameters", f"step {at[0]}: unit mean", f"step {at[0]}: parameter mean",
-               f"step {at[1]}: unit mean", f"step {at[1]}: parameter mean"]
+    columns = [
+        "unit type",
+        "units",
+        "parameters",
+        f"step {at[0]}: unit mean",
+        f"step {at[0]}: parameter mean",
+        f"step {at[1]}: unit mean",
+        f"step {at[1]}: parameter mean",
+    ]
     return Table(columns, rows)
 
 
@@ -370,18 +419,35 @@ def loss_blocks(run: RunArtifacts, image_name) -> list[Any]:
         blocks.append(Figure(path, "Loss against optimizer step for every trained method."))
     else:
         blocks.append(Text("The training summaries hold no logged losses."))
-    columns = ["method", "steps", "train loss", "trainable params", "trainable share", "trainable layers",
-               "wall time", "tokens/s", "peak memory", "re-estimation time"]
+    columns = [
+        "method",
+        "steps",
+        "train loss",
+        "trainable params",
+        "trainable share",
+        "trainable layers",
+        "wall time",
+        "tokens/s",
+        "peak memory",
+        "re-estimation time",
+    ]
     rows = []
     for method, s in run.trainings.items():
         layers = s.get("trainable_layers")
-        rows.append([
-            str(s.get("method") or method), format_cell(s.get("global_step"), "int"), format_cell(s.get("train_loss"), "fixed"),
-            format_cell(s.get("trainable_parameters"), "int"), format_cell(s.get("trainable_share"), "share"),
-            ", ".join(map(str, layers)) if isinstance(layers, list) else "all",
-            format_cell(s.get("wall_seconds"), "seconds"), format_cell(s.get("tokens_per_second"), "int"),
-            format_cell(s.get("peak_memory_bytes"), "bytes"), format_cell(s.get("reestimation_seconds"), "seconds"),
-        ])
+        rows.append(
+            [
+                str(s.get("method") or method),
+                format_cell(s.get("global_step"), "int"),
+                format_cell(s.get("train_loss"), "fixed"),
+                format_cell(s.get("trainable_parameters"), "int"),
+                format_cell(s.get("trainable_share"), "share"),
+                ", ".join(map(str, layers)) if isinstance(layers, list) else "all",
+                format_cell(s.get("wall_seconds"), "seconds"),
+                format_cell(s.get("tokens_per_second"), "int"),
+                format_cell(s.get("peak_memory_bytes"), "bytes"),
+                format_cell(s.get("reestimation_seconds"), "seconds"),
+            ]
+        )
     blocks.append(Table(columns, rows))
     return blocks
 
@@ -396,15 +462,27 @@ def shift_blocks(runs: list[RunArtifacts], image_name) -> list[Any]:
     for run in runs:
         for method, shift in run.shifts.items():
             cats = shift.get("categories") or {}
-            rows.append([f"{run.name}/{method}" if several else method, format_cell(shift.get("base"), "text"),
-                         format_cell(shift.get("tuned"), "text"), format_cell(shift.get("positions"), "int"),
-                         format_cell(shift.get("changed_top1_share"), "share"), format_cell(cats.get("unshifted"), "share"),
-                         format_cell(cats.get("marginal"), "share"), format_cell(cats.get("shifted"), "share")])
+            rows.append(
+                [
+                    f"{run.name}/{method}" if several else method,
+                    format_cell(shift.get("base"), "text"),
+                    format_cell(shift.get("tuned"), "text"),
+                    format_cell(shift.get("positions"), "int"),
+                    format_cell(shift.get("changed_top1_share"), "share"),
+                    format_cell(cats.get("unshifted"), "share"),
+                    format_cell(cats.get("marginal"), "share"),
+                    format_cell(cats.get("shifted"), "share"),
+                ]
+            )
     blocks: list[Any] = []
     if rows:
-        blocks += [Text("Share of token positions whose base-model token is unshifted, marginal or shifted in the tuned "
-                        "model's ranking; changed top-1 = share of positions whose most likely token changed."),
-                   Table(columns, rows)]
+        blocks += [
+            Text(
+                "Share of token positions whose base-model token is unshifted, marginal or shifted in the tuned "
+                "model's ranking; changed top-1 = share of positions whose most likely token changed."
+            ),
+            Table(columns, rows),
+        ]
     for run in runs:
         for method in sorted(set(run.shifts) | set(run.shift_pngs)):
             name = f"{run.name}/{method}" if several else method
@@ -420,12 +498,21 @@ def shift_blocks(runs: list[RunArtifacts], image_name) -> list[Any]:
                 blocks.append(Text(f"Measured on {shift['data']}."))
             tokens = shift.get("top_shifted_tokens") or []
             if tokens:
-                blocks.append(Table(
-                    ["#", "token", "token_id", "count", "share of shifted"],
-                    [[str(i), repr(str(t.get("token"))), format_cell(t.get("token_id"), "text"),
-                      format_cell(t.get("count"), "int"), format_cell(t.get("share_of_shifted"), "share")]
-                     for i, t in enumerate(tokens[:TOP_TOKENS], 1)],
-                ))
+                blocks.append(
+                    Table(
+                        ["#", "token", "token_id", "count", "share of shifted"],
+                        [
+                            [
+                                str(i),
+                                repr(str(t.get("token"))),
+                                format_cell(t.get("token_id"), "text"),
+                                format_cell(t.get("count"), "int"),
+                                format_cell(t.get("share_of_shifted"), "share"),
+                            ]
+                            for i, t in enumerate(tokens[:TOP_TOKENS], 1)
+                        ],
+                    )
+                )
     return blocks
 
 

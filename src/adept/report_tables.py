@@ -36,7 +36,9 @@ COMPARISON_COLUMNS = (
 )
 
 
-def best_cells(values: list[list[float | None]], directions: Sequence[str | None], skip_rows: set[int]) -> set[tuple[int, int]]:
+def best_cells(
+    values: list[list[float | None]], directions: Sequence[str | None], skip_rows: set[int]
+) -> set[tuple[int, int]]:
     """Cells holding the best value of their column, among rows not in ``skip_rows``."""
     best = set()
     for col, direction in enumerate(directions):
@@ -70,17 +72,24 @@ def comparison_blocks(runs: list[RunArtifacts], labels: dict[tuple[str, str], st
             label = labels[(run.name, str(row.get("label")))]
             if row.get("label") == base:
                 base_rows.add(len(rows))
-            rows.append([label, format_cell(row.get("method"), "text")]
-                        + [format_cell(row.get(key), style) for key, _, style, _ in COMPARISON_COLUMNS])
+            rows.append(
+                [label, format_cell(row.get("method"), "text")]
+                + [format_cell(row.get(key), style) for key, _, style, _ in COMPARISON_COLUMNS]
+            )
             values.append([None, None] + [finite_number(row.get(key)) for key, _, _, _ in COMPARISON_COLUMNS])
             x, y = finite_number(row.get("general_loss_change_pct")), finite_number(row.get("domain_loss_change_pct"))
             if row.get("label") != base and x is not None and y is not None:
                 group = str(row.get("method") or row.get("label"))
-                points.append({"x": x, "y": y, "label": label if not several else group, "group": group, "run": run.name})
+                points.append(
+                    {"x": x, "y": y, "label": label if not several else group, "group": group, "run": run.name}
+                )
     directions = [None, None] + [best for _, _, _, best in COMPARISON_COLUMNS]
     blocks: list[Any] = [
-        Text("Losses on the general and domain held-out sets against the base model; Δ columns are changes from the base "
-             "(negative loss change = better). Highlighted: best value among the adapted models."),
+        Text(
+            "Losses on the general and domain held-out sets against the base model; Δ columns are changes from the "
+            "base "
+            "(negative loss change = better). Highlighted: best value among the adapted models."
+        ),
         Table(columns, rows, best_cells(values, directions, base_rows)),
     ]
     if points:
@@ -129,7 +138,9 @@ def benchmark_blocks(runs: list[RunArtifacts], labels: dict[tuple[str, str], str
                 change = (changes.get(label, {}).get(task) or {}).get("change")
                 entries.append((task, labels[(run.name, label)], label == base, result, change))
     if not entries:
-        what = "eval/results.json" if not any(run.evaluation for run in runs) else "benchmark results in eval/results.json"
+        what = (
+            "eval/results.json" if not any(run.evaluation for run in runs) else "benchmark results in eval/results.json"
+        )
         return [none_found(what)]
     entries.sort(key=lambda e: e[0])
     columns = ["task", "domain", "label", "n", "acc", "± stderr", "acc_norm", "Δ acc vs base"]
@@ -141,9 +152,18 @@ def benchmark_blocks(runs: list[RunArtifacts], labels: dict[tuple[str, str], str
         for i, (_, label, _, result, change) in enumerate(group):
             if (i, 0) in best:
                 highlight.add((len(rows), 4))
-            rows.append([task, format_cell(result.get("domain"), "text"), label, format_cell(result.get("n"), "int"),
-                         format_cell(result.get("acc"), "fixed"), format_cell(result.get("acc_stderr"), "fixed"),
-                         format_cell(result.get("acc_norm"), "fixed"), format_cell(change, "signed")])
+            rows.append(
+                [
+                    task,
+                    format_cell(result.get("domain"), "text"),
+                    label,
+                    format_cell(result.get("n"), "int"),
+                    format_cell(result.get("acc"), "fixed"),
+                    format_cell(result.get("acc_stderr"), "fixed"),
+                    format_cell(result.get("acc_norm"), "fixed"),
+                    format_cell(change, "signed"),
+                ]
+            )
     return [Table(columns, rows, highlight), Text("Highlighted: best accuracy per task among the adapted models.")]
 
 
@@ -199,7 +219,15 @@ def benchmark_markdown(results: Mapping[str, Any]) -> str:
     """Every benchmark of ``results.json`` per model: acc and acc_norm with 95% intervals, and the
     paired difference from the base model on the same items (empty when there are no benchmarks)."""
     rows = {row["label"]: row for row in results["comparison"]}
-    header = ["benchmark", "model", "n", "acc [95% CI]", "acc_norm [95% CI]", "Δ acc vs base [95% CI]", "Δ acc_norm vs base [95% CI]"]
+    header = [
+        "benchmark",
+        "model",
+        "n",
+        "acc [95% CI]",
+        "acc_norm [95% CI]",
+        "Δ acc vs base [95% CI]",
+        "Δ acc_norm vs base [95% CI]",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     tasks = list(dict.fromkeys(task for run in results["runs"] for task in run["benchmarks"]))
     for task in tasks:
@@ -208,8 +236,13 @@ def benchmark_markdown(results: Mapping[str, Any]) -> str:
             if entry is None:
                 continue
             paired = rows.get(run["label"], {}).get("benchmarks", {}).get(task, {}).get("paired") or {}
-            cells = [task, run["label"], "–" if entry.get("n") is None else str(entry["n"]),
-                     _interval_cell(entry.get("acc"), entry.get("acc_ci")), _interval_cell(entry.get("acc_norm"), entry.get("acc_norm_ci"))]
+            cells = [
+                task,
+                run["label"],
+                "–" if entry.get("n") is None else str(entry["n"]),
+                _interval_cell(entry.get("acc"), entry.get("acc_ci")),
+                _interval_cell(entry.get("acc_norm"), entry.get("acc_norm_ci")),
+            ]
             for metric in ("acc", "acc_norm"):
                 diff = paired.get(metric) if run["label"] != results["base"] else None
                 cells.append("–" if not diff else _interval_cell(diff["diff"], diff["ci"], "+.3f"))

@@ -18,7 +18,7 @@ from typing import Any
 from adept.artifacts import artifact_header, write_json
 from adept.checkpoints import load_model_and_tokenizer, read_model_config
 from adept.data import resolve_corpus
-from adept.plots import CATEGORIES, RANK_BINS, plot_shift
+from adept.plots import CATEGORIES, plot_shift
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +26,23 @@ SHIFT_NAME = "shift.json"
 SHIFT_PLOT_NAME = "shift.png"
 
 
-def packed_blocks(tokenizer, path: str | os.PathLike, block_size: int = 256, max_blocks: int | None = 64, cache_dir=None,
-                  text_field: str = "text"):
+def packed_blocks(
+    tokenizer,
+    path: str | os.PathLike,
+    block_size: int = 256,
+    max_blocks: int | None = 64,
+    cache_dir=None,
+    text_field: str = "text",
+):
     """The first ``max_blocks`` packed blocks of a corpus as a ``(blocks, block_size)`` LongTensor."""
     import numpy as np
     import torch
 
     from adept.forward import first_blocks
 
-    blocks = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field).with_format("numpy")
+    blocks = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field).with_format(
+        "numpy"
+    )
     return torch.from_numpy(np.asarray(blocks["input_ids"], dtype=np.int64))
 
 
@@ -44,7 +52,9 @@ def top1_tokens(model, blocks, batch_size: int = 8, progress: bool = True):
 
     from adept.forward import BlockBatches, forward_batches
 
-    outputs = forward_batches(model, BlockBatches({"input_ids": blocks}, batch_size), desc="top-1 tokens", progress=progress)
+    outputs = forward_batches(
+        model, BlockBatches({"input_ids": blocks}, batch_size), desc="top-1 tokens", progress=progress
+    )
     return torch.cat([logits.argmax(dim=-1).cpu() for _, logits in outputs])
 
 
@@ -64,7 +74,8 @@ def ranks_of(model, blocks, token_ids, batch_size: int = 8, progress: bool = Tru
         logits, wanted = logits.float(), batch["token_ids"]
         if int(wanted.max()) >= logits.shape[-1]:
             raise ValueError(
-                f"the tuned model predicts token id {int(wanted.max())}, beyond the base vocabulary of {logits.shape[-1]}"
+                f"the tuned model predicts token id {int(wanted.max())}, beyond the base vocabulary of "
+                f"{logits.shape[-1]}"
             )
         chosen = logits.gather(-1, wanted.unsqueeze(-1))
         out.append((logits > chosen).sum(dim=-1).cpu() + 1)
@@ -169,15 +180,15 @@ def run_shift(
     """
     import torch
 
-
     output_dir = Path(output_dir)
     for checkpoint in (base_path, tuned_path):
         read_model_config(checkpoint)  # fail on a wrong path before running either model
     resolve_corpus(data_path)  # a missing file, or a glob that matches nothing, fails before any model loads
     cache_dir = output_dir / ".cache"
 
-    tuned, tokenizer = load_model_and_tokenizer(tuned_path, device=device, dtype=dtype,
-                                                 attn_implementation=attn_implementation)
+    tuned, tokenizer = load_model_and_tokenizer(
+        tuned_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+    )
     blocks = packed_blocks(tokenizer, data_path, block_size, max_blocks, cache_dir, text_field=text_field)
     tuned_top1 = top1_tokens(tuned, blocks, batch_size, progress)
     del tuned
@@ -185,8 +196,9 @@ def run_shift(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-    base, base_tokenizer = load_model_and_tokenizer(base_path, device=device, dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+    base, base_tokenizer = load_model_and_tokenizer(
+        base_path, device=device, dtype=dtype, attn_implementation=attn_implementation
+    )
     if not _same_vocabulary(base_tokenizer, tokenizer):
         raise ValueError(f"{base_path} and {tuned_path}: the tokenizers differ, so token ranks cannot be compared")
     ranks = ranks_of(base, blocks, tuned_top1, batch_size, progress)
@@ -207,4 +219,3 @@ def run_shift(
     plot_shift(result, output_dir / SHIFT_PLOT_NAME, title=f"{Path(tuned_path).name} vs {Path(base_path).name}")
     logger.info("token shift written to %s", path)
     return path
-

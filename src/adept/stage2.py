@@ -44,8 +44,6 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or infinite."""
 
 
-
-
 class AdeptCallback(TrainerCallback):
     """Assigns per-unit learning rates from general-domain importance and refreshes them.
 
@@ -120,8 +118,13 @@ class AdeptCallback(TrainerCallback):
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"multipliers": self.multipliers, "history": self.history, "reestimate_every": self.interval,
-                "rule": asdict(self.rule), "seconds_spent": self.seconds_spent}
+        return {
+            "multipliers": self.multipliers,
+            "history": self.history,
+            "reestimate_every": self.interval,
+            "rule": asdict(self.rule),
+            "seconds_spent": self.seconds_spent,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.multipliers = {k: float(v) for k, v in state["multipliers"].items()}
@@ -130,7 +133,11 @@ class AdeptCallback(TrainerCallback):
 
     def due(self, step: int, max_steps: int) -> bool:
         # Callers that drive the callback themselves (no on_train_begin) get the interval resolved here.
-        every = self.interval if self.interval is not None else resolve_reestimate_every(None, self.reestimate_fraction, max_steps)
+        every = (
+            self.interval
+            if self.interval is not None
+            else resolve_reestimate_every(None, self.reestimate_fraction, max_steps)
+        )
         return every > 0 and step % every == 0 and step < max_steps
 
     def distribution(self) -> dict[str, Any] | None:
@@ -142,9 +149,14 @@ class AdeptCallback(TrainerCallback):
         """
         if not self.history or not self.sizes:
             return None
-        return {key: {"step": entry["step"], "source": entry["source"],
-                      **multiplier_distribution(entry["multipliers"], self.sizes, self.unit_types)}
-                for key, entry in (("first", self.history[0]), ("last", self.history[-1]))}
+        return {
+            key: {
+                "step": entry["step"],
+                "source": entry["source"],
+                **multiplier_distribution(entry["multipliers"], self.sizes, self.unit_types),
+            }
+            for key, entry in (("first", self.history[0]), ("last", self.history[-1]))
+        }
 
     def _measure_units(self, model) -> None:
         """Size and type of every trainable unit, for the budget rule and the distribution."""
@@ -196,16 +208,29 @@ class AdeptCallback(TrainerCallback):
         set_unit_multipliers(optimizer, scheduler, multipliers)
         self.multipliers = multipliers
         spread = multiplier_distribution(multipliers, self.sizes, self.unit_types)
-        entry = {"step": step, "source": self.source, "importance": scores, "multipliers": multipliers,
-                 "lr": current_learning_rates(optimizer), "distribution": spread}
+        entry = {
+            "step": step,
+            "source": self.source,
+            "importance": scores,
+            "multipliers": multipliers,
+            "lr": current_learning_rates(optimizer),
+            "distribution": spread,
+        }
         self.history.append({"step": step, "source": self.source, "importance": scores, "multipliers": multipliers})
         self.seconds_spent += time.perf_counter() - start
         if is_main and self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
-        logger.info("step %d: re-assigned %d unit rates from %s (multipliers %.3f-%.3f, parameter-weighted mean %.3f)",
-                    step, len(multipliers), self.source, spread["min"], spread["max"], spread["parameter_mean"])
+        logger.info(
+            "step %d: re-assigned %d unit rates from %s (multipliers %.3f-%.3f, parameter-weighted mean %.3f)",
+            step,
+            len(multipliers),
+            self.source,
+            spread["min"],
+            spread["max"],
+            spread["parameter_mean"],
+        )
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
@@ -256,14 +281,20 @@ def resolve_reestimate_every(every: int | None, fraction: float | None, max_step
         logger.warning(
             "reestimate_every=%d with max_steps=%d: importance is estimated at step 0 only and never refreshed "
             "(lower train.reestimate_every / --reestimate-every, or leave it unset for %d refreshes per run)",
-            every, max_steps, DEFAULT_REFRESHES,
+            every,
+            max_steps,
+            DEFAULT_REFRESHES,
         )
     return every
 
 
 def initial_copy_scores(
-    model, manifest: Mapping[str, Any], rule: MultiplierRule, probe_batches: Sequence[dict] | None = None,
-    importance: str | os.PathLike | None = None, progress: bool = False,
+    model,
+    manifest: Mapping[str, Any],
+    rule: MultiplierRule,
+    probe_batches: Sequence[dict] | None = None,
+    importance: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, float], str]:
     """Step-0 scores for the units of freshly inserted copies: their source layers' scores.
 
@@ -287,13 +318,14 @@ def initial_copy_scores(
             raise ValueError(f"trainable parameter '{name}' is not in a layer the manifest lists as inserted")
         units[name] = (source_of[parts[0]], parts[1])
     if importance is not None:
-        from adept.importance import ImportanceResult
-        from adept.importance import load_importance
+        from adept.importance import ImportanceResult, load_importance
 
         result = ImportanceResult.from_dict(load_importance(importance))
         if result.num_layers != manifest["source_num_layers"]:
-            raise ValueError(f"{importance}: scores for a {result.num_layers}-layer model, but the expanded model "
-                             f"was made from {manifest['source_num_layers']} layers")
+            raise ValueError(
+                f"{importance}: scores for a {result.num_layers}-layer model, but the expanded model "
+                f"was made from {manifest['source_num_layers']} layers"
+            )
         grid = result.unit_grad_weight_mean if rule.unit_score == "mean" else result.unit_grad_weight
         if not grid:
             raise ValueError(f"{importance}: has no unit scores (compute it with the grad_weight metric)")
@@ -308,8 +340,10 @@ def initial_copy_scores(
     params_by_name = dict(model.named_parameters())
     source_params = [params_by_name[spec.layer_key(layer_map[source], unit)] for source, unit in units.values()]
     if is_sharded(source_params):
-        raise ValueError("under DeepSpeed ZeRO-3 the step-0 rates need Stage 1's scores: pass --importance "
-                         "importance.json (train.importance) for the source layers")
+        raise ValueError(
+            "under DeepSpeed ZeRO-3 the step-0 rates need Stage 1's scores: pass --importance "
+            "importance.json (train.importance) for the source layers"
+        )
     batches = probe_share(probe_batches, source_params)
     grad_weight, _, _, _ = unit_gradient_scores(model, batches, source_params, progress=progress, all_reduce=True)
     return unit_scores_from_tensors(names, grad_weight, source_params, rule.unit_score), "source layers on the probe"
@@ -346,7 +380,8 @@ class GuardedTrainer(Trainer):
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
                 f"training loss became {loss.item()} at step {self.state.global_step + 1}; stopped. "
-                f"The last good checkpoint in {self.args.output_dir} is kept (lower the learning rate or check the data)"
+                f"The last good checkpoint in {self.args.output_dir} is kept (lower the learning rate or check the "
+                "data)"
             )
         return loss
 
@@ -401,7 +436,11 @@ class AdeptTrainer(GuardedTrainer):
             # Sizes from the model, by unit name: under ZeRO the optimizer's groups hold flat partitions.
             named = dict(self.model.named_parameters())
             sizes = [full_numel(named[group["unit"]]) if group.get("unit") in named else 0 for group in groups]
-            logs = {**logs, "lr_multiplier_min": min(multipliers), "lr_multiplier_mean": sum(multipliers) / len(multipliers),
-                    "lr_multiplier_max": max(multipliers),
-                    "lr_multiplier_parameter_mean": sum(m * n for m, n in zip(multipliers, sizes)) / max(sum(sizes), 1)}
+            logs = {
+                **logs,
+                "lr_multiplier_min": min(multipliers),
+                "lr_multiplier_mean": sum(multipliers) / len(multipliers),
+                "lr_multiplier_max": max(multipliers),
+                "lr_multiplier_parameter_mean": sum(m * n for m, n in zip(multipliers, sizes)) / max(sum(sizes), 1),
+            }
         super().log(logs, *args, **kwargs)

@@ -161,7 +161,9 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def make_training_arguments(cfg: TrainConfig):
-    """adept's defaults for the method (`default_training_args`), overridden by ``cfg.training_args`` (checked by `TrainConfig`).
+    """adept's defaults for the method (`default_training_args`).
+
+    Overridden by ``cfg.training_args`` (checked by `TrainConfig`).
 
     A low-precision ``cfg.dtype`` turns on the matching autocast (``bf16``/``fp16``) unless the
     config sets it, and refuses a config that turns it off: the frozen weights are then bf16 and
@@ -177,8 +179,10 @@ def make_training_arguments(cfg: TrainConfig):
     low = {"bfloat16": "bf16", "float16": "fp16"}.get(resolve_run_dtype(cfg, bool(merged.get("use_cpu", False))))
     if low is not None:
         if low in cfg.training_args and not cfg.training_args[low]:
-            raise ValueError(f"dtype {cfg.dtype} needs training_args.{low}: true (autocast between the {cfg.dtype} frozen "
-                             f"weights and the float32 trainable ones); remove training_args.{low} or set it to true")
+            raise ValueError(
+                f"dtype {cfg.dtype} needs training_args.{low}: true (autocast between the {cfg.dtype} frozen "
+                f"weights and the float32 trainable ones); remove training_args.{low} or set it to true"
+            )
         merged[low] = True
     args = TrainingArguments(**merged)
     if cfg.max_tokens is not None:
@@ -221,19 +225,25 @@ def trainable_layers(cfg: TrainConfig, model) -> tuple[list[int] | None, dict[st
     manifest_path = Path(cfg.model) / MANIFEST_NAME
     if cfg.method in EXPANDED_METHODS:
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: method '{cfg.method}' needs an expanded checkpoint (run adept expand)")
+            raise FileNotFoundError(
+                f"{manifest_path}: method '{cfg.method}' needs an expanded checkpoint (run adept expand)"
+            )
         manifest = load_manifest(manifest_path)
         if manifest["num_hidden_layers"] != model.config.num_hidden_layers:
-            raise ValueError(f"{manifest_path}: manifest has {manifest['num_hidden_layers']} layers, the model {model.config.num_hidden_layers}")
+            raise ValueError(
+                f"{manifest_path}: manifest has {manifest['num_hidden_layers']} layers, the model "
+                f"{model.config.num_hidden_layers}"
+            )
         return [layer["layer_idx"] for layer in manifest["inserted_layers"]], manifest
     if cfg.method in LAYER_SUBSET_METHODS:
         from adept.expansion import select_least_important
-        from adept.importance import ImportanceResult
-        from adept.importance import load_importance
+        from adept.importance import ImportanceResult, load_importance
 
         result = ImportanceResult.from_dict(load_importance(cfg.importance))
         if result.num_layers != model.config.num_hidden_layers:
-            raise ValueError(f"{cfg.importance}: scores for {result.num_layers} layers, model has {model.config.num_hidden_layers}")
+            raise ValueError(
+                f"{cfg.importance}: scores for {result.num_layers} layers, model has {model.config.num_hidden_layers}"
+            )
         return select_least_important(result.layer_scores(cfg.layer_metric), cfg.num_layers), None
     return None, None
 
@@ -251,7 +261,10 @@ def build_datasets(cfg: TrainConfig, tokenizer):
         replay = build_packed_dataset(cfg.replay_data, tokenizer, cfg.block_size, **options)
         seed = int(cfg.training_args.get("seed", DEFAULT_TRAINING_ARGS["seed"]))
         train = datasets.interleave_datasets(
-            [train, replay], probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio], seed=seed, stopping_strategy="first_exhausted"
+            [train, replay],
+            probabilities=[1 - cfg.replay_ratio, cfg.replay_ratio],
+            seed=seed,
+            stopping_strategy="first_exhausted",
         )
     stems = [Path(p).stem for p in cfg.eval_data]
     evals = {}
@@ -297,8 +310,11 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     for step in sorted(steps, reverse=True):
         if (steps[step] / TRAINER_STATE_NAME).is_file():
             return str(steps[step])
-        logger.warning("%s is incomplete (no %s; the run stopped while saving it): not resuming from it",
-                       steps[step], TRAINER_STATE_NAME)
+        logger.warning(
+            "%s is incomplete (no %s; the run stopped while saving it): not resuming from it",
+            steps[step],
+            TRAINER_STATE_NAME,
+        )
     return None
 
 
@@ -408,12 +424,17 @@ def run_training(
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),
+        )
     elif layers is not None:
         freeze_all_but(model, layer_parameter_names(model, layers))
     upcast_trainable_(model)
     trainable, total = count_parameters(model)
-    logger.info("method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total)
+    logger.info(
+        "method %s: %d of %d parameters trainable (%.2f%%)", cfg.method, trainable, total, 100 * trainable / total
+    )
 
     # One process per node tokenises and writes the packed cache; the others then load it
     # (ranks racing to publish the same cache directory would crash).
@@ -433,16 +454,26 @@ def run_training(
             if importance is None:
                 model.to(args.device)
             initial, source = initial_copy_scores(model, manifest, cfg.rule, probe, importance, progress=progress)
-        rate_callback = adept_callback(probe, cfg.rule, cfg.reestimate_every, log_path=output_dir / RATES_LOG,
-                                       initial_scores=initial, initial_source=source,
-                                       reestimate_fraction=cfg.reestimate_fraction)
+        rate_callback = adept_callback(
+            probe,
+            cfg.rule,
+            cfg.reestimate_every,
+            log_path=output_dir / RATES_LOG,
+            initial_scores=initial,
+            initial_source=source,
+            reestimate_fraction=cfg.reestimate_fraction,
+        )
         rate_callback.seconds_spent = time.perf_counter() - started  # the source layers' probe, if any
         all_callbacks.append(rate_callback)
     all_callbacks.extend(callbacks)
     trainer_cls = adept_trainer if cfg.method in DYNAMIC_METHODS else GuardedTrainer
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=train_data, eval_dataset=eval_data or None,
-        data_collator=collate_blocks, callbacks=all_callbacks,
+        model=model,
+        args=args,
+        train_dataset=train_data,
+        eval_dataset=eval_data or None,
+        data_collator=collate_blocks,
+        callbacks=all_callbacks,
     )
     if resume_from:
         logger.info("resuming from %s", resume_from)
@@ -465,8 +496,10 @@ def run_training(
     # Saved in the base checkpoint's dtype: a bf16 base gives a bf16 result, whatever the masters were.
     final = final.to(getattr(torch, saved_dtype))
     if state_dict is not None:
-        state_dict = {key: value.to(getattr(torch, saved_dtype)) if value.is_floating_point() else value
-                      for key, value in state_dict.items()}
+        state_dict = {
+            key: value.to(getattr(torch, saved_dtype)) if value.is_floating_point() else value
+            for key, value in state_dict.items()
+        }
     tokens_per_step = tokens_per_optimizer_step(args, cfg.block_size)
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir / FINAL_MODEL_DIR, overwrite=True) as tmp:

@@ -124,8 +124,10 @@ def rescale_to_parameter_budget(
     # Where a unit leaves the floor (c = floor / m) and reaches the ceiling (c = ceiling / m).
     breaks = sorted({0.0, *(floor / mi for mi in m if mi > 0), *(ceiling / mi for mi in m if mi > 0)})
     if weighted(breaks[-1]) < total * (1 - 1e-12):  # units at 0 stay there, the others stop at the ceiling
-        raise ValueError(f"no rescaling reaches a mean multiplier of 1: the largest reachable within [floor, ceiling] = "
-                         f"[{floor}, {ceiling}] is {weighted(breaks[-1]) / total:.4g}")
+        raise ValueError(
+            f"no rescaling reaches a mean multiplier of 1: the largest reachable within [floor, ceiling] = "
+            f"[{floor}, {ceiling}] is {weighted(breaks[-1]) / total:.4g}"
+        )
     # The last piece [breaks[k], breaks[k + 1]] that starts at or below the target.
     lo, hi = 0, len(breaks) - 1
     while lo < hi:
@@ -185,7 +187,9 @@ def multiplier_distribution(
             "units": len(names),
             "parameters": parameters,
             "unit_mean": statistics.fmean(values),
-            "parameter_mean": sum(float(multipliers[n]) * int(sizes[n]) for n in names) / parameters if parameters else None,
+            "parameter_mean": sum(float(multipliers[n]) * int(sizes[n]) for n in names) / parameters
+            if parameters
+            else None,
             "min": min(values),
             "median": statistics.median(values),
             "max": max(values),

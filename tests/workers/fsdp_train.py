@@ -25,10 +25,16 @@ STEPS, GLOBAL_BATCH, BLOCK = 4, 4, 32
 
 def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if shard else (0, 1)
-    model = AutoModelForCausalLM.from_pretrained(f"{workdir}/expanded", dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        f"{workdir}/expanded", dtype=torch.float32, attn_implementation="eager"
+    )
     tokenizer = AutoTokenizer.from_pretrained(f"{workdir}/expanded")
-    cfg = TrainConfig(model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=f"{workdir}/unused",
-                      probe_data=f"{workdir}/probe.txt")
+    cfg = TrainConfig(
+        model=f"{workdir}/expanded",
+        data=[f"{workdir}/domain.txt"],
+        output_dir=f"{workdir}/unused",
+        probe_data=f"{workdir}/probe.txt",
+    )
     layers, _ = trainable_layers(cfg, model)
     trainable = layer_parameter_names(model, layers)
     freeze_all_but(model, trainable)
@@ -44,7 +50,9 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
         fully_shard(model, mesh=mesh)
     model.train()
 
-    probe = load_probe_batches(f"{workdir}/probe.txt", tokenizer, ProbeConfig(max_tokens=50_000, max_length=48, batch_size=2), seed=0)
+    probe = load_probe_batches(
+        f"{workdir}/probe.txt", tokenizer, ProbeConfig(max_tokens=50_000, max_length=48, batch_size=2), seed=0
+    )
     optimizer = torch.optim.AdamW(build_param_groups(model, trainable, base_lr=5e-3, weight_decay=0.01))
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
     callback = AdeptCallback(probe, reestimate_every=2)
@@ -53,8 +61,14 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
     def reestimate(step: int) -> None:
         callback.reestimate(model, optimizer, scheduler, step, rank == 0)
         scores = callback.history[-1]["importance"]
-        history.append({"step": step, "importance": scores, "multipliers": callback.multipliers,
-                        "lr": [group["lr"] for group in optimizer.param_groups]})
+        history.append(
+            {
+                "step": step,
+                "importance": scores,
+                "multipliers": callback.multipliers,
+                "lr": [group["lr"] for group in optimizer.param_groups],
+            }
+        )
 
     # Full blocks (no padding), so each rank's mean loss averaged over ranks is the global mean.
     generator = torch.Generator().manual_seed(0)
@@ -87,11 +101,18 @@ def train(workdir: str, shard: bool, replicas: int = 1) -> dict:
             model.save_pretrained(f"{workdir}/fsdp/model", state_dict=state_dict)
     params = dict(model.named_parameters())
     local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params.values())
-    weights = {name: (params[name].full_tensor() if isinstance(params[name], DTensor) else params[name]).detach()
-               for name in trainable}
-    return {"history": history, "losses": losses, "weights": weights,
-            "all_dtensor": all(isinstance(p, DTensor) for p in params.values()),
-            "local_numel": local, "full_numel": sum(p.numel() for p in params.values())}
+    weights = {
+        name: (params[name].full_tensor() if isinstance(params[name], DTensor) else params[name]).detach()
+        for name in trainable
+    }
+    return {
+        "history": history,
+        "losses": losses,
+        "weights": weights,
+        "all_dtensor": all(isinstance(p, DTensor) for p in params.values()),
+        "local_numel": local,
+        "full_numel": sum(p.numel() for p in params.values()),
+    }
 
 
 if __name__ == "__main__":

@@ -25,11 +25,22 @@ from adept.training import TrainConfig
 
 def train_config(workdir: str, out: str, batch: int) -> TrainConfig:
     return TrainConfig(
-        model=f"{workdir}/expanded", data=[f"{workdir}/domain.txt"], output_dir=out, probe_data=f"{workdir}/probe.txt",
-        block_size=32, reestimate_every=2, probe=ProbeConfig(max_length=48, batch_size=2),
+        model=f"{workdir}/expanded",
+        data=[f"{workdir}/domain.txt"],
+        output_dir=out,
+        probe_data=f"{workdir}/probe.txt",
+        block_size=32,
+        reestimate_every=2,
+        probe=ProbeConfig(max_length=48, batch_size=2),
         training_args={
-            "max_steps": 4, "per_device_train_batch_size": batch, "learning_rate": 5e-3, "logging_steps": 1,
-            "save_steps": 100, "disable_tqdm": True, "use_cpu": True, "warmup_steps": 1,
+            "max_steps": 4,
+            "per_device_train_batch_size": batch,
+            "learning_rate": 5e-3,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "disable_tqdm": True,
+            "use_cpu": True,
+            "warmup_steps": 1,
             "ddp_timeout": 120,  # a collective mismatch fails in 2 minutes instead of hanging for 30
         },
     )
@@ -49,8 +60,11 @@ class Recording(AdeptCallback):
 
 
 ZERO2 = {
-    "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True,  # the Trainer's AdamW
-    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+    "zero_optimization": {"stage": 2},
+    "zero_allow_untested_optimizer": True,  # the Trainer's AdamW
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "train_batch_size": "auto",
     "gradient_clipping": "auto",
 }
 # The final save gathers the partitioned weights (in the model's dtype: fp32 here).
