@@ -174,77 +174,145 @@ def test_train_command_with_tokenize_workers(base, tmp_path):
     assert main(argv + ["--output", str(tmp_path / "bad"), "--set", "learnig_rate=1"]) == 2
 
 
-def _flags(command: str) -> dict:
-    """Flag -> default of an `adept` command, as click sees it (required flags: ``...``)."""
+def _commands() -> dict:
+    """Every command registered on the `adept` app, sub-commands included: ``"analyze shift"`` -> click command."""
     import typer.main
 
     from adept.cli import app
 
-    params = typer.main.get_command(app).commands[command].params
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):  # a group (typer ships its own copy of click's classes)
+                yield from walk(command, f"{prefix}{name} ")
+            else:
+                yield f"{prefix}{name}", command
+
+    return dict(walk(typer.main.get_command(app), ""))
+
+
+def _flags(command: str) -> dict:
+    """Flag -> default of an `adept` command, as click sees it (required flags: ``...``)."""
+    params = _commands()[command].params
     return {p.opts[0]: (... if p.required else p.default) for p in params if p.opts[0] != "--help"}
 
 
-def _config_flags(cls, rename=None, nested=None) -> dict:
-    """Flag -> default of every field of ``cls`` by the naming rule: ``--field-name``; a nested
-    section's fields with ``nested[section]`` in front; list flags given as None mean the field's []."""
+# Flags that set no config key, by command: inputs and outputs of one invocation, and `adept run`'s
+# overrides of its config file (None keeps the file's train.methods and run_dir). A flag of a new
+# command (`adept sweep`) is made from its config field, or listed here.
+CLI_ONLY = {
+    "importance": {"--model", "--probe", "--output", "--txt-split"},
+    "expand": {"--model", "--output", "--importance", "--uniform", "--overwrite"},
+    "train": {"--set"},
+    "run": {"--compare", "--run-dir"},
+    "report": {"--output"},
+    "eval": {"--model", "--output", "--label"},
+    "convert": {"--output", "--dtype", "--overwrite"},
+    "interpolate": {"--base", "--tuned", "--alpha", "--output", "--overwrite"},
+    "analyze shift": {"--base", "--tuned", "--data", "--output", "--top-k"},
+    "sweep": {"--dry-run", "--max-runs"},
+}
+# A flag is --field-name, the fields of train's nested sections with a prefix ("" for rule, "probe-"
+# for probe), except these, named for what one command-line value is.
+RENAMED = {
+    "output_dir": "--output",
+    "probe_data": "--probe",
+    "benchmark_seed": "--seed",
+    "shift_max_blocks": "--max-blocks",
+    "general_heldout": "--general",
+    "domain_heldout": "--domain",
+    "general_benchmarks": "--general-benchmark",
+    "domain_benchmarks": "--domain-benchmark",
+}
+NESTED = {"rule": "--", "probe": "--probe-"}
+
+
+def _expected_flag(path: str) -> str:
+    *section, name = path.split(".")
+    prefix = NESTED[section[0]] if section else "--"
+    return RENAMED.get(name, prefix + name.replace("_", "-"))
+
+
+def test_the_commands_under_test_are_registered():
+    expected = {"importance", "expand", "train", "eval", "analyze shift", "run", "interpolate"}
+    assert expected <= set(_commands())
+    assert set(CLI_ONLY) <= set(_commands()), "CLI_ONLY names a command that is gone"
+
+
+@pytest.mark.parametrize("name", sorted(_commands()))
+def test_every_flag_that_sets_a_config_key_has_its_default_and_help(name):
+    """A flag made by hand for a config key, or one that drifts from it (name, default, help), fails here.
+
+    Picks up every command on the app, so a new one (`adept sweep`) is checked without a change here.
+    """
+    import dataclasses
+
+    from adept.cli_options import DERIVED_DEFAULTS, TRAINING_ARG_FLAGS
+    from adept.config import DEFAULT_TRAINING_ARGS, default_of
+
+    command = _commands()[name]
+    generated = getattr(command.callback, "setting_options", {})
+    for param in command.params:
+        if param.param_type_name != "option" or param.name == "help":
+            continue
+        flag = param.opts[0]
+        if param.name in generated:
+            option = generated[param.name]
+            default = default_of(option.field)
+            assert flag == _expected_flag(option.path), f"adept {name} {flag} sets {option.path}"
+            assert param.help == option.field.metadata["help"], f"adept {name} {flag}: not the help of {option.path}"
+            if option.from_config:  # a command reading a config file: absent, the file's value stands
+                assert param.default is None and not param.required, flag
+            elif default is dataclasses.MISSING:
+                assert param.required, flag
+            elif option.comma:  # a list as one comma-separated value
+                assert param.default == (None if default is None else ",".join(map(str, default))), flag
+            elif isinstance(default, list):  # repeatable; absent: the field's default
+                assert param.multiple and param.default is None, flag
+            else:
+                assert param.default == default, (
+                    f"adept {name} {flag}: default {param.default}, {option.path} {default}"
+                )
+        elif name == "train" and param.name in TRAINING_ARG_FLAGS:  # shortcuts for training_args keys
+            key = TRAINING_ARG_FLAGS[param.name][0]
+            assert param.default == (None if key in DERIVED_DEFAULTS else DEFAULT_TRAINING_ARGS[key]), flag
+        else:
+            assert flag in CLI_ONLY.get(name, ()), (
+                f"adept {name} {flag} is written by hand: make it from its config field "
+                "(adept.cli_options.setting_options), or list it in CLI_ONLY if it sets no config key"
+            )
+
+
+def test_the_stage_commands_have_a_flag_for_every_setting_of_their_section():
+    """A setting added to one of these sections gets its flag without a change to the command."""
     import dataclasses
     import typing
 
-    from adept.config import default_of
+    from adept.config import ExpansionSection, ImportanceSection, TrainConfig
 
-    hints = typing.get_type_hints(cls)
-    flags = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            flags |= {
-                f"--{nested[f.name]}{flag[2:]}": default for flag, default in _config_flags(hints[f.name]).items()
-            }
-            continue
-        default = default_of(f)
-        flags[f"--{(rename or {}).get(f.name, f.name).replace('_', '-')}"] = (
-            ... if default is dataclasses.MISSING else default
-        )
-    return flags
+    def leaves(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from leaves(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name
+
+    def paths(command):
+        return {option.path for option in _commands()[command].callback.setting_options.values()}
+
+    assert paths("train") == set(leaves(TrainConfig)) - {"training_args"}
+    assert paths("importance") >= set(leaves(ImportanceSection))
+    assert paths("expand") == set(leaves(ExpansionSection))
 
 
-def test_train_and_importance_flags_are_their_config_keys_with_the_same_defaults():
-    """A flag that drifts from its setting (name or default) fails here."""
-    from adept.config import DEFAULT_TRAINING_ARGS, ImportanceSection, PipelineConfig, TrainConfig
+def test_analyze_shift_takes_the_configs_shift_defaults():
+    """Changed default: --max-blocks was 64; it is evaluation.shift_max_blocks now, as in `adept run`."""
+    from adept.config import DataSection, EvaluationSection
 
-    train = _config_flags(
-        TrainConfig, rename={"output_dir": "output", "probe_data": "probe"}, nested={"rule": "", "probe": "probe-"}
-    )
-    del train["--training-args"]
-    shortcuts = {
-        "--learning-rate": "learning_rate",
-        "--max-steps": "max_steps",
-        "--batch-size": "per_device_train_batch_size",
-        "--gradient-accumulation-steps": "gradient_accumulation_steps",
-        "--seed": "seed",
-        "--gradient-checkpointing": "gradient_checkpointing",
-    }
-    train |= {flag: DEFAULT_TRAINING_ARGS[key] for flag, key in shortcuts.items()} | {"--set": None}
-    train["--learning-rate"] = None  # absent: the method's own (default_training_args)
-    train["--bf16"] = None  # absent: on with a bf16 --dtype (make_training_arguments)
-    actual = _flags("train")
-    for flag in ("--eval-data", "--replay-data"):  # repeatable: absent means the field's empty list
-        assert actual[flag] is None and train[flag] == []
-        actual[flag] = []
-    assert actual == train
-
-    from adept.config import DataSection
-
-    importance = _config_flags(ImportanceSection) | {
-        "--device": PipelineConfig().device,
-        "--dtype": PipelineConfig().dtype,
-        "--attn-implementation": PipelineConfig().attn_implementation,
-        "--text-field": DataSection().text_field,
-    }
-    importance |= {"--model": ..., "--probe": ..., "--output": ..., "--txt-split": "paragraph"}
-    actual = _flags("importance")
-    assert actual.pop("--metrics").split(",") == importance.pop("--metrics")
-    assert actual == importance
-    assert (importance["--max-tokens"], importance["--max-length"], importance["--batch-size"]) == (20_000, 256, 8)
+    flags = _flags("analyze shift")
+    assert flags["--max-blocks"] == EvaluationSection().shift_max_blocks == 32
+    assert flags["--batch-size"] == EvaluationSection().batch_size
+    assert flags["--block-size"] == DataSection().block_size
 
 
 def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
@@ -303,3 +371,68 @@ def test_train_flags_reach_the_training_config(tmp_path, monkeypatch):
     assert cfg.rule == MultiplierRule(scale=3.0, ceiling=4.0) and cfg.probe == ProbeConfig(max_tokens=123, batch_size=2)
     assert cfg.eval_data == ["e.txt"] and cfg.training_args["seed"] == cfg.training_args["data_seed"] == 5
     assert cfg.training_args["warmup_steps"] == 0.1 and cfg.training_args["report_to"] == ["tensorboard"]
+
+
+def test_expand_eval_and_shift_flags_reach_their_runners(tmp_path, monkeypatch):
+    """The generated flags land on the runners' keywords, with the config's defaults when absent."""
+    import adept.evaluation
+    import adept.expansion
+    import adept.shift
+
+    calls = {}
+
+    def record(name):
+        return lambda *args, **kwargs: calls.setdefault(name, []).append((args, kwargs)) or tmp_path
+
+    monkeypatch.setattr(adept.expansion, "run_expansion", record("expand"))
+    monkeypatch.setattr(adept.shift, "run_shift", record("shift"))
+    monkeypatch.setattr(adept.evaluation, "run_evaluation", record("eval"))
+    monkeypatch.setattr(adept.evaluation, "read_results", lambda path: {})
+    monkeypatch.setattr(adept.evaluation, "comparison_markdown", lambda results: "")
+    monkeypatch.setattr(adept.evaluation, "benchmark_markdown", lambda results: "")
+    model = str(tmp_path)
+
+    assert main(["expand", "--model", model, "--output", "o", "--layers", "1, 3"]) == 0
+    assert calls["expand"][-1][1] == {
+        "importance_path": None,
+        "uniform": None,
+        "overwrite": False,
+        "num_new_layers": None,
+        "trainable_fraction": None,
+        "layers": [1, 3],
+        "metric": "masking",
+    }
+    assert main(["expand", "--model", model, "--output", "o", "--importance", "i.json", "--num-new-layers", "2"]) == 0
+    assert calls["expand"][-1][1]["layers"] is None and calls["expand"][-1][1]["num_new_layers"] == 2
+
+    argv = ["analyze", "shift", "--base", model, "--tuned", model, "--data", "g.txt", "--output", "o"]
+    assert main(argv) == 0
+    assert calls["shift"][-1][1] == {
+        "block_size": 256,
+        "max_blocks": 32,
+        "top_k": 20,
+        "batch_size": 8,
+        "device": "auto",
+        "dtype": "float32",
+        "attn_implementation": "sdpa",
+        "text_field": "text",
+    }
+
+    argv = ["eval", "--model", model, "--output", "o", "--general", "g.txt", "--general-benchmark", "arc_easy"]
+    assert main(argv) == 0
+    kwargs = calls["eval"][-1][1]
+    assert (
+        kwargs["general"] == [Path("g.txt")] and kwargs["domain"] == [] and kwargs["general_benchmarks"] == ["arc_easy"]
+    )
+    assert (kwargs["block_size"], kwargs["batch_size"], kwargs["max_blocks"], kwargs["limit"], kwargs["seed"]) == (
+        256,
+        8,
+        None,
+        None,
+        1234,
+    )
+    assert main(argv + ["--limit", "50", "--seed", "7", "--domain", "d.txt", "--device", "cpu"]) == 0
+    kwargs = calls["eval"][-1][1]
+    assert kwargs["limit"] == 50 and isinstance(kwargs["limit"], int) and kwargs["seed"] == 7
+    assert kwargs["domain"] == [Path("d.txt")] and kwargs["device"] == "cpu"
+    assert main(argv + ["--limit", "0.5"]) == 0 and calls["eval"][-1][1]["limit"] == 0.5

@@ -23,7 +23,8 @@ def test_shipped_config_validates_and_documents_itself(path, monkeypatch):
     assert isinstance(config, PipelineConfig)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and len(first) > 20, "a config opens with a comment saying what it is for"
-    assert "adept run" in path.read_text().split("\n\n")[0], "and how to run it"
+    opening = path.read_text().split("\n\n")[0]
+    assert "adept run" in opening or "adept sweep" in opening, "and how to run it"
     for label in config.train.methods:
         assert config.method_settings(label).training_args["max_steps"] > 0
     from adept.benchmarks import NAMED_BENCHMARKS

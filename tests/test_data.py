@@ -308,7 +308,7 @@ def test_carry_over_drops_only_the_final_remainder(tmp_path, tokenizer):
 def test_chunked_tokenisation_packs_the_same_blocks_and_names_rows(tmp_path, tokenizer, monkeypatch):
     """Large corpora are tokenised a chunk of rows at a time: the blocks do not move, and a bad row
     is still named by its place in the whole corpus."""
-    from adept import data
+    from adept import packing as data
 
     texts = [f"Doc {i} " + "pq" * (i % 9) for i in range(500)]
     path = _write_jsonl(tmp_path / "c.jsonl", texts)
@@ -339,7 +339,7 @@ def test_parallel_tokenisation_packs_the_same_blocks(tmp_path, tokenizer):
 
 
 def test_worker_rule_keeps_small_corpora_in_process(monkeypatch):
-    from adept import data
+    from adept import corpus as data
 
     monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(8)))
     assert data._num_workers(None, 10) == 1
@@ -371,7 +371,7 @@ def test_blocks_are_uint32_without_labels_and_the_collator_makes_them(tmp_path, 
 
 
 def test_cache_is_fingerprinted_and_published_atomically(tmp_path, tokenizer, monkeypatch):
-    from adept import data
+    from adept import packing as data
 
     path = _write_jsonl(tmp_path / "c.jsonl", _texts())
     cache = tmp_path / "cache"
@@ -411,7 +411,7 @@ def test_cache_is_fingerprinted_and_published_atomically(tmp_path, tokenizer, mo
 
 
 def test_a_failing_build_leaves_nothing_in_the_cache(tmp_path, tokenizer, monkeypatch):
-    from adept import data
+    from adept import packing as data
 
     good = _write_jsonl(tmp_path / "good.jsonl", _texts())
     bad = tmp_path / "bad.jsonl"

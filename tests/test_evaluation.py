@@ -299,6 +299,25 @@ def test_load_training_summary(tmp_path):
     assert load_training_summary(tmp_path / "run")["method"] == "adept"
 
 
+def test_foreign_training_summary_is_ignored(tmp_path, files, capsys):
+    # The shipped demo base model carries its pretraining script's training_summary.json (no kind).
+    model = tmp_path / "pretrained"
+    save_tiny_checkpoint(model)
+    (model / "training_summary.json").write_text(json.dumps({"parameters": 123, "heldout_loss": 4.7}))
+    assert load_training_summary(model) is None
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(model), "--output", str(out), "--general", str(files["general"])]
+    assert (
+        main([*argv, "--domain", str(files["domain"]), "--block-size", "32", "--max-blocks", "2", "--device", "cpu"])
+        == 0
+    )
+    assert read_results(out / "results.json")["runs"][0]["label"] == "pretrained"
+    # A file that claims to be another adept artifact is still refused.
+    write_json(model / "training_summary.json", artifact_header("evaluation"))
+    with pytest.raises(ValueError, match="expected an artifact of kind 'training', found 'evaluation'"):
+        load_training_summary(model)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

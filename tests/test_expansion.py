@@ -214,7 +214,7 @@ def test_refuses_non_empty_output_and_keeps_finished_output_on_failure(tmp_path,
     with pytest.raises(FileExistsError, match="not empty"):
         expand_checkpoint(tmp_path / "base", out, plan)
 
-    import adept.expansion as expansion
+    import adept.expanded_checkpoint as expansion
 
     calls = {"n": 0}
     real = expansion._write_expanded_shard

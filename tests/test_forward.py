@@ -8,7 +8,7 @@ from conftest import PROBE_TEXT, tiny_model
 
 from adept.data import IGNORE_INDEX
 from adept.forward import BlockBatches, count_targets, forward_batches, next_token_loss_sum
-from adept.importance import mean_loss
+from adept.probe_scores import mean_loss
 
 
 def padded_batches(tokenizer, batch_size: int = 2) -> list[dict]:

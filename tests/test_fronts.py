@@ -1,4 +1,7 @@
-"""benchmarks/fronts.py: run order, label budgets, efficient fronts, interpolation and the targets' verdicts."""
+"""adept.fronts and benchmarks/fronts.py (the docs' grid on top of it).
+
+Run order, label budgets, efficient fronts, interpolation and the targets' verdicts.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import adept.fronts as analysis
 from adept.artifacts import artifact_header, read_json, write_json
 from adept.config import load_config
 
@@ -29,7 +33,7 @@ def _data(
     for name, values in points.items():
         speeds = (tokens_per_second or {}).get(name, [100.0] * len(values))
         for rate, (gain, forgetting), speed in zip(RATES[name], values, speeds):
-            rows[f"{name}@{fronts.rate_name(rate)}"] = {
+            rows[f"{name}@{analysis.rate_name(rate)}"] = {
                 "gain_pct": gain,
                 "domain_loss_change_pct": -gain,
                 "forgetting_pct": forgetting,
@@ -64,14 +68,17 @@ def test_replay_labels_get_the_same_domain_tokens_and_full_cpt_its_curve():
     cfg = load_config(ROOT / "configs" / "fronts_smollm2.yaml")
     steps = int(cfg.train.training_args["max_steps"])
     replay = next(f for f in GRID if f.replay_ratio)
-    overrides = dict(o.split("=", 1) for o in label_overrides(replay, replay.rates[0], cfg))
-    key = f"train.variants.{label_of(replay, replay.rates[0])}"
-    replay_steps = int(overrides[f"{key}.training_args.max_steps"])
+    label = label_of(replay, replay.rates[0])
+    point = load_config(ROOT / "configs" / "fronts_smollm2.yaml", label_overrides(replay, replay.rates[0], cfg))
+    assert point.train.methods == [label]
+    settings = point.method_settings(label)
+    replay_steps = int(settings.training_args["max_steps"])
     assert replay_steps * (1 - replay.replay_ratio) >= steps > (replay_steps - 1) * (1 - replay.replay_ratio)
-    assert float(overrides[f"{key}.training_args.learning_rate"]) == replay.rates[0]
-    full = dict(o.split("=", 1) for o in label_overrides(GRID[0], 3e-4, cfg))
-    assert full["train.variants.full@3e-4.training_args.eval_steps"] == str(steps // fronts.CURVE_POINTS)
-    assert "train.variants.full@3e-4.training_args.max_steps" not in full
+    assert settings.training_args["learning_rate"] == replay.rates[0]
+    assert (settings.method, settings.replay_ratio) == (replay.method, replay.replay_ratio)
+    full = load_config(ROOT / "configs" / "fronts_smollm2.yaml", label_overrides(GRID[0], 3e-4, cfg))
+    assert full.train.variants["full@3e-4"]["training_args"] == {"learning_rate": 3e-4, "eval_steps": steps // 4}
+    assert full.method_settings("full@3e-4").training_args["max_steps"] == steps
 
 
 def test_a_rate_past_the_useful_range_is_not_interpolated():
@@ -79,8 +86,8 @@ def test_a_rate_past_the_useful_range_is_not_interpolated():
     assert [p[0] for p in efficient(points)] == [1e-4, 3e-4]
     assert interpolate(points, 15.0) == pytest.approx(1.5)
     assert interpolate(points, 25.0) is None  # never extrapolated
-    assert fronts.at_gain(points, 5.0) == (1.0, "upper")
-    assert fronts.at_gain(points, 25.0) == (None, "not reached")
+    assert analysis.at_gain(points, 5.0) == (1.0, "upper")
+    assert analysis.at_gain(points, 25.0) == (None, "not reached")
 
 
 def test_notes_name_past_and_still_rising_fronts():
@@ -117,9 +124,9 @@ def test_seeds_are_averaged_and_their_spread_is_kept(tmp_path):
     data = _data({"full": [(10, 1), (20, 4), (12, 9)], "adept": [(10, 0.2), (15, 0.5)]})
     second = _data({"full": [(14, 3)]})["seeds"][0]
     data["seeds"][1], data["base"][1] = second, data["base"][0]
-    assert fronts.front_points(data, GRID[0], "forgetting_pct")[0] == (1e-4, 12.0, 2.0)
-    assert fronts.seed_range(data, GRID[0], 1e-4, "forgetting_pct") == (1, 3)
-    assert fronts.seed_range(data, GRID[0], 3e-4, "forgetting_pct") is None  # one seed: no bar
+    assert analysis.front_points(data, GRID[0], "forgetting_pct")[0] == (1e-4, 12.0, 2.0)
+    assert analysis.seed_range(data, GRID[0], 1e-4, "forgetting_pct") == (1, 3)
+    assert analysis.seed_range(data, GRID[0], 3e-4, "forgetting_pct") is None  # one seed: no bar
     data["seeds"][0]["full@1e-4"]["curve"], second["full@1e-4"]["curve"] = [[8, 4.1], [32, 4.2]], [[8, 4.0], [32, 4.3]]
     text = "\n".join(fronts.notes(data))
     assert "1 of 5 rates so far have 2 seeds, the others fewer" in text and "One seed so far" not in text
@@ -194,9 +201,9 @@ def test_front_comparison_checks_every_rate_not_a_few_samples():
     target = next(t for t in check_targets(data) if "below llama-pro's" in t["target"])
     assert target["status"] == "missed"
     assert "gain 14.1%: ADEPT +3.00% vs +1.20%" in target["detail"]
-    assert fronts.shared_breakpoints(
-        fronts.front_points(data, fronts._front("adept"), "forgetting_pct"),
-        fronts.front_points(data, fronts._front("llama-pro"), "forgetting_pct"),
+    assert analysis.shared_breakpoints(
+        analysis.front_points(data, fronts._front("adept"), "forgetting_pct"),
+        analysis.front_points(data, fronts._front("llama-pro"), "forgetting_pct"),
         10,
         20,
     ) == [10, 13.8, 14.1, 14.2, 14.4, 20]
@@ -346,8 +353,25 @@ def test_a_page_is_rebuilt_from_its_record_alone(tmp_path, capsys):
     assert sorted(runs) == ["adept@3e-3", "full@3e-4"]
 
 
+def test_the_main_results_page_is_rebuilt_from_its_record_line_for_line(tmp_path):
+    """docs/results.md, regenerated through adept.fronts from its committed JSON: every table and note the same."""
+    (tmp_path / "page_fronts.json").write_text((ROOT / "docs" / "results_fronts.json").read_text())
+    (tmp_path / "page.json").write_text((ROOT / "docs" / "results.json").read_text())  # the toy comparison
+    argv = ["--seeds", "0,1", "--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md")]
+    assert fronts.main([*argv, "--report-only"]) == 0
+    committed = (ROOT / "docs" / "results.md").read_text()
+    committed = committed[committed.index(fronts.START) : committed.index(fronts.END)]
+    rebuilt = (tmp_path / "page.md").read_text().replace("](page_fronts", "](results_fronts")
+    rebuilt = rebuilt[rebuilt.index(fronts.START) : rebuilt.index(fronts.END)]
+    kept = [line for line in committed.splitlines() if not line.startswith("python benchmarks/fronts.py")]
+    assert kept == [line for line in rebuilt.splitlines() if not line.startswith("python benchmarks/fronts.py")]
+
+
 def test_a_record_from_other_settings_is_refused_by_name(tmp_path, capsys):
     record = _x4_record(tmp_path)
+    written = read_json(record, kind="fronts")
+    written.pop("overrides")  # a record without its overrides: each label's steps are checked instead
+    write_json(record, written)
     docs = ["--output-root", str(tmp_path / "runs"), "--docs", str(tmp_path / "page.md")]
     assert fronts.main([*docs, *X4[:2], "--set", "train.training_args.max_steps=64", "--list"]) == 2
     assert "page_fronts.json: runs.0.full@3e-4.steps: recorded 128, this config trains 64" in capsys.readouterr().err
@@ -387,6 +411,7 @@ class Trained(Exception):
 @pytest.mark.parametrize("drift", [1.0, 1.01])
 def test_the_base_is_checked_against_the_record_before_any_training(tmp_path, capsys, monkeypatch, drift):
     import adept.pipeline
+    import adept.sweep
 
     base = read_json(_x4_record(tmp_path), kind="fronts")["base"]["0"]
 
@@ -413,7 +438,7 @@ def test_the_base_is_checked_against_the_record_before_any_training(tmp_path, ca
         raise Trained(cfg.train.methods)
 
     monkeypatch.setattr(adept.pipeline.Pipeline, "evaluate_base", evaluate_base)
-    monkeypatch.setattr(adept.pipeline, "run_pipeline", run_pipeline)
+    monkeypatch.setattr(adept.sweep, "run_pipeline", run_pipeline)
     argv = [
         "--output-root",
         str(tmp_path / "runs"),

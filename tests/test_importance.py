@@ -12,14 +12,8 @@ from conftest import ARCHITECTURES, tiny_model
 from adept.architectures import get_architecture
 from adept.data import collate, load_documents, make_batches, tokenize_documents
 from adept.expansion import expand_model, plan_expansion
-from adept.importance import (
-    ImportanceResult,
-    bypass_layer,
-    compute_importance,
-    mean_loss,
-    rank_aggregate,
-    unit_gradient_scores,
-)
+from adept.importance import ImportanceResult, compute_importance, rank_aggregate
+from adept.probe_scores import bypass_layer, mean_loss, unit_gradient_scores
 
 
 @pytest.fixture

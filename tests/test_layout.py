@@ -1,4 +1,5 @@
-"""The package's import graph has no cycle (a test walks every module's imports with ast)."""
+"""The package's layout: no import cycle (a test walks every module's imports with ast), and no
+module over `MAX_MODULE_LINES` lines, so each one stays a page of the method a reader can hold."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "adept"
+MAX_MODULE_LINES = 450  # issue #32: split a module by responsibility before it grows past this
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
@@ -55,4 +57,23 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert "data" in import_graph()["training"]
+    assert "packing" in import_graph()["training"]
+
+
+def oversized_modules(package: Path = PACKAGE, limit: int = MAX_MODULE_LINES) -> dict[str, int]:
+    """Module file name -> its line count (as ``wc -l`` counts them), for every module over ``limit``."""
+    counts = {path.name: path.read_bytes().count(b"\n") for path in sorted(package.glob("*.py"))}
+    return {name: count for name, count in counts.items() if count > limit}
+
+
+def test_no_module_is_over_the_line_limit():
+    oversized = oversized_modules()
+    assert not oversized, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility): " + ", ".join(
+        f"{name} ({count} lines)" for name, count in oversized.items()
+    )
+
+
+def test_the_size_check_names_the_module_and_its_count(tmp_path):
+    (tmp_path / "small.py").write_text("x = 1\n" * 3)
+    (tmp_path / "big.py").write_text("x = 1\n" * 5)
+    assert oversized_modules(tmp_path, limit=4) == {"big.py": 5}

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from adept.cli import main
 from adept.config import ConfigError, MultiplierRule, load_config
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.report_sections import multiplier_distribution_table
+from adept.report_training import multiplier_distribution_table
 from adept.stage2 import read_rate_log
 from adept.tuning import (
     multiplier_distribution,

@@ -60,7 +60,7 @@ def _train_argv(root: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_default_adept_train_starts_with_differentiatedread_rate_log(llama, tmp_path):
+def test_default_adept_train_starts_with_differentiated_rates(llama, tmp_path):
     """With default settings the first rate-log line is step 0 and its multipliers differ: the
     copies start from their source layers' scores, not from their own all-zero ones."""
     out = tmp_path / "run"

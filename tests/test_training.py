@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from adept.config import METHODS, ProbeConfig
 from adept.expansion import expand_checkpoint, plan_expansion
-from adept.stage2 import AdeptCallback, NonFiniteLossError
+from adept.stage2 import AdeptCallback
+from adept.trainer import NonFiniteLossError
 from adept.training import TrainConfig, run_training
 
 DOMAIN = "\n\n".join(

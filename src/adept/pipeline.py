@@ -1,23 +1,11 @@
 """`adept run`: data -> importance -> expansion -> training -> evaluation -> report, resumable.
 
-Every stage writes into one run directory and is recorded in ``pipeline.json`` with a
-fingerprint of its settings, its input files and the fingerprints of the stages it depends
-on. A stage whose record matches and whose outputs exist is skipped, so rerunning after a
-crash continues where it stopped (training resumes from its newest checkpoint), and changing a
-training key re-runs training and what follows but not importance or expansion.
-
-Run directory::
-
-    config.yaml                     resolved config, written first
-    pipeline.json                   stage records
-    data/data.json                  corpus sizes in documents, tokens and blocks
-    importance/                     importance.json + PNGs (Stage 1)
-    expanded/adept, expanded/uniform   expanded checkpoints (importance-guided, LLaMA-Pro)
-    train/<label>/                  checkpoints, unit_rates.jsonl, training_summary.json, model/
-    eval/<label>/results.json       one model's evaluation
-    eval/results.json               all of them compared with the base model
-    shift/<label>/                  shift.json + shift.png against the base model
-    report/index.html, report.md
+Every stage writes into one run directory (laid out in `adept.run_directory`) and is recorded in
+``pipeline.json`` (`adept.stage_records`) with a fingerprint of its settings, its input files and
+the fingerprints of the stages it depends on. A stage whose record matches and whose outputs exist
+is skipped, so rerunning after a crash continues where it stopped (training resumes from its
+newest checkpoint), and changing a training key re-runs training and what follows but not
+importance or expansion.
 
 Under torchrun or ``accelerate launch`` every rank runs this same sequence: rank 0 alone runs
 the data, importance, expansion, evaluation, shift and report stages while the others wait, and
@@ -28,14 +16,8 @@ directory must be on a filesystem every rank sees.
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import logging
-import os
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -51,174 +33,22 @@ from adept.config import (
     save_config,
 )
 from adept.distributed import is_main_process, join_launched_processes, wait_for_main
-from adept.evaluation import RESULTS_NAME, SUMMARY_NAME
+from adept.results import SUMMARY_NAME, read_results, write_results
+from adept.run_directory import BASE_LABEL, comparison_path, dial_label, expanded_dir, results_path, train_dir
+from adept.stage_records import ResumableStages, StageRecords, fingerprint
 
 logger = logging.getLogger(__name__)
 
-RECORD_NAME = "pipeline.json"
-BASE_LABEL = "base"
-_HASH_LIMIT = 256 * 2**20  # files up to this size are hashed; larger ones are identified by size and mtime
-# Files in a checkpoint or dataset directory that describe it rather than define it.
-_NOT_CONTENT = {"README.md", "measurements.json", SUMMARY_NAME}
 
-
-def train_dir(run_dir: Path, label: str) -> Path:
-    """Where one method's training lands in a run directory: ``train/<label>/`` (model, summary, logs)."""
-    return Path(run_dir) / "train" / label
-
-
-def expanded_dir(run_dir: Path, variant: str) -> Path:
-    """Where one expanded checkpoint lands in a run directory: ``expanded/<variant>/`` (``adept`` or ``uniform``)."""
-    return Path(run_dir) / "expanded" / variant
-
-
-def results_path(run_dir: Path, label: str) -> Path:
-    """Where one model's evaluation lands in a run directory: ``eval/<label>/results.json``."""
-    return Path(run_dir) / "eval" / label / RESULTS_NAME
-
-
-def comparison_path(run_dir: Path) -> Path:
-    """Where the models of a run directory are compared side by side: ``eval/results.json``."""
-    return Path(run_dir) / "eval" / RESULTS_NAME
-
-
-# --- fingerprints --------------------------------------------------------------------------
-
-
-def path_identity(path: str | os.PathLike) -> Any:
-    """Content hash of a file, or (name, size, mtime) of every file under a directory.
-
-    Model cards and measurement files in a checkpoint directory are left out, so editing
-    them does not invalidate every stage.
-
-    lm-eval task names (not paths) identify themselves; a glob is the list of what it matches.
-    """
-    if glob.has_magic(str(path)) and not Path(path).exists():
-        return [path_identity(match) for match in sorted(glob.glob(str(path), recursive=True))]
-    path = Path(path)
-    if path.is_file():
-        if path.stat().st_size > _HASH_LIMIT:
-            stat = path.stat()
-            return f"{stat.st_size}:{stat.st_mtime_ns}"
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    if path.is_dir():
-        entries = []
-        for child in sorted(path.rglob("*")):
-            rel = child.relative_to(path)
-            if (
-                child.is_file()
-                and child.name not in _NOT_CONTENT
-                and not any(part.startswith(".") for part in rel.parts)
-            ):
-                stat = child.stat()
-                entries.append((str(rel), stat.st_size, stat.st_mtime_ns))
-        return entries
-    return str(path)
-
-
-def fingerprint(**parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class StageRecords:
-    """``pipeline.json``: per stage, its fingerprint and whether it finished.
-
-    Only the main process writes it (``write``); the other ranks of a launched run keep the same
-    records in memory, so every rank decides alike which stages to skip.
-    """
-
-    def __init__(self, run_dir: Path, write: bool = True):
-        self.path = run_dir / RECORD_NAME
-        self.write = write
-        self.stages: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            self.stages = read_json(self.path, kind="pipeline")["stages"]
-
-    def is_done(self, stage: str, print_: str, outputs: list[Path]) -> bool:
-        record = self.stages.get(stage)
-        return bool(
-            record
-            and record["fingerprint"] == print_
-            and record["status"] == "done"
-            and all(p.exists() for p in outputs)
-        )
-
-    def previous(self, stage: str) -> dict[str, Any] | None:
-        return self.stages.get(stage)
-
-    def mark(self, stage: str, print_: str, status: str, **extra: Any) -> None:
-        entry = {"fingerprint": print_, "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-        self.stages[stage] = entry
-        if self.write:
-            write_json(self.path, {**artifact_header("pipeline"), "stages": self.stages})
-
-
-# --- the pipeline ------------------------------------------------------------------------------
-
-
-class Pipeline:
+class Pipeline(ResumableStages):
     """Runs the stages of one config in ``config.run_dir``; see the module docstring."""
 
     def __init__(self, config: PipelineConfig, progress: bool = True):
         self.config = config
         self.run_dir = Path(config.run_dir)
         self.progress = progress
-        self.records: StageRecords | None = None
-        self.ran: list[str] = []
-        self.skipped: list[str] = []
-        self._prints: dict[str, str] = {}
-        self._identities: dict[str, Any] = {}
-        self.main = True
+        super().__init__()
 
-    # -- bookkeeping ---------------------------------------------------------------------------
-    def _stage(
-        self,
-        name: str,
-        print_: str,
-        outputs: list[Path],
-        work: Callable[[], Any],
-        clean: list[Path] = (),
-        every_rank: bool = False,
-    ) -> None:
-        """Run ``work`` unless the stage is up to date; wipe ``clean`` when its inputs changed.
-
-        ``work`` runs on the main process only, unless ``every_rank`` (training); the ranks of a
-        launched run meet before and after it.
-        """
-        assert self.records is not None
-        self._prints[name] = print_
-        if self.records.is_done(name, print_, outputs):
-            logger.info("stage %s: up to date, skipped", name)
-            self.skipped.append(name)
-            return
-        previous = self.records.previous(name)
-        if self.main and previous is not None and previous["fingerprint"] != print_:
-            for path in clean:
-                if path.exists():
-                    logger.info("stage %s: inputs changed, removing %s", name, path)
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        logger.info("stage %s: running", name)
-        self.records.mark(name, print_, "running")
-        wait_for_main()
-        start = time.perf_counter()
-        if every_rank or self.main:
-            work()
-        wait_for_main()
-        self.records.mark(name, print_, "done", seconds=round(time.perf_counter() - start, 2))
-        self.ran.append(name)
-
-    def _identity(self, paths: list[str] | str | None) -> Any:
-        """Identity of inputs, computed once per path and run (corpora feed many stages)."""
-        if paths is None:
-            return None
-        if isinstance(paths, str):
-            if paths not in self._identities:
-                self._identities[paths] = path_identity(paths)
-            return self._identities[paths]
-        return [self._identity(p) for p in paths]
-
-    # -- stages --------------------------------------------------------------------------------
     def _open(self) -> None:
         """Write the resolved config, read the stage records and check the inputs exist.
 
@@ -277,7 +107,8 @@ class Pipeline:
             raise FileNotFoundError(
                 f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)"
             )
-        from adept.data import resolve_corpus
+        from adept.benchmarks import check_benchmark_source
+        from adept.corpus_sources import resolve_corpus
 
         data = asdict(cfg.data)
         corpora = [
@@ -292,15 +123,9 @@ class Pipeline:
                 resolve_corpus(path)
             except (FileNotFoundError, ValueError) as err:
                 raise type(err)(f"{key}: {err}") from None
-        from adept.benchmarks import benchmark_files, is_named_benchmark
-        from adept.evaluation import is_benchmark_file, validate_benchmark_file
-
         for key in ("general_benchmarks", "domain_benchmarks"):
             for source in data[key]:
-                if is_benchmark_file(source):
-                    validate_benchmark_file(source)
-                elif is_named_benchmark(source):
-                    benchmark_files(source)  # the data is installed (make real-setup)
+                check_benchmark_source(source)
 
     def data_stage(self) -> None:
         """Tokenise and pack every corpus once (cached for the later stages) and record sizes."""
@@ -320,7 +145,7 @@ class Pipeline:
         )
 
         def work() -> None:
-            from adept.data import pack_corpus
+            from adept.packing import pack_corpus
 
             tokenizer = load_tokenizer(cfg.model)
             sizes = {}
@@ -385,30 +210,10 @@ class Pipeline:
         return {"dtype": cfg.dtype, "attn_implementation": cfg.attn_implementation, "text_field": cfg.data.text_field}
 
     def expansion_count(self) -> int:
-        """How many layers every expansion-style method adds (the same budget for all)."""
-        from adept.expansion import layer_param_counts, read_model_config
+        """How many layers every expansion-style method adds (see `adept.expansion.count_new_layers`)."""
+        from adept.expansion import count_new_layers
 
-        exp = self.config.expansion
-        num_layers = read_model_config(self.config.model).num_hidden_layers
-        if exp.layers is not None:
-            return len(exp.layers)
-        if exp.num_new_layers is not None:
-            return exp.num_new_layers
-        if exp.trainable_fraction is not None:
-            per_layer, total = layer_param_counts(self.config.model)
-            mean_layer = sum(per_layer) / len(per_layer)
-            count = 0
-            while (
-                count + 1 < num_layers
-                and (count + 1) * mean_layer / (total + (count + 1) * mean_layer) <= exp.trainable_fraction
-            ):
-                count += 1
-            if count == 0:
-                raise ValueError(
-                    f"expansion.trainable_fraction {exp.trainable_fraction} is too small for one layer copy"
-                )
-            return count
-        return max(1, num_layers // 4)
+        return count_new_layers(self.config.model, self.config.expansion)
 
     def expansion_stage(self, variant: str, new_layers: int) -> None:
         from adept.expansion import run_expansion
@@ -558,10 +363,27 @@ class Pipeline:
         )
         return path
 
+    def dial_stage(self, label: str, alpha: float) -> str:
+        """``label``'s trained model (its stages seen by ``run``) moved back towards its start by ``alpha``
+        (`adept interpolate`) and evaluated like any model: a point of the forgetting dial, ``label~alpha``."""
+        from adept.interpolation import run_interpolation
+
+        dial = dial_label(label, alpha)
+        out = train_dir(self.run_dir, dial)
+        model = Path(self.model_of(dial))
+
+        def interpolate() -> None:
+            run_interpolation(self.config.model, self.model_of(label), model, alpha, overwrite=True)
+            # the dial costs what its run cost: the report reads time and memory from here
+            shutil.copy2(train_dir(self.run_dir, label) / SUMMARY_NAME, out / SUMMARY_NAME)
+
+        print_ = fingerprint(alpha=alpha, upstream=self._prints[f"train:{label}"])
+        self._stage(f"train:{dial}", print_, [model / "config.json", out / SUMMARY_NAME], interpolate)
+        self.eval_stage(dial)
+        return dial
+
     def compare_stage(self, labels: list[str]) -> Path:
         """Merge the per-model evaluations into ``eval/results.json`` (cheap: always rebuilt, by the main process)."""
-        from adept.evaluation import read_results, write_results
-
         if not self.main:
             wait_for_main()
             return comparison_path(self.run_dir)

@@ -28,11 +28,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, plt, path: str | os.PathLike) -> Path:
+def save_figure(fig, plt, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Write ``fig`` as a PNG (no software stamp, so the same figure gives the same bytes) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    fig.savefig(path, dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return path
 
@@ -245,3 +245,111 @@ def plot_forgetting_gain(points: Sequence[dict[str, Any]], path: str | os.PathLi
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, plt, path)
+
+
+def plot_fronts(series: Sequence[dict[str, Any]], path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Forgetting against gain, one line per method's front (``adept.fronts_report.plot_series``).
+
+    Left, the held-out losses: each point a learning rate (labelled), bars the range of its seeds.
+    Right, the benchmarks: each run's paired accuracy changes, bars the 95% interval. A rate past
+    its front's useful range that forgets far more than any efficient point is drawn at the top
+    edge with its value written, so the efficient points stay readable.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for front in series:
+        if not front["loss"]:
+            continue
+        style = front["style"]
+        gains, values = [p["gain"] for p in front["loss"]], [p["value"] for p in front["loss"]]
+        (line,) = axes[0].plot(gains, values, style, marker="o", label=front["name"])
+        for p in front["loss"]:
+            axes[0].annotate(p["rate"], (p["gain"], p["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            if p["value_range"] and p["gain_range"]:
+                (v_lo, v_hi), (g_lo, g_hi) = p["value_range"], p["gain_range"]
+                axes[0].errorbar(
+                    [p["gain"]],
+                    [p["value"]],
+                    xerr=[[p["gain"] - g_lo], [g_hi - p["gain"]]],
+                    yerr=[[p["value"] - v_lo], [v_hi - p["value"]]],
+                    fmt="none",
+                    color=line.get_color(),
+                    capsize=2,
+                    lw=0.8,
+                )
+        bench = front["bench"]
+        if bench:
+            axes[1].errorbar(
+                [b["x"] for b in bench],
+                [b["y"] for b in bench],
+                yerr=[[b["lo"] for b in bench], [b["hi"] for b in bench]],
+                fmt=style + "o",
+                color=line.get_color(),
+                capsize=2,
+                label=front["name"],
+            )
+    _clip_past_range(axes[0], series)
+    axes[0].axhline(0, color="grey", lw=0.5)
+    axes[0].set(
+        xlabel="gain: domain held-out loss decrease (%)",
+        ylabel="forgetting: general held-out loss increase (%)",
+        title="Loss (labels: learning rate)",
+    )
+    axes[1].axhline(0, color="grey", lw=0.5)
+    axes[1].axvline(0, color="grey", lw=0.5)
+    axes[1].set(
+        xlabel="gain: domain benchmark acc_norm change (points)",
+        ylabel="forgetting: general benchmark accuracy drop (points)",
+        title="Benchmarks (bars: 95% paired CI)",
+    )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save_figure(fig, plt, path, dpi=dpi)
+
+
+def _clip_past_range(ax, series: Sequence[dict[str, Any]]) -> None:
+    efficient_values = [v for front in series for v in front["efficient"]]
+    all_values = [p["value"] for front in series for p in front["loss"]]
+    if not efficient_values:
+        return
+    low, high = min(all_values), max(efficient_values)
+    top = high + max(1.0, 0.5 * (high - low))
+    if max(all_values) <= top:
+        return
+    ax.set_ylim(low - 0.1 * (top - low), top)
+    clipped = sorted(
+        (p["gain"], p["value"], f"{front['name']} {p['rate']}")
+        for front in series
+        for p in front["loss"]
+        if p["value"] > top
+    )
+    for i, (gain, value, name) in enumerate(clipped):  # staggered, so labels at close gains stay apart
+        ax.annotate(
+            f"{name}: {value:+.1f}% ↑",
+            (gain, top),
+            fontsize=7,
+            ha="center",
+            xytext=(0, -10 - 9 * (i % 3)),
+            textcoords="offset points",
+        )
+
+
+def plot_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float], bool]],
+    path: str | os.PathLike,
+    ylabel: str,
+    title: str,
+    dpi: int = 110,
+) -> Path | None:
+    """Loss over optimizer steps, one line per label (``(steps, losses, dashed)``); None without any."""
+    if not curves:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (steps, losses, dashed) in curves.items():
+        ax.plot(steps, losses, "--" if dashed else "-", marker=".", label=label)
+    ax.set(xlabel="optimizer step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, plt, path, dpi=dpi)

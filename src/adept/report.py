@@ -34,12 +34,10 @@ from adept.report_sections import (
     config_blocks,
     expansion_blocks,
     importance_blocks,
-    loss_blocks,
     missing_blocks,
-    rate_blocks,
-    shift_blocks,
 )
 from adept.report_tables import benchmark_blocks, comparison_blocks
+from adept.report_training import loss_blocks, rate_blocks, shift_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Reads the ``results.json`` rows that `adept.evaluation` writes (paper Sec. 4: forgetting on
 general data, gain on domain data, cost) and presents them twice: as report sections (tables
 with the best adapted value highlighted, and the forgetting-vs-gain scatter) and as the Markdown
-tables ``adept eval`` and ``adept compare`` print. Computes nothing that results.json lacks.
+tables ``adept eval`` and ``adept run`` print. Computes nothing that results.json lacks.
 """
 
 from __future__ import annotations

@@ -17,7 +17,17 @@ from typing import Any
 
 from adept.artifacts import artifact_header, write_json
 from adept.checkpoints import load_model_and_tokenizer, read_model_config
-from adept.data import resolve_corpus
+from adept.corpus_sources import resolve_corpus
+from adept.defaults import (
+    DEFAULT_ATTN_IMPLEMENTATION,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_TEXT_FIELD,
+    EVAL_BATCH_SIZE,
+    SHIFT_MAX_BLOCKS,
+    SHIFT_TOP_K,
+)
 from adept.plots import CATEGORIES, plot_shift
 
 logger = logging.getLogger(__name__)
@@ -29,10 +39,10 @@ SHIFT_PLOT_NAME = "shift.png"
 def packed_blocks(
     tokenizer,
     path: str | os.PathLike,
-    block_size: int = 256,
-    max_blocks: int | None = 64,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_blocks: int | None = SHIFT_MAX_BLOCKS,
     cache_dir=None,
-    text_field: str = "text",
+    text_field: str = DEFAULT_TEXT_FIELD,
 ):
     """The first ``max_blocks`` packed blocks of a corpus as a ``(blocks, block_size)`` LongTensor."""
     import numpy as np
@@ -46,7 +56,7 @@ def packed_blocks(
     return torch.from_numpy(np.asarray(blocks["input_ids"], dtype=np.int64))
 
 
-def top1_tokens(model, blocks, batch_size: int = 8, progress: bool = True):
+def top1_tokens(model, blocks, batch_size: int = EVAL_BATCH_SIZE, progress: bool = True):
     """The model's most likely next token at every position of ``blocks`` (same shape)."""
     import torch
 
@@ -58,7 +68,7 @@ def top1_tokens(model, blocks, batch_size: int = 8, progress: bool = True):
     return torch.cat([logits.argmax(dim=-1).cpu() for _, logits in outputs])
 
 
-def ranks_of(model, blocks, token_ids, batch_size: int = 8, progress: bool = True):
+def ranks_of(model, blocks, token_ids, batch_size: int = EVAL_BATCH_SIZE, progress: bool = True):
     """1-based rank of ``token_ids`` in the model's next-token distribution at each position.
 
     The rank is one plus the number of tokens with a strictly higher logit, so a token tied for
@@ -82,7 +92,7 @@ def ranks_of(model, blocks, token_ids, batch_size: int = 8, progress: bool = Tru
     return torch.cat(out)
 
 
-def summarize_shift(ranks, tuned_top1, tokenizer, top_k: int = 20) -> dict[str, Any]:
+def summarize_shift(ranks, tuned_top1, tokenizer, top_k: int = SHIFT_TOP_K) -> dict[str, Any]:
     """Category shares, a rank histogram and the tokens most often shifted."""
     ranks = ranks.flatten()
     tuned_top1 = tuned_top1.flatten()
@@ -127,10 +137,10 @@ def token_shift(
     tuned_model,
     tokenizer,
     path: str | os.PathLike,
-    block_size: int = 256,
-    max_blocks: int | None = 64,
-    top_k: int = 20,
-    batch_size: int = 8,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_blocks: int | None = SHIFT_MAX_BLOCKS,
+    top_k: int = SHIFT_TOP_K,
+    batch_size: int = EVAL_BATCH_SIZE,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -164,14 +174,14 @@ def run_shift(
     data_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
-    block_size: int = 256,
-    max_blocks: int | None = 64,
-    top_k: int = 20,
-    batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "float32",
-    attn_implementation: str = "sdpa",
-    text_field: str = "text",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_blocks: int | None = SHIFT_MAX_BLOCKS,
+    top_k: int = SHIFT_TOP_K,
+    batch_size: int = EVAL_BATCH_SIZE,
+    device: str = DEFAULT_DEVICE,
+    dtype: str = DEFAULT_DTYPE,
+    attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
+    text_field: str = DEFAULT_TEXT_FIELD,
     progress: bool = True,
 ) -> Path:
     """Compare two checkpoints on a held-out corpus; write ``shift.json`` and ``shift.png``.

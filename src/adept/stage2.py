@@ -1,11 +1,12 @@
 """Stage 2 in the Hugging Face Trainer: the callback and Trainer that apply per-unit rates (paper Sec. 3.3).
 
 `AdeptCallback` scores every trainable unit on the general-domain probe with Stage 1's code
-(`adept.importance.unit_gradient_scores`) at step 0 and every ``reestimate_every`` steps, and
+(`adept.probe_scores.unit_gradient_scores`) at step 0 and every ``reestimate_every`` steps, and
 re-assigns rates through `adept.tuning`; it appends each assignment (with the multipliers'
 distribution over unit types) to ``unit_rates.jsonl`` and keeps its state in every checkpoint.
-`AdeptTrainer` builds one optimizer group per unit. Both work in an unmodified Trainer;
-`adept.training.run_training` wires them into a run.
+`AdeptTrainer` (an `adept.trainer.GuardedTrainer`, the Trainer of every method) builds one
+optimizer group per unit. Both work in an unmodified Trainer; `adept.training.run_training`
+wires them into a run.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from adept.config import DEFAULT_REFRESHES, MultiplierRule
 from adept.distributed import check_engine, full_numel, is_sharded, probe_share
-from adept.importance import unit_gradient_scores
+from adept.importance import read_importance
+from adept.probe_scores import unit_gradient_scores
+from adept.trainer import GuardedTrainer, checkpoint_dir
 from adept.tuning import (
     build_param_groups,
     current_learning_rates,
@@ -40,16 +42,12 @@ logger = logging.getLogger(__name__)
 STATE_NAME = "adept_tuning_state.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
-
-
 class AdeptCallback(TrainerCallback):
     """Assigns per-unit learning rates from general-domain importance and refreshes them.
 
     At step 0 (or when resuming, from the checkpoint's saved state) and then every
     ``reestimate_every`` optimizer steps, scores every trainable unit on the probe batches with
-    Stage 1's code (`adept.importance.unit_gradient_scores`), converts scores to multipliers with
+    Stage 1's code (`adept.probe_scores.unit_gradient_scores`), converts scores to multipliers with
     ``rule`` and re-assigns rates through `adept.tuning.set_unit_multipliers`. The optimizer must
     have one group per unit as built by `adept.tuning.build_param_groups`. The probe never
     changes training: gradients, train/eval mode and RNG state are restored around it.
@@ -318,14 +316,7 @@ def initial_copy_scores(
             raise ValueError(f"trainable parameter '{name}' is not in a layer the manifest lists as inserted")
         units[name] = (source_of[parts[0]], parts[1])
     if importance is not None:
-        from adept.importance import ImportanceResult, load_importance
-
-        result = ImportanceResult.from_dict(load_importance(importance))
-        if result.num_layers != manifest["source_num_layers"]:
-            raise ValueError(
-                f"{importance}: scores for a {result.num_layers}-layer model, but the expanded model "
-                f"was made from {manifest['source_num_layers']} layers"
-            )
+        result = read_importance(importance, manifest["source_num_layers"], "the model the expansion was made from")
         grid = result.unit_grad_weight_mean if rule.unit_score == "mean" else result.unit_grad_weight
         if not grid:
             raise ValueError(f"{importance}: has no unit scores (compute it with the grad_weight metric)")
@@ -349,11 +340,6 @@ def initial_copy_scores(
     return unit_scores_from_tensors(names, grad_weight, source_params, rule.unit_score), "source layers on the probe"
 
 
-def checkpoint_dir(args, state) -> Path:
-    """The Trainer's checkpoint folder for the current step (where our callbacks keep their state)."""
-    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
-
-
 def read_rate_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The entries of a ``unit_rates.jsonl`` written by `AdeptCallback`, in order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -365,44 +351,6 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in lines))
-
-
-class GuardedTrainer(Trainer):
-    """The Trainer plus a NaN/inf guard and the time spent in evaluation and checkpoint saves."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.eval_seconds = 0.0
-        self.save_seconds = 0.0
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLossError(
-                f"training loss became {loss.item()} at step {self.state.global_step + 1}; stopped. "
-                f"The last good checkpoint in {self.args.output_dir} is kept (lower the learning rate or check the "
-                "data)"
-            )
-        return loss
-
-    def evaluate(self, *args, **kwargs):
-        # With several eval sets, Trainer.evaluate calls itself once per set: count the outer call only.
-        if getattr(self, "_in_evaluate", False):
-            return super().evaluate(*args, **kwargs)
-        self._in_evaluate = True
-        start = time.perf_counter()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._in_evaluate = False
-            self.eval_seconds += time.perf_counter() - start
-
-    def _save_checkpoint(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return super()._save_checkpoint(*args, **kwargs)
-        finally:
-            self.save_seconds += time.perf_counter() - start
 
 
 class AdeptTrainer(GuardedTrainer):

@@ -1,20 +1,18 @@
 """Stage 2: continual pretraining with dynamic decoupled tuning, and the baselines (paper Sec. 3.3).
 
 Reads an expanded checkpoint and its ``expansion.json`` (or a base model plus
-``importance.json`` for the no-expansion variants), freezes everything but the trainable layers,
-and trains with the Hugging Face Trainer. For ``adept`` each unit gets its own optimizer group
-whose rate comes from its general-domain importance, re-estimated on the probe corpus every
-``reestimate_every`` steps by `AdeptCallback`. Writes checkpoints, ``unit_rates.jsonl``, the final
-model and ``training_summary.json`` into the output directory.
+``importance.json`` for the no-expansion variants), freezes everything but the trainable layers
+(`adept.trainable_parameters`), and trains with the Hugging Face Trainer (`adept.trainer`) under
+the run's ``TrainingArguments`` (`adept.training_args`). For ``adept`` each unit gets its own
+optimizer group whose rate comes from its general-domain importance, re-estimated on the probe
+corpus every ``reestimate_every`` steps by `AdeptCallback`. Writes checkpoints,
+``unit_rates.jsonl``, the final model and ``training_summary.json`` into the output directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import resource
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -25,234 +23,39 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from adept.config import (
-    DEFAULT_TRAINING_ARGS,
-    DYNAMIC_METHODS,
-    EXPANDED_METHODS,
-    LAYER_SUBSET_METHODS,
-    TrainConfig,
-    default_training_args,
+from adept.config import DEFAULT_TRAINING_ARGS, DYNAMIC_METHODS, TrainConfig
+from adept.distributed import is_sharded
+from adept.importance import load_importance
+from adept.packing import build_packed_dataset, collate_blocks
+from adept.probe_batches import load_probe_batches
+from adept.results import SUMMARY_NAME
+from adept.stage2 import AdeptCallback, AdeptTrainer, initial_copy_scores
+from adept.trainable_parameters import (
+    count_parameters,
+    freeze_all_but,
+    layer_parameter_names,
+    trainable_layers,
+    upcast_trainable_,
 )
-from adept.distributed import full_numel, is_sharded
-from adept.evaluation import SUMMARY_NAME
-from adept.stage2 import (
-    AdeptCallback,
-    AdeptTrainer,
+from adept.trainer import (
+    FrozenPrefixCallback,
     GuardedTrainer,
-    NonFiniteLossError,
-    checkpoint_dir,
-    initial_copy_scores,
+    NonFiniteLossGuard,
+    PeakMemory,
+    StepTimer,
+    last_complete_checkpoint,
 )
+from adept.training_args import make_training_arguments, resolve_run_dtype, tokens_per_optimizer_step
 
 logger = logging.getLogger(__name__)
 
-TIMING_NAME = "adept_timing.json"
 RATES_LOG = "unit_rates.jsonl"
 FINAL_MODEL_DIR = "model"
-
-
-class NonFiniteLossGuard(TrainerCallback):
-    """Stops training with a clear error when the logged loss is NaN or infinite."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss became {loss} by step {state.global_step}; stopped. "
-                f"The last good checkpoint in {args.output_dir} is kept (lower the learning rate or check the data)"
-            )
-
-
-class StepTimer(TrainerCallback):
-    """Seconds spent in optimizer steps only: forward, backward, clipping, optimizer and scheduler.
-
-    Evaluation, checkpoint saves and importance probes run outside the timed span (this
-    callback must come before `AdeptCallback`, whose refresh runs in ``on_step_end``). The
-    totals are saved in every checkpoint, so a resumed run reports the time of all its steps.
-    """
-
-    def __init__(self):
-        self.seconds = 0.0
-        self.steps = 0
-        self._start: float | None = None
-
-    @staticmethod
-    def _now() -> float:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        saved = checkpoint_dir(args, state) / TIMING_NAME
-        if state.global_step > 0 and saved.is_file():
-            timing = json.loads(saved.read_text())
-            self.seconds, self.steps = float(timing["seconds"]), int(timing["steps"])
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = self._now()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._start is not None:
-            self.seconds += self._now() - self._start
-            self.steps += 1
-            self._start = None
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = checkpoint_dir(args, state)
-        if state.is_world_process_zero and folder.is_dir():
-            (folder / TIMING_NAME).write_text(json.dumps({"seconds": self.seconds, "steps": self.steps}) + "\n")
-
-
-class FrozenPrefixCallback(TrainerCallback):
-    """Keeps backward out of the frozen layers below the lowest trainable one.
-
-    With activation checkpointing, transformers hooks the input embeddings so their output
-    requires grad; autograd then runs backward through every frozen layer down to the
-    embeddings. Non-reentrant checkpointing does not need that (only reentrant checkpointing,
-    and LoRA under it, do), so the hook is removed once training has set checkpointing up.
-    """
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not (getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing):
-            return
-        options = getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
-        if options.get("use_reentrant", False):
-            return
-        if hasattr(model, "disable_input_require_grads"):
-            model.disable_input_require_grads()
-
-
-# --- which parameters train ----------------------------------------------------------------
-
-
-def layer_parameter_names(model, layers: Sequence[int]) -> list[str]:
-    """Names of every parameter of the given decoder layers."""
-    from adept.architectures import get_architecture
-
-    spec = get_architecture(model.config.model_type)
-    wanted = set(layers)
-    names = []
-    for name, _ in model.named_parameters():
-        parts = spec.split_layer_key(name)
-        if parts is not None and parts[0] in wanted:
-            names.append(name)
-    return names
-
-
-def freeze_all_but(model, trainable: Sequence[str]) -> None:
-    wanted = set(trainable)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in wanted)
-
-
-def count_parameters(model) -> tuple[int, int]:
-    """``(trainable, total)``; tied weights counted once; ZeRO-3 partitions at their full size."""
-    seen: set[int] = set()
-    total = trainable = 0
-    for param in model.parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        size = full_numel(param)
-        total += size
-        if param.requires_grad:
-            trainable += size
-    return trainable, total
-
-
-def make_training_arguments(cfg: TrainConfig):
-    """adept's defaults for the method (`default_training_args`).
-
-    Overridden by ``cfg.training_args`` (checked by `TrainConfig`).
-
-    A low-precision ``cfg.dtype`` turns on the matching autocast (``bf16``/``fp16``) unless the
-    config sets it, and refuses a config that turns it off: the frozen weights are then bf16 and
-    the trainable ones fp32, which only autocast can multiply together. ``cfg.max_tokens``
-    becomes ``max_steps`` once the world size is known.
-    """
-    from transformers import TrainingArguments
-
-    merged = {**default_training_args(cfg.method), **cfg.training_args, "output_dir": cfg.output_dir}
-    if cfg.eval_data:
-        merged.setdefault("eval_strategy", "steps")
-        merged.setdefault("eval_steps", merged.get("save_steps", 100))
-    low = {"bfloat16": "bf16", "float16": "fp16"}.get(resolve_run_dtype(cfg, bool(merged.get("use_cpu", False))))
-    if low is not None:
-        if low in cfg.training_args and not cfg.training_args[low]:
-            raise ValueError(
-                f"dtype {cfg.dtype} needs training_args.{low}: true (autocast between the {cfg.dtype} frozen "
-                f"weights and the float32 trainable ones); remove training_args.{low} or set it to true"
-            )
-        merged[low] = True
-    args = TrainingArguments(**merged)
-    if cfg.max_tokens is not None:
-        tokens_per_step = tokens_per_optimizer_step(args, cfg.block_size)
-        args.max_steps = math.ceil(cfg.max_tokens / tokens_per_step)
-    return args
-
-
-def tokens_per_optimizer_step(args, block_size: int) -> int:
-    """Domain tokens one optimizer step consumes over all ranks."""
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
-
-
-def resolve_run_dtype(cfg: TrainConfig, use_cpu: bool) -> str:
-    """``cfg.dtype`` with ``auto`` resolved: bfloat16 when training on a GPU that has it, else float32."""
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    on_gpu = torch.cuda.is_available() and not use_cpu
-    return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
-
-
-def upcast_trainable_(model) -> int:
-    """Trainable parameters to float32 master weights (frozen ones keep the load dtype); returns how many moved.
-
-    Adam's update of a bf16 weight would round away most small steps; keeping the few trainable
-    tensors in fp32 costs little when the frozen base is what dominates memory.
-    """
-    moved = 0
-    for param in model.parameters():
-        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
-            param.data = param.data.float()
-            moved += 1
-    return moved
-
-
-def trainable_layers(cfg: TrainConfig, model) -> tuple[list[int] | None, dict[str, Any] | None]:
-    """Layers to train for the method, and the manifest when the model is expanded."""
-    from adept.expansion import MANIFEST_NAME, load_manifest
-
-    manifest_path = Path(cfg.model) / MANIFEST_NAME
-    if cfg.method in EXPANDED_METHODS:
-        if not manifest_path.is_file():
-            raise FileNotFoundError(
-                f"{manifest_path}: method '{cfg.method}' needs an expanded checkpoint (run adept expand)"
-            )
-        manifest = load_manifest(manifest_path)
-        if manifest["num_hidden_layers"] != model.config.num_hidden_layers:
-            raise ValueError(
-                f"{manifest_path}: manifest has {manifest['num_hidden_layers']} layers, the model "
-                f"{model.config.num_hidden_layers}"
-            )
-        return [layer["layer_idx"] for layer in manifest["inserted_layers"]], manifest
-    if cfg.method in LAYER_SUBSET_METHODS:
-        from adept.expansion import select_least_important
-        from adept.importance import ImportanceResult, load_importance
-
-        result = ImportanceResult.from_dict(load_importance(cfg.importance))
-        if result.num_layers != model.config.num_hidden_layers:
-            raise ValueError(
-                f"{cfg.importance}: scores for {result.num_layers} layers, model has {model.config.num_hidden_layers}"
-            )
-        return select_least_important(result.layer_scores(cfg.layer_metric), cfg.num_layers), None
-    return None, None
 
 
 def build_datasets(cfg: TrainConfig, tokenizer):
     """Packed training stream (with optional general-domain replay) and held-out sets."""
     import datasets
-
-    from adept.data import build_packed_dataset
 
     cache = cfg.cache_dir or str(Path(cfg.output_dir) / ".cache")
     options = {"cache_dir": cache, "num_proc": cfg.tokenize_workers, "text_field": cfg.text_field}
@@ -279,8 +82,6 @@ def build_datasets(cfg: TrainConfig, tokenizer):
 
 def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
     """The importance.json the expansion chose its layers from, if it is still there with unit scores."""
-    from adept.importance import load_importance
-
     path = (manifest.get("selection") or {}).get("importance")
     if not path:
         return None
@@ -289,94 +90,6 @@ def _manifest_importance(manifest: Mapping[str, Any]) -> str | None:
     except (OSError, ValueError):
         return None
     return path if payload.get("unit_grad_weight") else None
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete ``checkpoint-N``: one holding the trainer state, which is saved last.
-
-    A run killed while saving leaves a checkpoint without it, and resuming from that one would
-    fail; it is skipped with a warning, so the run resumes from the complete one before it.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not output_dir.is_dir():
-        return None
-    steps = {}
-    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
-        if path.is_dir() and step.isdigit():
-            steps[int(step)] = path
-    for step in sorted(steps, reverse=True):
-        if (steps[step] / TRAINER_STATE_NAME).is_file():
-            return str(steps[step])
-        logger.warning(
-            "%s is incomplete (no %s; the run stopped while saving it): not resuming from it",
-            steps[step],
-            TRAINER_STATE_NAME,
-        )
-    return None
-
-
-class PeakMemory:
-    """Peak memory of one training run, comparable between methods run in the same process.
-
-    On CUDA: ``torch.cuda.max_memory_allocated`` (weights, gradients, optimizer state,
-    activations). On CPU: the peak resident set size sampled while the block runs, minus the
-    resident size when the monitor was created (before the model was loaded), so the Python and
-    library footprint and earlier runs in the same process do not count.
-    """
-
-    def __init__(self, interval: float = 0.02):
-        import ctypes
-        import gc
-
-        gc.collect()
-        try:  # hand memory freed by an earlier run in this process back to the OS first
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        self.interval = interval
-        self.baseline = _rss_bytes()
-        self.peak = self.baseline
-        self._stop = None
-        self._thread = None
-        self.device: torch.device | None = None
-
-    def start(self, device: torch.device) -> None:
-        import threading
-
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            return
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(self.interval):
-                self.peak = max(self.peak, _rss_bytes())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> int:
-        """Stop sampling; returns the peak in bytes."""
-        if self.device is not None and self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
-        return int(self.peak - self.baseline)
-
-
-def _rss_bytes() -> int:
-    """Current resident set size (Linux /proc), else the lifetime peak from getrusage."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def run_training(
@@ -403,9 +116,8 @@ def run_training(
     from transformers import set_seed
 
     from adept.artifacts import artifact_header, atomic_directory, write_json
-    from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer
-    from adept.data import collate_blocks, load_probe_batches
-    from adept.expansion import MANIFEST_NAME, read_model_config
+    from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer, read_model_config
+    from adept.expanded_checkpoint import MANIFEST_NAME
 
     memory = PeakMemory()
     output_dir = Path(cfg.output_dir)
