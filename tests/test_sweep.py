@@ -231,3 +231,42 @@ def test_the_dial_moves_each_fronts_best_run_back_and_reports_it_as_a_front(work
     stamp = results.stat().st_mtime_ns
     sweep.run_sweep(config, overrides)
     assert results.stat().st_mtime_ns == stamp
+
+
+def _seeded(fronts: dict[str, list[list[tuple[float, float, float]]]]) -> dict:
+    """``{front: [per seed: [(rate, gain, forgetting), ...]]}`` as collected rows."""
+    data: dict = {"seeds": {}, "base": {}}
+    for name, seeds in fronts.items():
+        for seed, points in enumerate(seeds):
+            rows = data["seeds"].setdefault(seed, {})
+            data["base"][seed] = {"general_loss": 3.0}
+            for rate, gain, forgetting in points:
+                rows[f"{name}@{rate:.0e}".replace("e-0", "e-")] = {"gain_pct": gain, "forgetting_pct": forgetting}
+    return data
+
+
+def test_gaps_to_the_reference_are_measured_seed_by_seed_with_t_intervals():
+    from adept.fronts import seed_gap
+    from adept.fronts_report import reference_gaps
+
+    ref, a = Front("ref", "adept-no-stage2", (1e-3, 3e-3)), Front("a", "adept", (1e-3, 3e-3))
+    below = _seeded(
+        {
+            "ref": [[(1e-3, 10, 2.0), (3e-3, 20, 4.0)]] * 3,
+            "a": [[(1e-3, 10, 1.0 + d), (3e-3, 20, 3.0 + d)] for d in (0.0, 0.1, -0.1)],
+        }
+    )
+    gap = seed_gap(below, a, ref, 15.0)
+    assert gap["diffs"] == pytest.approx([-1.0, -0.9, -1.1]) and gap["mean"] == pytest.approx(-1.0)
+    assert gap["ci"] == pytest.approx([-1.0 - 4.303 * 0.1 / 3**0.5, -1.0 + 4.303 * 0.1 / 3**0.5])
+    columns, rows, table = reference_gaps(below, [ref, a], "ref")
+    assert rows == [["a", "10.0–20.0", *(["-1.00 [-1.25, -0.75] (n=3)"] * 3), "below, beyond seed noise"]]
+    noisy = _seeded(
+        {
+            "ref": [[(1e-3, 10, 2.0), (3e-3, 20, 4.0)]] * 3,
+            "a": [[(1e-3, 10, 2.0 + d), (3e-3, 20, 4.0 + d)] for d in (-1.0, 0.5, 0.3)],
+        }
+    )
+    assert reference_gaps(noisy, [ref, a], "ref")[1][0][-1] == "no difference beyond seed noise"
+    one = {"seeds": {0: below["seeds"][0]}, "base": {0: below["base"][0]}}
+    assert reference_gaps(one, [ref, a], "ref")[1][0][-1] == "fewer than two seeds: no interval"

@@ -306,3 +306,35 @@ def compare_fronts(a: list[Point], b: list[Point]) -> dict[str, Any]:
         return {"status": "undecided"}
     gaps = [(g, interpolate(a, g), interpolate(b, g)) for g in shared_breakpoints(a, b, lo, hi)]
     return {"status": "decided", "below": all(x < y for _, x, y in gaps), "gaps": gaps, "range": (lo, hi)}
+
+
+# --- seed noise -------------------------------------------------------------------------------
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (seeds - 1); 1.96 beyond the table.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_view(data: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``data`` as if only ``seed`` had run: each seed's own fronts, for gaps measured seed by seed."""
+    return {"seeds": {seed: data["seeds"][seed]}, "base": {seed: data["base"].get(seed)}}
+
+
+def seed_gap(data: dict[str, Any], a: Front, b: Front, gain: float) -> dict[str, Any]:
+    """Front ``a``'s forgetting minus front ``b``'s at ``gain``, seed by seed (each seed's own fronts,
+    interpolated on their efficient rates), with the mean and its 95% t-interval over the seeds where
+    both fronts reach ``gain``. A difference whose interval holds 0 is not shown beyond seed noise."""
+    diffs = []
+    for seed in data["seeds"]:
+        view = seed_view(data, seed)
+        x = interpolate(front_points(view, a, "forgetting_pct"), gain)
+        y = interpolate(front_points(view, b, "forgetting_pct"), gain)
+        if x is not None and y is not None:
+            diffs.append(x - y)
+    if not diffs:
+        return {"gain": gain, "n": 0, "diffs": [], "mean": None, "ci": None}
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return {"gain": gain, "n": 1, "diffs": diffs, "mean": mean, "ci": None}
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+    half = T95.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
+    return {"gain": gain, "n": len(diffs), "diffs": diffs, "mean": mean, "ci": [mean - half, mean + half]}
