@@ -203,11 +203,12 @@ def run_points(
     """
     cfg = load_config(config, list(overrides))
     ran, started_seeds = 0, set()
-    for seed, front, rate in todo:
+    left = [
+        (s, f, r) for s, f, r in todo if not is_done(root / f"seed{s}", label_of(f, r)) and not skip(s, label_of(f, r))
+    ]
+    for seed, front, rate in left:
         run_dir = root / f"seed{seed}"
         label = label_of(front, rate)
-        if is_done(run_dir, label) or skip(seed, label):
-            continue
         if max_runs is not None and ran >= max_runs:
             logger.info("--max-runs %d reached; run the sweep again to continue", max_runs)
             break
@@ -216,7 +217,7 @@ def run_points(
             started_seeds.add(seed)
         point = point_overrides(front, rate, cfg, extra_args(front, rate, cfg))
         point_cfg = load_config(config, [*overrides, *seed_overrides(root, seed, probe_per_seed), *point])
-        logger.info("sweep point %s, seed %d -> %s", label, seed, run_dir)
+        logger.info("sweep point %d of %d left: %s, seed %d -> %s", ran + 1, len(left), label, seed, run_dir)
         began = time.monotonic()
         run_pipeline(point_cfg)
         if not keep_checkpoints:
