@@ -103,6 +103,7 @@ def test_fronts_compare_only_where_both_reach_and_matched_gain_reads_off_the_ref
     ]
 
 
+@pytest.mark.slow
 def test_sweep_trains_point_by_point_resumes_and_writes_the_fronts(workspace, monkeypatch, capsys):  # noqa: F811
     tmp_path, config = workspace
     overrides = [
@@ -209,6 +210,7 @@ def test_sweep_on_the_demo_model_writes_its_fronts_and_trains_nothing_twice(tmp_
     assert results.stat().st_mtime_ns == stamp  # resumed: every point was done
 
 
+@pytest.mark.slow
 def test_the_dial_moves_each_fronts_best_run_back_and_reports_it_as_a_front(workspace):  # noqa: F811
     tmp_path, config = workspace
     overrides = [
