@@ -1,5 +1,7 @@
-"""The package's layout: no import cycle (a test walks every module's imports with ast), and no
-module over `MAX_MODULE_LINES` lines, so each one stays a page of the method a reader can hold."""
+"""The package's layout: no import cycle (a test walks every module's imports with ast), package
+imports at the top of each module (only the modules in `DEFERRED_ADEPT_IMPORTS` import package
+modules inside functions, each for the reason given there), and no module over `MAX_MODULE_LINES`
+lines, so each one stays a page of the method a reader can hold."""
 
 from __future__ import annotations
 
@@ -8,6 +10,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "adept"
 MAX_MODULE_LINES = 450  # issue #32: split a module by responsibility before it grows past this
+
+# Module -> why it may import other package modules inside functions (issue #32); every other
+# module imports them at the top.
+DEFERRED_ADEPT_IMPORTS = {
+    "cli": "each handler imports its stage runner, so `adept --help` imports neither torch nor transformers",
+}
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
@@ -58,6 +66,43 @@ def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert "packing" in import_graph()["training"]
+
+
+def deferred_adept_imports(package: Path = PACKAGE) -> dict[str, list[str]]:
+    """Module -> ``"line: module"`` for each package import inside a function body, for modules with any."""
+    found = {}
+    for path in sorted(package.glob("*.py")):
+        hits = set()
+        for func in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "adept"):
+                    hits.add((node.lineno, "." * node.level + (node.module or "")))
+                elif isinstance(node, ast.Import):
+                    hits |= {(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "adept"}
+        if hits:
+            found[path.stem] = [f"{line}: {module}" for line, module in sorted(hits)]
+    return found
+
+
+def test_package_imports_sit_at_the_top_of_each_module():
+    deferred = deferred_adept_imports()
+    misplaced = {module: hits for module, hits in deferred.items() if module not in DEFERRED_ADEPT_IMPORTS}
+    assert not misplaced, "package imports inside functions (move them to the top of the module): " + "; ".join(
+        f"{module}.py {', '.join(hits)}" for module, hits in misplaced.items()
+    )
+    stale = set(DEFERRED_ADEPT_IMPORTS) - set(deferred)
+    assert not stale, f"DEFERRED_ADEPT_IMPORTS lists modules that defer no package import: {sorted(stale)}"
+
+
+def test_the_deferred_import_finder_finds_imports_in_functions(tmp_path):
+    (tmp_path / "top.py").write_text("from adept.config import load_config\nimport torch\n")
+    (tmp_path / "inner.py").write_text(
+        "def f():\n    import json\n    from adept.config import load_config\n\n"
+        "class C:\n    def g(self):\n        import adept.training\n"
+    )
+    assert deferred_adept_imports(tmp_path) == {"inner": ["3: adept.config", "7: adept.training"]}
 
 
 def oversized_modules(package: Path = PACKAGE, limit: int = MAX_MODULE_LINES) -> dict[str, int]:

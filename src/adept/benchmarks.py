@@ -7,7 +7,8 @@ with the harness's own task config (prompt, choices, metrics); only the data sou
 Also here: the one check of a benchmark entry (a local multiple-choice JSONL file, a named
 benchmark or an lm-eval task name) that every caller runs before loading a model, per-item scores
 from lm-eval's sample log, Wilson 95% intervals for accuracies and paired differences between two
-models on the same items (used by ``adept.evaluation``).
+models on the same items (used by ``adept.evaluation``). datasets, lm_eval and huggingface_hub
+are imported inside the functions that use them, so `adept.results` and `adept.fronts` stay cheap.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from adept.corpus import iter_jsonl
 
@@ -272,7 +275,6 @@ def build_named_tasks(names: Sequence[str], work_dir: str | os.PathLike) -> dict
 
     Task configs and the datasets cache are written under ``work_dir``.
     """
-    import yaml
     from lm_eval.tasks import TaskManager
 
     folder = Path(work_dir) / "task-configs"

@@ -4,7 +4,9 @@ A ``.gguf`` file given wherever a model is expected (``--model``, ``model:`` in 
 dequantized once through transformers' GGUF loading into a safetensors folder with its
 tokenizer and a ``conversion.json`` (``convert_gguf``). Conversions are cached under
 ``$ADEPT_CACHE_DIR/checkpoints`` (default ``~/.cache/adept``), keyed by the file's SHA-256, and
-reused (``resolve_model_path``); `adept convert` writes one to a folder of your choice.
+reused (``resolve_model_path``); `adept convert` writes one to a folder of your choice. torch and
+transformers are imported inside the functions that use them, so the path, shard and safetensors
+header helpers import neither; gguf is optional and only checked for where a GGUF file is read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adept.architectures import get_architecture
 from adept.artifacts import artifact_header, atomic_directory, read_json, write_json
 from adept.config import DTYPES
 from adept.defaults import CONVERT_DTYPE, DEFAULT_ATTN_IMPLEMENTATION, DEFAULT_DTYPE
@@ -67,8 +70,6 @@ def load_gguf(path: str | os.PathLike, dtype: str = CONVERT_DTYPE):
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from adept.architectures import get_architecture
 
     path = Path(path)
     _check_gguf(path)
@@ -285,8 +286,6 @@ def load_model_and_tokenizer(
     attn_implementation: str = DEFAULT_ATTN_IMPLEMENTATION,
 ):
     """Load a local checkpoint and its tokenizer onto ``device``, checking its architecture first."""
-    from adept.architectures import get_architecture
-
     model_path = Path(model_path)
     config = read_model_config(model_path)
     get_architecture(config.model_type)

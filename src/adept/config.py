@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from adept.artifacts import write_text
+
 # Re-exported: these lived here before the split, and `from adept.config import X` keeps working.
 from adept.config_checks import (  # noqa: F401
     ATTN_IMPLEMENTATIONS,
@@ -152,8 +154,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 def save_config(config: PipelineConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (the first thing `adept run` does)."""
-    from adept.artifacts import write_text
-
     text = "# Resolved configuration written by `adept run`; rerun with: adept run <this file>\n"
     text += yaml.safe_dump(config.to_dict(), sort_keys=False)
     return write_text(path, text)

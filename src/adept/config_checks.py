@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import json
 import os
 import types
@@ -90,8 +91,6 @@ def check_training_args(args: Mapping[str, Any]) -> None:
 
 def check_report_to(report_to: Any) -> None:
     """A logging backend named in ``training_args.report_to`` must be installed (the Trainer would fail later)."""
-    import importlib.util
-
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
         raise FieldError(
@@ -122,8 +121,6 @@ def check_model_loading(dtype: str, attn_implementation: str) -> None:
             f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got '{attn_implementation}'{hint}",
         )
     if attn_implementation == "flash_attention_2":
-        import importlib.util
-
         if importlib.util.find_spec("flash_attn") is None:
             raise FieldError(
                 "attn_implementation",

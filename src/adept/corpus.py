@@ -20,8 +20,8 @@ from typing import Any
 from adept.corpus_sources import SAVED, CorpusSource, check_txt_split, corpus_specs, read_error, resolve_corpus
 from adept.defaults import DEFAULT_TEXT_FIELD, DEFAULT_TXT_SPLIT
 
-# datasets is imported inside the functions that use it: this module is imported on light paths
-# (`adept --help` through the benchmarks' `iter_jsonl`).
+# datasets is imported inside the functions that use it: this module is imported by light ones
+# (`adept.benchmarks` for `iter_jsonl`, and through it `adept.results` and `adept.fronts`).
 
 ROWS_PER_WORKER = 10_000  # a map forks a worker only per this many rows (with num_proc=None)
 BYTES_PER_LOAD_WORKER = 64 << 20  # load_dataset forks a worker only per this many bytes of files

@@ -2,13 +2,17 @@
 
 Also the one-line errors for files ``datasets`` cannot read: they name the file, and the line of
 invalid JSON. `adept.corpus` reads the rows; this module only looks at names and, on the error
-path, at the files themselves. Light: no ``datasets`` import until an error needs one.
+path, at the files themselves. Light: no ``datasets`` import until an error needs one (and the
+optional ``zstandard`` only for a ``.zst`` file).
 """
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import json
+import lzma
 import os
 import tempfile
 from collections.abc import Sequence
@@ -208,10 +212,6 @@ def _odd_file(source: CorpusSource) -> tuple[Path | None, list[str], list[str]]:
 
 def _open_text(path: Path):
     """Open a possibly compressed text file for reading."""
-    import bz2
-    import gzip
-    import lzma
-
     suffix = path.suffix.lower()
     if suffix == ".zst":
         import zstandard

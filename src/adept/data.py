@@ -5,7 +5,8 @@ resolved to its files and format; one-line read errors), `adept.corpus` (rows re
 into disk-backed tables, and rows into `Document`s), `adept.packing` (documents tokenised and
 packed into fingerprinted, cached blocks for (continual) pretraining) and `adept.probe_batches`
 (padded, prompt-masked batches of the importance estimate, paper Sec. 3.1). Their public names
-are importable from here too, as scripts and the README import them; `byte_tokenizer` lives here.
+are importable from here too, as scripts and the README import them; `byte_tokenizer` lives here
+(it imports tokenizers and transformers inside, so importing this module does not).
 """
 
 from __future__ import annotations

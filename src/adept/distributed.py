@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.tensor import DTensor
 
 
@@ -134,8 +135,6 @@ def check_engine(model) -> None:
     DDP, FSDP2 and DeepSpeed ZeRO 1-3 are supported. FSDP1 flattens a module's tensors into one
     parameter, so there are no units to score.
     """
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
     if any(isinstance(module, FullyShardedDataParallel) for module in model.modules()):
         raise ValueError(
             'dynamic per-unit rates need FSDP2: set "version": 2 in fsdp_config '

@@ -19,7 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from adept.benchmarks import check_benchmark_source, is_benchmark_file, validate_benchmark_file
+from adept.checkpoints import load_model_and_tokenizer
 from adept.corpus_sources import resolve_corpus
 from adept.defaults import (
     BENCHMARK_SEED,
@@ -30,6 +33,7 @@ from adept.defaults import (
     DEFAULT_TEXT_FIELD,
     EVAL_BATCH_SIZE,
 )
+from adept.forward import BlockBatches, count_targets, first_blocks, forward_batches, next_token_loss_sum
 from adept.multiple_choice import local_task_config, run_benchmarks
 from adept.probe_batches import IGNORE_INDEX
 from adept.report_tables import benchmark_markdown, comparison_markdown
@@ -105,8 +109,6 @@ def evaluate_perplexity(
         predicted tokens, ``bytes`` the UTF-8 bytes of their text, so ``bits_per_byte`` compares
         models whose tokenizers differ (a per-token loss does not).
     """
-    from adept.forward import BlockBatches, count_targets, first_blocks, forward_batches, next_token_loss_sum
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field)
@@ -233,10 +235,6 @@ def run_evaluation(
             ``training_summary.json`` is looked up (see ``load_training_summary``).
         progress: show tqdm bars.
     """
-    import torch
-
-    from adept.checkpoints import load_model_and_tokenizer
-
     if not models:
         raise ValueError("give at least one --model")
     labels = [label for label, _ in models]

@@ -3,7 +3,9 @@
 Reads a safetensors checkpoint shard by shard and writes the expanded one with peak memory of a
 copy buffer, plus ``expansion.json`` (which layers were inserted, copied from where, which
 tensors were set) that later stages read instead of guessing from weights, and a README.md
-that says what the checkpoint is. The mapping itself is `adept.expansion_plan`'s.
+that says what the checkpoint is. The mapping itself is `adept.expansion_plan`'s. torch (to encode
+a fill value) and tqdm are imported inside the functions that use them: reading a manifest needs
+neither.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from adept.expansion_plan import (
     plan_expansion,
     plan_tensor_copies,
 )
+from adept.importance import read_importance
 
 __all__ = [
     "MANIFEST_NAME",
@@ -177,8 +178,6 @@ def run_expansion(
     overwrite: bool = False,
 ) -> Path:
     """Choose the layers to duplicate (explicitly, by importance, by budget, or uniformly) and expand."""
-    from adept.importance import read_importance  # imports torch: only when importance chooses the layers
-
     given = [layers is not None, num_new_layers is not None, trainable_fraction is not None, uniform is not None]
     if sum(given) != 1:
         raise ValueError("give exactly one of --layers, --num-new-layers, --trainable-fraction or --uniform")

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from adept.data import IGNORE_INDEX
+from adept.data import IGNORE_INDEX, build_packed_dataset
 from adept.defaults import DEFAULT_TEXT_FIELD
 
 
@@ -39,8 +40,6 @@ def first_blocks(
     Returns a ``datasets.Dataset`` with one uint32 ``input_ids`` column (see `build_packed_dataset`);
     `BlockBatches` derives the labels.
     """
-    from adept.data import build_packed_dataset
-
     if max_blocks is not None and max_blocks < 1:
         raise ValueError(f"max_blocks must be at least 1, got {max_blocks}")
     dataset = build_packed_dataset(path, tokenizer, block_size, cache_dir=cache_dir, text_field=text_field)
@@ -125,8 +124,6 @@ def forward_batches(
     Yields:
         ``(batch, logits)`` per batch, in order.
     """
-    from tqdm.auto import tqdm
-
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -22,7 +22,7 @@ from typing import Any
 
 from adept.artifacts import read_json
 from adept.benchmarks import paired_difference
-from adept.evaluation import SUMMARY_NAME, weighted_loss
+from adept.results import SUMMARY_NAME, weighted_loss
 from adept.run_directory import BASE_LABEL, dial_label, results_path, train_dir
 
 MACHINE_NAME = "machine.json"  # next to a point's model: its seed, command, wall time and machine

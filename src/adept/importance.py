@@ -23,9 +23,12 @@ from torch import nn
 
 from adept.architectures import get_architecture, get_decoder_layers
 from adept.artifacts import artifact_header, read_artifact, write_json
+from adept.checkpoints import load_model_and_tokenizer
 from adept.config import METRICS, ImportanceSection, ProbeConfig
 from adept.defaults import DEFAULT_ATTN_IMPLEMENTATION, DEFAULT_DTYPE, DEFAULT_TEXT_FIELD, DEFAULT_TXT_SPLIT
 from adept.forward import count_targets
+from adept.plots import plot_layer_bars, plot_unit_heatmap
+from adept.probe_batches import load_probe_batches
 from adept.probe_scores import (  # noqa: F401  (batch_loss_sum: benchmarks import it from here)
     batch_loss_sum,
     layer_masking_scores,
@@ -217,10 +220,6 @@ def run_importance(
     ``text_field``: the text column of tabular probe files. The model is loaded in ``dtype`` with
     ``attn_implementation``, the run's precision and kernel.
     """
-    from adept.checkpoints import load_model_and_tokenizer
-    from adept.plots import plot_layer_bars, plot_unit_heatmap
-    from adept.probe_batches import load_probe_batches
-
     settings = settings or ImportanceSection()
     output_dir = Path(output_dir)
     model, tokenizer = load_model_and_tokenizer(

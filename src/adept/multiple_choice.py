@@ -3,7 +3,7 @@
 Local multiple-choice JSONL files become generated task configs; named benchmarks
 (`adept.benchmarks.NAMED_BENCHMARKS`) run the harness's own configs on local Arrow files; any
 other name is a task shipped by lm-eval. Per-item scores are kept for intervals and paired
-comparisons.
+comparisons. lm_eval is imported inside `run_benchmarks`: a run without benchmarks never loads it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from adept.benchmarks import (
     benchmark_size,
@@ -130,7 +132,6 @@ def run_benchmarks(
     subsets = {name: subset_indices(benchmark_size(source), limit, seed) for name, source in named.items()}
     with offline_hub(), tempfile.TemporaryDirectory(prefix="adept-lmeval-") as tmp:
         import lm_eval
-        import yaml
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
 

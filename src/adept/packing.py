@@ -26,7 +26,8 @@ from adept.corpus import _num_workers, document_from_row, load_corpus, render_ch
 from adept.corpus_sources import CorpusSource, check_txt_split, corpus_specs, resolve_corpus
 from adept.defaults import DEFAULT_TEXT_FIELD, DEFAULT_TXT_SPLIT
 
-# datasets, pyarrow, numpy and torch are imported inside the functions that use them.
+# datasets, pyarrow, numpy, torch and tqdm are imported inside the functions that use them, so
+# importing the data modules (`adept.data`, `adept.corpus`) stays cheap.
 
 logger = logging.getLogger(__name__)
 

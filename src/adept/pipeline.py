@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from adept.artifacts import artifact_header, read_json, write_json
+from adept.benchmarks import check_benchmark_source
 from adept.checkpoints import is_gguf, load_tokenizer, resolve_model_path
 from adept.config import (
     EXPANDED_METHODS,
@@ -32,10 +33,19 @@ from adept.config import (
     TrainConfig,
     save_config,
 )
+from adept.corpus_sources import resolve_corpus
 from adept.distributed import is_main_process, join_launched_processes, wait_for_main
+from adept.evaluation import run_evaluation
+from adept.expansion import count_new_layers, run_expansion
+from adept.importance import run_importance
+from adept.interpolation import run_interpolation
+from adept.packing import pack_corpus
+from adept.report import HTML_NAME, REPORT_DIR, build_report
 from adept.results import SUMMARY_NAME, read_results, write_results
 from adept.run_directory import BASE_LABEL, comparison_path, dial_label, expanded_dir, results_path, train_dir
+from adept.shift import run_shift
 from adept.stage_records import ResumableStages, StageRecords, fingerprint
+from adept.training import FINAL_MODEL_DIR, run_training
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +117,6 @@ class Pipeline(ResumableStages):
             raise FileNotFoundError(
                 f"model: {cfg.model}/config.json not found (a local Hugging Face checkpoint directory)"
             )
-        from adept.benchmarks import check_benchmark_source
-        from adept.corpus_sources import resolve_corpus
-
         data = asdict(cfg.data)
         corpora = [
             (f"data.{key}[{idx}]", path)
@@ -145,8 +152,6 @@ class Pipeline(ResumableStages):
         )
 
         def work() -> None:
-            from adept.packing import pack_corpus
-
             tokenizer = load_tokenizer(cfg.model)
             sizes = {}
             for key, paths in corpora.items():
@@ -177,8 +182,6 @@ class Pipeline(ResumableStages):
         return str(self.run_dir / ".cache")
 
     def importance_stage(self) -> None:
-        from adept.importance import run_importance
-
         cfg = self.config
         out = self.run_dir / "importance"
         print_ = fingerprint(
@@ -211,13 +214,9 @@ class Pipeline(ResumableStages):
 
     def expansion_count(self) -> int:
         """How many layers every expansion-style method adds (see `adept.expansion.count_new_layers`)."""
-        from adept.expansion import count_new_layers
-
         return count_new_layers(self.config.model, self.config.expansion)
 
     def expansion_stage(self, variant: str, new_layers: int) -> None:
-        from adept.expansion import run_expansion
-
         cfg = self.config
         out = expanded_dir(self.run_dir, variant)
         if variant == "uniform":
@@ -244,8 +243,6 @@ class Pipeline(ResumableStages):
         )
 
     def train_stage(self, label: str, settings: MethodSettings, new_layers: int) -> None:
-        from adept.training import FINAL_MODEL_DIR, run_training
-
         cfg = self.config
         method = settings.method
         out = train_dir(self.run_dir, label)
@@ -310,8 +307,6 @@ class Pipeline(ResumableStages):
         )
 
     def model_of(self, label: str) -> str:
-        from adept.training import FINAL_MODEL_DIR
-
         if label == BASE_LABEL:
             return self.config.model
         return str(train_dir(self.run_dir, label) / FINAL_MODEL_DIR)
@@ -321,8 +316,6 @@ class Pipeline(ResumableStages):
 
     def eval_stage(self, label: str) -> Path:
         """Evaluate one model (skipped when its record is current); returns its results' path."""
-        from adept.evaluation import run_evaluation
-
         cfg = self.config
         ev = cfg.evaluation
         path = results_path(self.run_dir, label)
@@ -366,8 +359,6 @@ class Pipeline(ResumableStages):
     def dial_stage(self, label: str, alpha: float) -> str:
         """``label``'s trained model (its stages seen by ``run``) moved back towards its start by ``alpha``
         (`adept interpolate`) and evaluated like any model: a point of the forgetting dial, ``label~alpha``."""
-        from adept.interpolation import run_interpolation
-
         dial = dial_label(label, alpha)
         out = train_dir(self.run_dir, dial)
         model = Path(self.model_of(dial))
@@ -397,8 +388,6 @@ class Pipeline(ResumableStages):
         return path
 
     def shift_stage(self, label: str) -> None:
-        from adept.shift import run_shift
-
         cfg = self.config
         ev = cfg.evaluation
         data = cfg.data.general_heldout if ev.shift_data == "general" else cfg.data.domain_heldout
@@ -434,8 +423,6 @@ class Pipeline(ResumableStages):
 
     def report_stage(self) -> Path:
         """The HTML and Markdown report, written by the main process; every rank returns its path."""
-        from adept.report import HTML_NAME, REPORT_DIR, build_report
-
         path = build_report([self.run_dir])["html"] if self.main else self.run_dir / REPORT_DIR / HTML_NAME
         wait_for_main()
         return path

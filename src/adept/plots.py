@@ -3,7 +3,8 @@
 Importance (paper Fig. 2 style unit heatmap, layer bar chart), token shift (Fig. 5), per-unit
 learning rates, losses and the forgetting-vs-gain scatter (Sec. 4). Called by the importance and
 shift stages and by the report; reads only the values it is given. Only the non-interactive Agg
-backend is used, so it works on headless machines.
+backend is used, so it works on headless machines. matplotlib and numpy are imported inside the
+plotting functions, so the report modules (`adept report`) stay cheap to import.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Documents are read one at a time in a seeded order until a token budget is met: text documents
 are cut into windows with loss on every token, instruction rows keep the loss on the answer
-only, chat rows on the assistant turns only.
+only, chat rows on the assistant turns only. torch is imported only in `collate`, so importing
+`adept.data` does not import it.
 """
 
 from __future__ import annotations

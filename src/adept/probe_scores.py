@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from adept.architectures import get_decoder_layers
 from adept.distributed import dist_ready, is_sharded, probe_gradients, shard_of, sum_over_shards
@@ -95,8 +96,6 @@ def layer_masking_scores(
     model: nn.Module, batches: Sequence[dict], layers: Sequence[int], progress: bool = True
 ) -> tuple[float, list[float]]:
     """Base loss and, per layer, loss increase when that layer is skipped."""
-    from tqdm.auto import tqdm
-
     base = mean_loss(model, batches)
     scores = []
     for layer_idx in tqdm(layers, desc="masking out layers", unit="layer", disable=not progress):
@@ -182,8 +181,6 @@ def unit_gradient_scores(
 
     Returns ``(grad_weight, fisher or None, mean_loss, num_tokens)``.
     """
-    from tqdm.auto import tqdm
-
     device = model_device(model)
     sharded = is_sharded(params)
     combine_batches = all_reduce and dist_ready() and not sharded

@@ -8,7 +8,7 @@ directory. A missing or unreadable part is listed in the report, never fatal. No
 recomputed from models: the report shows the paper's quantities (Sec. 3.1 importance, Sec. 3.2
 expansion, Sec. 3.3 per-unit rates, Sec. 4 forgetting vs. gain) exactly as the stages wrote them.
 The sections are built in `adept.report_sections` and `adept.report_tables`; the page and its
-Markdown twin are Jinja2 templates in ``adept/templates``.
+Markdown twin are Jinja2 templates in ``adept/templates`` (jinja2 is imported only to render one).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from adept.artifacts import artifact_header, write_json
 from adept.checkpoints import load_model_and_tokenizer, read_model_config
 from adept.corpus_sources import resolve_corpus
@@ -28,6 +31,7 @@ from adept.defaults import (
     SHIFT_MAX_BLOCKS,
     SHIFT_TOP_K,
 )
+from adept.forward import BlockBatches, first_blocks, forward_batches
 from adept.plots import CATEGORIES, plot_shift
 
 logger = logging.getLogger(__name__)
@@ -45,11 +49,6 @@ def packed_blocks(
     text_field: str = DEFAULT_TEXT_FIELD,
 ):
     """The first ``max_blocks`` packed blocks of a corpus as a ``(blocks, block_size)`` LongTensor."""
-    import numpy as np
-    import torch
-
-    from adept.forward import first_blocks
-
     blocks = first_blocks(path, tokenizer, block_size, max_blocks, cache_dir, text_field=text_field).with_format(
         "numpy"
     )
@@ -58,10 +57,6 @@ def packed_blocks(
 
 def top1_tokens(model, blocks, batch_size: int = EVAL_BATCH_SIZE, progress: bool = True):
     """The model's most likely next token at every position of ``blocks`` (same shape)."""
-    import torch
-
-    from adept.forward import BlockBatches, forward_batches
-
     outputs = forward_batches(
         model, BlockBatches({"input_ids": blocks}, batch_size), desc="top-1 tokens", progress=progress
     )
@@ -74,10 +69,6 @@ def ranks_of(model, blocks, token_ids, batch_size: int = EVAL_BATCH_SIZE, progre
     The rank is one plus the number of tokens with a strictly higher logit, so a token tied for
     first place counts as rank 1.
     """
-    import torch
-
-    from adept.forward import BlockBatches, forward_batches
-
     out = []
     batches = BlockBatches({"input_ids": blocks, "token_ids": token_ids}, batch_size, ("input_ids", "token_ids"))
     for batch, logits in forward_batches(model, batches, desc="base ranks", progress=progress):
@@ -188,8 +179,6 @@ def run_shift(
 
     The tuned model runs first and only its top-1 ids are kept, so one model is in memory at a time.
     """
-    import torch
-
     output_dir = Path(output_dir)
     for checkpoint in (base_path, tuned_path):
         read_model_config(checkpoint)  # fail on a wrong path before running either model

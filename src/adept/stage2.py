@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from adept.architectures import UnsupportedArchitectureError, get_architecture
 from adept.config import DEFAULT_REFRESHES, MultiplierRule
 from adept.distributed import check_engine, full_numel, is_sharded, probe_share
 from adept.importance import read_importance
@@ -158,8 +159,6 @@ class AdeptCallback(TrainerCallback):
 
     def _measure_units(self, model) -> None:
         """Size and type of every trainable unit, for the budget rule and the distribution."""
-        from adept.architectures import UnsupportedArchitectureError, get_architecture
-
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.sizes = {name: full_numel(p) for name, p in named}
         try:
@@ -303,8 +302,6 @@ def initial_copy_scores(
 
     Returns ``(scores by trainable parameter name, source description)``.
     """
-    from adept.architectures import get_architecture
-
     spec = get_architecture(model.config.model_type)
     source_of = {layer["layer_idx"]: layer["source_layer_idx"] for layer in manifest["inserted_layers"]}
     layer_map = {int(old): new for old, new in manifest["layer_map"].items()}

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from adept.artifacts import read_json, write_json
 from adept.config import METHODS, ConfigError, PipelineConfig, load_config, nearest
 from adept.fronts import (
@@ -151,8 +153,6 @@ def tidy(run_dir: Path, label: str) -> None:
 
 def machine_info(device: str) -> dict[str, Any]:
     """Where a point ran: what its time per token is a measure of."""
-    import torch
-
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -355,6 +355,9 @@ def run_sweep(
             echo(f"{left} of {len(lines)} points to train; time unknown until the first point finishes")
         else:
             echo(f"{left} of {len(lines)} points to train, about {estimate / 3600:.1f} h at the finished points' pace")
+        if cfg.sweep.alphas:
+            dials = len(fronts) * len(cfg.sweep.seeds) * len(cfg.sweep.alphas)
+            echo(f"then up to {dials} dial points (each front's best rate, every seed, each alpha), evaluation only")
         return None
     command = shlex.join(["adept", "sweep", str(config), *(part for o in overrides for part in ("--set", o))])
     grid = {label_of(front, rate): (front, rate) for front in fronts for rate in front.rates}

@@ -10,16 +10,21 @@ one to resume from. `adept.training.run_training` wires all of it into a run.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import logging
 import math
 import os
 import resource
+import threading
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +156,6 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     A run killed while saving leaves a checkpoint without it, and resuming from that one would
     fail; it is skipped with a warning, so the run resumes from the complete one before it.
     """
-    from transformers.trainer import TRAINER_STATE_NAME
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     if not output_dir.is_dir():
         return None
     steps = {}
@@ -182,9 +184,6 @@ class PeakMemory:
     """
 
     def __init__(self, interval: float = 0.02):
-        import ctypes
-        import gc
-
         gc.collect()
         try:  # hand memory freed by an earlier run in this process back to the OS first
             ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -198,8 +197,6 @@ class PeakMemory:
         self.device: torch.device | None = None
 
     def start(self, device: torch.device) -> None:
-        import threading
-
         self.device = device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

@@ -20,11 +20,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
-from transformers import TrainerCallback
+from peft import LoraConfig, get_peft_model
+from transformers import TrainerCallback, set_seed
 
+from adept.artifacts import artifact_header, atomic_directory, write_json
+from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer, read_model_config
 from adept.config import DEFAULT_TRAINING_ARGS, DYNAMIC_METHODS, TrainConfig
 from adept.distributed import is_sharded
+from adept.expanded_checkpoint import MANIFEST_NAME
 from adept.importance import load_importance
 from adept.packing import build_packed_dataset, collate_blocks
 from adept.probe_batches import load_probe_batches
@@ -55,8 +60,6 @@ FINAL_MODEL_DIR = "model"
 
 def build_datasets(cfg: TrainConfig, tokenizer):
     """Packed training stream (with optional general-domain replay) and held-out sets."""
-    import datasets
-
     cache = cfg.cache_dir or str(Path(cfg.output_dir) / ".cache")
     options = {"cache_dir": cache, "num_proc": cfg.tokenize_workers, "text_field": cfg.text_field}
     train = build_packed_dataset(cfg.data, tokenizer, cfg.block_size, **options)
@@ -113,12 +116,6 @@ def run_training(
             `AdeptCallback`, e.g. one that records or injects rates), built with the run's probe.
         adept_trainer: the Trainer class for the dynamic methods (a subclass of `AdeptTrainer`).
     """
-    from transformers import set_seed
-
-    from adept.artifacts import artifact_header, atomic_directory, write_json
-    from adept.checkpoints import checkpoint_dtype, load_model, load_tokenizer, read_model_config
-    from adept.expanded_checkpoint import MANIFEST_NAME
-
     memory = PeakMemory()
     output_dir = Path(cfg.output_dir)
     args = make_training_arguments(cfg)
@@ -134,8 +131,6 @@ def run_training(
     layers, manifest = trainable_layers(cfg, model)
 
     if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
         model = get_peft_model(
             model,
             LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import TrainingArguments
 
 from adept.config import TrainConfig, default_training_args
 
@@ -24,8 +25,6 @@ def make_training_arguments(cfg: TrainConfig):
     the trainable ones fp32, which only autocast can multiply together. ``cfg.max_tokens``
     becomes ``max_steps`` once the world size is known.
     """
-    from transformers import TrainingArguments
-
     merged = {**default_training_args(cfg.method), **cfg.training_args, "output_dir": cfg.output_dir}
     if cfg.eval_data:
         merged.setdefault("eval_strategy", "steps")
