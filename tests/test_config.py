@@ -219,13 +219,17 @@ def test_every_setting_has_a_help_line():
             assert len(f.metadata.get("help", "")) > 10, f"{cls.__name__}.{f.name} has no help line"
 
 
-def test_readme_lists_every_config_key_as_generated_from_the_help_lines():
+def test_the_docs_list_every_config_key_as_generated_from_the_help_lines():
     from adept.config import config_reference
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    assert config_reference() in readme, (
-        "README.md's configuration reference is out of date; paste the output of "
+    root = Path(__file__).parent.parent
+    assert config_reference() in (root / "docs" / "configuration.md").read_text(), (
+        "docs/configuration.md is out of date; paste the output of "
         "python -c 'from adept.config import config_reference; print(config_reference())'"
+    )
+    assert config_reference(sections_only=True) in (root / "README.md").read_text(), (
+        "README.md's configuration overview is out of date; paste the output of "
+        "python -c 'from adept.config import config_reference; print(config_reference(sections_only=True))'"
     )
 
 

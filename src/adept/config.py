@@ -3,7 +3,8 @@
 `load_config` reads the YAML, applies dotted overrides and builds `PipelineConfig` (the settings
 dataclasses of `adept.settings`), so an unknown key fails with the nearest valid one and a bad
 value names its dotted key and the file; `save_config` writes the resolved config next to a run;
-`config_reference` is the README's table of every key. Nothing here imports torch or transformers.
+`config_reference` is the table of every key (docs/configuration.md) and the README's overview of the
+sections. Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -200,20 +201,26 @@ def _validate(config: PipelineConfig, source: str) -> None:
             raise ConfigError(f"{source}: '{label}' uses replay_ratio > 0 but 'data.general_replay' is empty")
 
 
-def config_reference() -> str:
-    """Every config key with its default and help line, as the Markdown table in the README."""
+def config_reference(sections_only: bool = False) -> str:
+    """Every config key with its default and help line, as the Markdown table of docs/configuration.md;
+    with ``sections_only``, the top-level keys and the sections, the README's overview."""
     lines = ["| key | default | meaning |", "| --- | --- | --- |"]
 
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
+            if dataclasses.is_dataclass(hints[f.name]) and sections_only:
+                inside = ", ".join(f"`{k.name}`" for k in dataclasses.fields(hints[f.name]))
+                lines.append(f"| **`{prefix}{f.name}`** | keys: {inside} | {f.metadata['help']} |")
+            elif dataclasses.is_dataclass(hints[f.name]):
                 lines.append(f"| **`{prefix}{f.name}`** | | {f.metadata['help']} |")
                 walk(hints[f.name], f"{prefix}{f.name}.")
             else:
                 lines.append(f"| `{prefix}{f.name}` | `{json.dumps(default_of(f))}` | {f.metadata['help']} |")
 
     walk(PipelineConfig, "")
+    if sections_only:
+        return "\n".join(lines) + "\n"
     defaults = ", ".join(f"`{key}: {json.dumps(value)}`" for key, value in DEFAULT_TRAINING_ARGS.items())
     rates = ", ".join(f"`{method}: {json.dumps(value)}`" for method, value in DEFAULT_LEARNING_RATES.items())
     return "\n".join(lines) + (
