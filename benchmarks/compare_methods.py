@@ -26,13 +26,13 @@ import argparse
 import json
 import logging
 import math
-import os
-import platform
 import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+from adept.sweep import machine_info
 
 TARGET_FORGETTING_SHARE = 0.10
 FULL = "full"
@@ -126,24 +126,6 @@ def seed_overrides(root: Path, seed: int) -> list[str]:
         f"importance.seed={seed}",
         f"run_dir={root / f'seed{seed}'}",
     ]
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    import torch
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device != "cpu" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def run_seeds(args: argparse.Namespace, seeds: list[int], root: Path, command: str) -> None:
