@@ -29,30 +29,6 @@ import build_demo_data as demo_data  # noqa: E402  (the demo's Gene Ontology rea
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 1234
 MAX_CHARS = 3000
-GO_GENERIC = {
-    "activity",
-    "process",
-    "of",
-    "the",
-    "in",
-    "to",
-    "and",
-    "or",
-    "by",
-    "via",
-    "into",
-    "from",
-    "on",
-    "a",
-    "an",
-    "involved",
-    "cell",
-    "cellular",
-    "regulation",
-    "positive",
-    "negative",
-    "complex",
-}
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"“(A-Z])")
 
 
@@ -155,7 +131,7 @@ def domain_mc(terms: list[tuple[int, str, str]], rng: random.Random, n_items: in
     for doc_idx, name, definition in terms:
         if not (40 <= len(definition) <= 400) or len(name) > 80:
             continue
-        specific = [w for w in words(name) if w not in GO_GENERIC and len(w) > 2]
+        specific = [w for w in words(name) if w not in demo_data.GO_GENERIC and len(w) > 2]
         in_definition = set(words(definition))
         if name.lower() in definition.lower() or (
             specific and sum(w in in_definition for w in specific) / len(specific) > 0.5
