@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from adept.memory import estimate_training_memory
+from adept.memory import estimate_training_memory, reference_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DOCS = ROOT / "data" / "demo" / "domain" / "train.jsonl"
@@ -34,22 +34,10 @@ NEW_LAYERS = 4
 
 
 def qwen3_1p7b_config():
-    from transformers import Qwen3Config
-
-    return Qwen3Config(
-        hidden_size=2048,
-        intermediate_size=6144,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        max_position_embeddings=40960,
-        rope_theta=1e6,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
+    """Qwen3-1.7B's published shape (`adept.memory.reference_configs`), no special tokens of its own."""
+    config = reference_configs()["Qwen3-1.7B"]
+    config.bos_token_id = config.eos_token_id = None
+    return config
 
 
 def build_checkpoint(path: Path) -> None:
