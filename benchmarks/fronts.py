@@ -185,13 +185,9 @@ def regenerate_command(args: argparse.Namespace) -> str:
 # --- running: each label one point of `adept sweep`'s runner ---------------------------------
 
 
-def label_steps(front: Front, cfg: PipelineConfig) -> int:
-    return point_steps(front, cfg)
-
-
 def curve_args(front: Front, rate: float, cfg: PipelineConfig) -> dict[str, Any]:
     """Full CPT's labels evaluate ``CURVE_POINTS`` times in training (its general loss over steps); others once."""
-    steps = label_steps(front, cfg)
+    steps = point_steps(front, cfg)
     return {"eval_steps": max(1, steps // CURVE_POINTS) if front.method == FULL else steps}
 
 

@@ -350,12 +350,16 @@ def anchors_of(fronts: Sequence[Front], reference: str) -> list[str]:
 
 
 def fronts_json(
-    data: dict[str, Any], fronts: Sequence[Front], reference: str, settings: dict[str, Any] | None = None
+    data: dict[str, Any],
+    fronts: Sequence[Front],
+    reference: str,
+    matched: dict[str, Any],
+    gaps: dict[str, Any],
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as data: the grid, every run's row, the matched-gain table and the
-    notes; with ``settings`` (the config and overrides), a record another machine can continue from."""
-    anchors = anchors_of(fronts, reference)
-    _, _, matched = matched_table(data, fronts, anchors, reference)
+    """Everything the report shows, as data: the grid, every run's row, the matched-gain table (``matched``),
+    the gaps to the reference (``gaps``) and the notes; with ``settings`` (the config and overrides), a
+    record another machine can continue from."""
     return {
         **artifact_header("fronts"),
         **(settings or {}),
@@ -375,7 +379,7 @@ def fronts_json(
         "past_range": past_range(data, fronts),
         "still_gaining": still_gaining(data, fronts),
         "matched": matched,
-        "against_reference": reference_gaps(data, fronts, reference)[2],
+        "against_reference": gaps,
     }
 
 
@@ -389,7 +393,10 @@ def write_fronts_report(
 ) -> dict[str, Path]:
     """``output/fronts.json`` and ``output/report/{index.html,report.md}`` with the fronts plot."""
     report_dir = Path(output) / REPORT_DIR
-    json_path = write_json(Path(output) / "fronts.json", fronts_json(data, fronts, reference, settings))
+    anchors = anchors_of(fronts, reference)
+    columns, rows, matched = matched_table(data, fronts, anchors, reference)
+    gap_columns, gap_rows, gaps = reference_gaps(data, fronts, reference)
+    json_path = write_json(Path(output) / "fronts.json", fronts_json(data, fronts, reference, matched, gaps, settings))
     png = plot_fronts(plot_series(data, fronts), report_dir / "fronts.png")
     curves = plot_curves(
         general_curves(data, fronts),
@@ -397,8 +404,6 @@ def write_fronts_report(
         ylabel="general held-out loss",
         title="General loss over training (runs that evaluated during training)",
     )
-    anchors = anchors_of(fronts, reference)
-    columns, rows, _ = matched_table(data, fronts, anchors, reference)
     notes = [line.removeprefix("- ").replace("*", "") for line in range_notes(data, fronts) + seed_note(data)]
     fronts_section = Section("Fronts", "fronts")
     fronts_section.blocks += [
@@ -423,7 +428,6 @@ def write_fronts_report(
         ),
         Table(columns, rows),
     ]
-    gap_columns, gap_rows, _ = reference_gaps(data, fronts, reference)
     gaps_section = Section("Against the reference, seed by seed", "against-reference")
     gaps_section.blocks += [
         Text(
