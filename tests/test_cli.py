@@ -266,7 +266,7 @@ def test_every_flag_that_sets_a_config_key_has_its_default_and_help(name):
                 assert param.required, flag
             elif option.comma:  # a list as one comma-separated value
                 assert param.default == (None if default is None else ",".join(map(str, default))), flag
-            elif isinstance(default, list):  # repeatable; absent: the field's default
+            elif isinstance(default, (list, dict)):  # repeatable (NAME=VALUE for a mapping); absent: the default
                 assert param.multiple and param.default is None, flag
             else:
                 assert param.default == default, (
@@ -436,3 +436,9 @@ def test_expand_eval_and_shift_flags_reach_their_runners(tmp_path, monkeypatch):
     assert kwargs["limit"] == 50 and isinstance(kwargs["limit"], int) and kwargs["seed"] == 7
     assert kwargs["domain"] == [Path("d.txt")] and kwargs["device"] == "cpu"
     assert main(argv + ["--limit", "0.5"]) == 0 and calls["eval"][-1][1]["limit"] == 0.5
+    assert calls["eval"][-1][1]["limits"] == {}
+    limits = ["--limits", "hellaswag=2000", "--limits", "arc_easy=0.5"]
+    assert main(argv + limits) == 0 and calls["eval"][-1][1]["limits"] == {"hellaswag": 2000, "arc_easy": 0.5}
+    assert isinstance(calls["eval"][-1][1]["limits"]["hellaswag"], int)
+    for bad in ("hellaswag", "hellaswag=", "hellaswag=many", "hellaswag=0"):
+        assert main(argv + ["--limits", bad]) == 2

@@ -70,6 +70,7 @@ def _minimal(tmp_path, text: str) -> Path:
         ),
         ("train: {rule: {rule: square}}\n", "'train.rule'"),
         ("evaluation: [1, 2]\n", "'evaluation' must be a mapping"),
+        ("evaluation: {limits: {hellaswag: 0}}\n", "'evaluation.limits.hellaswag' must be a positive number, got 0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, text, message):

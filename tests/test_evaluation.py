@@ -136,6 +136,21 @@ def test_benchmark_limit(checkpoints, files):
     assert scores["domain"]["n"] == 2
 
 
+def test_benchmark_limits_per_benchmark(checkpoints, files):
+    """evaluation.limits: each benchmark its own limit, the rest the common one; the items are those each
+    would get alone, and a name that is not a benchmark is refused before anything runs."""
+    model, tokenizer = load_model_and_tokenizer(checkpoints["base"], device="cpu")
+    tasks = {"general": files["general_mc"], "domain": files["domain_mc"]}
+    scores = run_benchmarks(model, tokenizer, tasks, batch_size=2, limit=None, limits={"domain": 3})
+    assert (scores["general"]["n"], scores["domain"]["n"]) == (len(GENERAL_MC), 3)
+    alone = run_benchmarks(model, tokenizer, {"domain": files["domain_mc"]}, batch_size=2, limit=3)["domain"]
+    assert scores["domain"]["items"] == alone["items"]
+    mixed = run_benchmarks(model, tokenizer, tasks, batch_size=2, limit=2, limits={"general": 4})
+    assert (mixed["general"]["n"], mixed["domain"]["n"]) == (4, 2)
+    with pytest.raises(ValueError, match=r"evaluation.limits names \['hellaswag'\]"):
+        run_benchmarks(model, tokenizer, tasks, limits={"hellaswag": 2000})
+
+
 def _manual_loss(model, dataset):
     losses = []
     with torch.no_grad():

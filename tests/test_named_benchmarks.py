@@ -171,6 +171,17 @@ def test_limit_takes_a_seeded_subset_shared_by_every_model(benchmark_data):
     assert subset_indices(len(ARC), 100, 7) is None  # a limit above the size takes everything
 
 
+def test_limits_give_one_named_benchmark_a_subset_and_the_others_every_item(benchmark_data):
+    from adept.benchmarks import subset_indices
+    from adept.evaluation import run_benchmarks
+
+    tasks = {"arc_easy": "arc_easy", "hellaswag": "hellaswag"}
+    scores = run_benchmarks(tiny_model("llama", seed=0), byte_tokenizer(), tasks, limits={"arc_easy": 3}, seed=7)
+    assert scores["arc_easy"]["items"]["doc_id"] == subset_indices(len(ARC), 3, 7)
+    assert scores["arc_easy"]["subset_seed"] == 7
+    assert scores["hellaswag"]["n"] == len(HELLASWAG) and scores["hellaswag"]["subset_seed"] is None
+
+
 def test_wilson_interval_solves_its_defining_equation():
     from adept.benchmarks import Z95, wilson_interval
 

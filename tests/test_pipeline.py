@@ -118,6 +118,19 @@ def test_the_base_model_can_be_evaluated_alone_first(workspace):
     assert "eval:base" in pipeline.skipped and "train:adept" in pipeline.ran
 
 
+def test_benchmark_limits_rerun_the_evaluation_only_when_set(workspace):
+    """evaluation.limits left empty keeps finished evaluations current; set, it reruns them with its limits."""
+    tmp_path, config = workspace
+    Pipeline(load_config(config)).evaluate_base()
+    empty = Pipeline(load_config(config, ["evaluation.limits={}"]))
+    empty.evaluate_base()
+    assert empty.skipped == ["eval:base"]
+    limited = Pipeline(load_config(config, ["evaluation.limits={general_mc: 1}"]))
+    run = json.loads(limited.evaluate_base().read_text())["runs"][0]
+    assert limited.ran == ["eval:base"]
+    assert (run["benchmarks"]["general_mc"]["n"], run["benchmarks"]["domain_mc"]["n"]) == (1, 2)
+
+
 def test_changing_a_training_key_reruns_only_training_and_later(workspace):
     tmp_path, config = workspace
     _, first = run_pipeline(load_config(config), progress=False)

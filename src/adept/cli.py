@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 
 from adept.cli_options import (
-    DERIVED_DEFAULTS,
     DEVICE_OPTIONS,
     EVAL_DATA_OPTIONS,
     EVAL_OPTIONS,
@@ -28,12 +27,12 @@ from adept.cli_options import (
     SWEEP_OPTIONS,
     TEXT_OPTIONS,
     TRAIN_OPTIONS,
-    TRAINING_ARG_FLAGS,
     TRAINING_ARG_PARAMS,
     config_overrides,
     option_values,
     parse_limit,
     settings_from_options,
+    training_args_from_flags,
     with_options,
 )
 from adept.config import (
@@ -45,7 +44,6 @@ from adept.config import (
     ProbeConfig,
     TrainConfig,
     load_config,
-    parse_assignment,
 )
 
 app = typer.Typer(
@@ -163,17 +161,7 @@ def train(
     from adept.training import run_training
 
     try:
-        training_args = {name: values.pop(flag) for flag, (name, _) in TRAINING_ARG_FLAGS.items()}
-        for name in DERIVED_DEFAULTS:  # the method's rate (default_training_args); autocast by --dtype
-            if training_args[name] is None:
-                del training_args[name]
-        training_args["data_seed"] = training_args["seed"]
-        for item in set_ or []:
-            try:
-                key, value = parse_assignment(item)
-            except ValueError as err:
-                raise ValueError(f"--set {err}") from None
-            training_args[key] = value
+        training_args = training_args_from_flags(values, set_ or [])
         values["model"] = str(_model_path(Path(values["model"])))
         path = run_training(settings_from_options(TrainConfig, TRAIN_OPTIONS, values, training_args=training_args))
     except _USER_ERRORS as err:
@@ -323,6 +311,7 @@ def evaluate(
             batch_size=settings["batch_size"],
             max_blocks=settings["max_blocks"],
             limit=parse_limit(settings["limit"]),
+            limits=EvaluationSection(limits=settings["limits"]).limits,  # checked as the config's key
             device=values["device"],
             dtype=values["dtype"],
             attn_implementation=values["attn_implementation"],

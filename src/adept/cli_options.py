@@ -19,6 +19,7 @@ from dataclasses import MISSING
 from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 
 from adept.config import (
     DEFAULT_LEARNING_RATES,
@@ -31,6 +32,7 @@ from adept.config import (
     SweepSection,
     TrainConfig,
     default_of,
+    parse_assignment,
     set_dotted,
 )
 
@@ -111,6 +113,8 @@ def _parameter(option: SettingOption) -> inspect.Parameter:
     elif option.comma:
         hint = Optional[str] if default is None else str  # noqa: UP045
         default = None if default is None else ",".join(str(item) for item in default)
+    elif typing.get_origin(hint) is dict:  # NAME=VALUE, repeatable; absent: the field's default
+        hint, default = Optional[list[str]], None  # noqa: UP045
     elif typing.get_origin(hint) is list and default is not MISSING:
         hint, default = Optional[hint], None  # repeatable; absent: the field's default  # noqa: UP045
     annotation = Annotated[hint, typer.Option(help=option.field.metadata["help"])]
@@ -160,6 +164,18 @@ def _split(option: SettingOption, text: str) -> list[Any]:
         ) from None
 
 
+def _pairs(option: SettingOption, items: list[str]) -> dict[str, Any]:
+    """Repeated ``NAME=VALUE`` flag values as the mapping their field holds (each value read as YAML)."""
+    mapping = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        value = yaml.safe_load(text) if sep and text.strip() else None
+        if not name.strip() or value is None:
+            raise ValueError(f"{option.flag} expects NAME=VALUE, got '{item}'")
+        mapping[name.strip()] = value
+    return mapping
+
+
 def option_values(options: list[SettingOption], values: dict[str, Any]) -> dict[str, Any]:
     """Dotted config key -> value of each generated flag, taken out of ``values`` (the handler's ``**values``)."""
     settings = {}
@@ -167,6 +183,8 @@ def option_values(options: list[SettingOption], values: dict[str, Any]) -> dict[
         value = values.pop(option.name)
         if option.comma and value is not None:
             value = _split(option, value)
+        elif typing.get_origin(option.hint) is dict:
+            value = default_of(option.field) if value is None else _pairs(option, value)
         elif value is None and typing.get_origin(option.hint) is list:
             value = default_of(option.field)
         settings[option.path] = value
@@ -232,7 +250,9 @@ EVAL_DATA_OPTIONS = setting_options(
     },
 )
 EVAL_OPTIONS = setting_options(
-    EvaluationSection, only=("batch_size", "max_blocks", "limit", "benchmark_seed"), rename={"benchmark_seed": "seed"}
+    EvaluationSection,
+    only=("batch_size", "max_blocks", "limit", "limits", "benchmark_seed"),
+    rename={"benchmark_seed": "seed"},
 )
 # `adept analyze shift`: the pipeline's shift settings (its batch size is evaluation.batch_size).
 SHIFT_DATA_OPTIONS = setting_options(DataSection, only=("block_size", "text_field"))
@@ -278,3 +298,19 @@ TRAINING_ARG_PARAMS = [
     )
     for flag, (name, help_) in TRAINING_ARG_FLAGS.items()
 ]
+
+
+def training_args_from_flags(values: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """TrainingArguments from `adept train`'s flags (popped from ``values``) and its ``--set key=value`` items."""
+    training_args = {name: values.pop(flag) for flag, (name, _) in TRAINING_ARG_FLAGS.items()}
+    for name in DERIVED_DEFAULTS:  # the method's rate (default_training_args); autocast by --dtype
+        if training_args[name] is None:
+            del training_args[name]
+    training_args["data_seed"] = training_args["seed"]
+    for item in assignments:
+        try:
+            key, value = parse_assignment(item)
+        except ValueError as err:
+            raise ValueError(f"--set {err}") from None
+        training_args[key] = value
+    return training_args

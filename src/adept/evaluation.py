@@ -183,6 +183,7 @@ def evaluate_model(
     progress: bool = True,
     seed: int = BENCHMARK_SEED,
     text_field: str = DEFAULT_TEXT_FIELD,
+    limits: Mapping[str, int | float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Perplexity and benchmark entries of one loaded model; sets are ``(key, path, domain)``."""
     perplexity = {}
@@ -192,7 +193,7 @@ def evaluate_model(
         )
         perplexity[key] = {**entry, "domain": domain}
     scores = run_benchmarks(
-        model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed
+        model, tokenizer, {key: path for key, path, _ in benchmark_sets}, batch_size, limit, seed=seed, limits=limits
     )
     benchmarks = {key: {**scores[key], "domain": domain} for key, _, domain in benchmark_sets}
     return {"perplexity": perplexity, "benchmarks": benchmarks}
@@ -217,6 +218,7 @@ def run_evaluation(
     summaries: Mapping[str, Mapping[str, Any] | None] | None = None,
     progress: bool = True,
     seed: int = BENCHMARK_SEED,
+    limits: Mapping[str, int | float] | None = None,
 ) -> Path:
     """Evaluate every model on the same sets and write ``output_dir/results.json``.
 
@@ -228,6 +230,7 @@ def run_evaluation(
         block_size, batch_size, max_blocks: perplexity packing and batching.
         limit: at most this many questions per benchmark (a seeded subset of named benchmarks).
         seed: seed of the named benchmarks' item subset.
+        limits: benchmark name (as in the results) -> its own limit in place of ``limit``.
         device, dtype, attn_implementation: where, in which precision and with which attention
             kernel models are loaded.
         text_field: the text column of tabular held-out corpora.
@@ -253,6 +256,12 @@ def run_evaluation(
     benchmark_sets = list(zip(_benchmark_keys(benches), benches, bench_domains)) if benches else []
     for _, source, _ in benchmark_sets:
         check_benchmark_source(source)  # fail before loading any model
+    unknown = sorted(set(limits or {}) - {key for key, _, _ in benchmark_sets})
+    if unknown:
+        raise ValueError(
+            f"evaluation.limits names {unknown}, which are not among the benchmarks "
+            f"{[key for key, _, _ in benchmark_sets]}"
+        )
     if summaries is None:
         summaries = {label: load_training_summary(path) for label, path in models}
 
@@ -277,6 +286,7 @@ def run_evaluation(
                 progress=progress,
                 seed=seed,
                 text_field=text_field,
+                limits=limits,
             )
         finally:
             del model

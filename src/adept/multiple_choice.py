@@ -96,6 +96,7 @@ def run_benchmarks(
     limit: int | float | None = None,
     log_samples: bool = False,
     seed: int = BENCHMARK_SEED,
+    limits: Mapping[str, int | float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score ``model`` on multiple-choice benchmarks with lm-evaluation-harness, in-process.
 
@@ -115,6 +116,9 @@ def run_benchmarks(
         batch_size: lm-eval batch size.
         limit: at most this many questions per task (a float below 1 is a fraction).
         log_samples: also return lm-eval's per-question records under ``"samples"``.
+        seed: seed of the named benchmarks' item subsets.
+        limits: result name -> its own limit in place of ``limit`` (every item of the others and a
+            fixed 2,000 of HellaSwag: ``limit=None, limits={"hellaswag": 2000}``).
 
     Returns:
         name -> ``{"acc", "acc_norm", "acc_stderr", "acc_ci", "acc_norm_ci", "n", "path", "items"}``
@@ -125,11 +129,16 @@ def run_benchmarks(
         return {}
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    limits = dict(limits or {})
+    unknown = sorted(set(limits) - set(tasks))
+    if unknown:
+        raise ValueError(f"evaluation.limits names {unknown}, which are not among the benchmarks {list(tasks)}")
+    limit_of = {name: limits.get(name, limit) for name in tasks}
     local = {name: source for name, source in tasks.items() if is_benchmark_file(source)}
     named = {name: str(source) for name, source in tasks.items() if name not in local and is_named_benchmark(source)}
     for source in [*local.values(), *named.values()]:
         check_benchmark_source(source)
-    subsets = {name: subset_indices(benchmark_size(source), limit, seed) for name, source in named.items()}
+    subsets = {name: subset_indices(benchmark_size(source), limit_of[name], seed) for name, source in named.items()}
     with offline_hub(), tempfile.TemporaryDirectory(prefix="adept-lmeval-") as tmp:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -158,9 +167,13 @@ def run_benchmarks(
                     "lm-eval"
                 )
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        # lm-eval takes either a limit (first items) or item lists, so seeded subsets run on their own.
-        seeded = [task_ids[name] for name in named if limit is not None]
-        rest = [task for task in dict.fromkeys(task_ids.values()) if task not in seeded]
+        # lm-eval takes either a limit (first items) or item lists, so seeded subsets run on their own,
+        # and the other tasks in one call per limit.
+        seeded = [task_ids[name] for name in named if limit_of[name] is not None]
+        rest: dict[int | float | None, list[str]] = {}
+        for name, task in task_ids.items():
+            if task not in seeded and all(task not in group for group in rest.values()):
+                rest.setdefault(None if name in named else limit_of[name], []).append(task)
         outputs = []
         if seeded:
             samples = {task_ids[name]: subsets[name] for name in named if subsets[name] is not None}
@@ -169,9 +182,11 @@ def run_benchmarks(
                     model=lm, tasks=seeded, task_manager=manager, samples=samples or None, log_samples=True
                 )
             )
-        if rest:
+        for group_limit, group in rest.items():
             outputs.append(
-                lm_eval.simple_evaluate(model=lm, tasks=rest, task_manager=manager, limit=limit, log_samples=True)
+                lm_eval.simple_evaluate(
+                    model=lm, tasks=group, task_manager=manager, limit=group_limit, log_samples=True
+                )
             )
         output = _merge_outputs(outputs)
     scores: dict[str, dict[str, Any]] = {}

@@ -324,8 +324,11 @@ class Pipeline(ResumableStages):
             k: getattr(cfg.data, k)
             for k in ("general_heldout", "domain_heldout", "general_benchmarks", "domain_benchmarks")
         }
+        # An empty evaluation.limits (the default) leaves the print as it was before that key existed,
+        # so evaluations finished then stay current.
+        settings = {key: value for key, value in asdict(ev).items() if key != "limits" or value}
         print_ = fingerprint(
-            settings=asdict(ev),
+            settings=settings,
             sets={k: self._identity(v) for k, v in sets.items()},
             block_size=cfg.data.block_size,
             upstream=self._upstream_of(label),
@@ -347,6 +350,7 @@ class Pipeline(ResumableStages):
                 batch_size=ev.batch_size,
                 max_blocks=ev.max_blocks,
                 limit=ev.limit,
+                limits=ev.limits,
                 device=cfg.device,
                 summaries={label: None},
                 progress=self.progress,

@@ -359,6 +359,12 @@ class EvaluationSection:
         "At most N questions per benchmark (below 1: that fraction of each): the first ones of a JSONL file, a "
         "subset of a named benchmark drawn with benchmark_seed (the same items for every model).",
     )
+    limits: dict[str, int | float] = setting(
+        factory=dict,
+        help="Per-benchmark limit in place of limit, by the benchmark's name in the results: {hellaswag: 2000} "
+        "(flag: --limits hellaswag=2000) with limit null scores every item of the others and a seeded 2,000 of "
+        "HellaSwag.",
+    )
     benchmark_seed: int = setting(BENCHMARK_SEED, "Seed of the named benchmarks' item subset under limit.")
     shift: bool = setting(True, "Run the token-shift analysis of each trained model against the base model.")
     shift_data: str = setting("general", "Held-out corpus of the shift analysis: general or domain.")
@@ -367,6 +373,9 @@ class EvaluationSection:
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit <= 0:
             raise FieldError("limit", f"must be positive, got {self.limit}")
+        for name, value in self.limits.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise FieldError(f"limits.{name}", f"must be a positive number, got {value!r}")
         if self.shift_data not in ("general", "domain"):
             raise FieldError("shift_data", f"must be general or domain, got '{self.shift_data}'")
 
