@@ -156,6 +156,17 @@ def test_sweep_trains_point_by_point_resumes_and_writes_the_fronts(workspace, mo
     with pytest.raises(ValueError, match=r"fronts.json: overrides: the recorded runs used --set"):
         sweep.run_sweep(config, [*overrides[:-1], f"sweep.output={elsewhere}", "train.training_args.max_steps=2"])
 
+    # A second grid sharing the run directories, with its own record and report: what both grids hold at the
+    # same settings is not trained again, and the first grid's record is left as it was.
+    first_record = paths["json"].read_text()
+    other = [*overrides[:2], "sweep.rates.adept=[1e-2,3e-2]", *overrides[3:], f"sweep.report_dir={tmp_path / 'other'}"]
+    shared = sweep.run_sweep(config, other)
+    assert trained[3:] == [["adept@3e-2"]]
+    assert shared["json"] == tmp_path / "other" / "fronts.json" and shared["html"].is_relative_to(tmp_path / "other")
+    rows = json.loads(shared["json"].read_text())["runs"]["0"]
+    assert set(rows) == {"full@1e-3", "full@1e-2", "adept@1e-2", "adept@3e-2"}
+    assert paths["json"].read_text() == first_record
+
 
 def test_sweep_flags_override_the_config_and_absent_ones_keep_it(workspace, capsys):  # noqa: F811
     tmp_path, config = workspace

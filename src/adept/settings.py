@@ -395,6 +395,11 @@ class SweepSection:
         False, "Draw the importance probe with each seed too (importance.seed), so Stage 1 varies with the seed."
     )
     output: str | None = setting(None, "Directory of the sweep's run directories and report (default: RUN_DIR/sweep).")
+    report_dir: str | None = setting(
+        None,
+        "Directory of the sweep's fronts.json and report/ (default: OUTPUT). Apart from OUTPUT, two sweeps share run "
+        "directories, so a point both grids hold at the same settings trains once.",
+    )
     reference: str | None = setting(
         None,
         "Front whose best gain the others are matched at and whose cost they are divided by "

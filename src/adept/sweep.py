@@ -97,7 +97,13 @@ def reference_front(cfg: PipelineConfig, fronts: Sequence[Front]) -> str:
 
 
 def sweep_root(cfg: PipelineConfig) -> Path:
+    """Where the sweep's run directories live (``seed<N>``)."""
     return Path(cfg.sweep.output) if cfg.sweep.output else Path(cfg.run_dir) / "sweep"
+
+
+def report_root(cfg: PipelineConfig) -> Path:
+    """Where the sweep's record (fronts.json) and report go: its own, even where run directories are shared."""
+    return Path(cfg.sweep.report_dir) if cfg.sweep.report_dir else sweep_root(cfg)
 
 
 def point_steps(front: Front, cfg: PipelineConfig) -> int:
@@ -362,7 +368,7 @@ def run_sweep(
     command = shlex.join(["adept", "sweep", str(config), *(part for o in overrides for part in ("--set", o))])
     grid = {label_of(front, rate): (front, rate) for front in fronts for rate in front.rates}
     grid |= {dial_label(label, a): point for label, point in grid.items() for a in cfg.sweep.alphas}
-    record_path = root / RECORD_NAME
+    record_path = report_root(cfg) / RECORD_NAME
     # The sweep's own keys (seeds, rates, output) do not change what a point computes.
     settings = {"config": str(config), "overrides": [o for o in overrides if not o.startswith("sweep.")]}
     record = read_record(record_path, settings["config"], settings["overrides"], cfg, grid)
@@ -401,7 +407,7 @@ def run_sweep(
     ]
     done = sum(len(rows) for rows in data["seeds"].values())
     meta = [f"config: {config}", f"sweep: {root}", f"{done} of {len(todo)} points done", f"command: {command}"]
-    return write_fronts_report(data, shown, reference_front(cfg, fronts), root, meta, settings)
+    return write_fronts_report(data, shown, reference_front(cfg, fronts), report_root(cfg), meta, settings)
 
 
 def run_dials(
