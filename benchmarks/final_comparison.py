@@ -1,0 +1,277 @@
+"""The final comparison: each method's best rate on full benchmark sets, paired per item with the base model.
+
+Each front's best rate (the largest mean domain gain over seeds: what a user adapting to the domain picks)
+is read from the records of finished sweeps (``--sweep CONFIG``, repeatable: E4's full CPT, LLaMA-Pro and
+ADEPT, E1's rules). Every seed's trained model of that rate, and the base model once, is evaluated on:
+
+- every item of the config's general benchmarks but HellaSwag, a seeded 2,000 of HellaSwag
+  (``evaluation.limits``), and every item of the domain's multiple-choice set;
+- held-out loss on the config's general text (State of the Union, the probe's source), on Austen (a
+  source neither probed nor trained on) and on the domain's held-out text, ``--max-blocks`` blocks each.
+
+One ``results.json`` per model under ``--work``, so the work resumes model by model (about 30-40 minutes
+per model on 2 CPU cores). Then ``docs/results_final.md``: per front, gain and forgetting with each
+accuracy change paired per item against the base model, seed by seed, and the mean over seeds.
+
+Usage: python benchmarks/final_comparison.py --sweep configs/e4_smollm2.yaml --sweep configs/e1_smollm2.yaml
+       [--fronts full,llama-pro,adept,adept-no-stage2] [--seeds 0,1,2] [--max-models N] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from adept.artifacts import read_json, write_text
+from adept.benchmarks import paired_difference
+from adept.config import load_config
+from adept.evaluation import run_evaluation, weighted_loss
+from adept.fronts import T95, best_rate, label_of, pooled_items, rate_name
+from adept.fronts_report import markdown_table
+from adept.run_directory import train_dir
+from adept.sweep import RECORD_NAME, report_root, sweep_fronts, sweep_root
+from adept.training import FINAL_MODEL_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+SECOND_SOURCE = "data/demo/general/heldout.jsonl"  # Austen: neither the probe's source nor trained on
+HELLASWAG_ITEMS = 2000
+BASE = "base"
+
+
+def best_points(configs: list[str], wanted: list[str] | None) -> list[dict[str, Any]]:
+    """Per front of the sweeps (first sweep first; a name seen twice is kept once): its best rate and the
+    trained model of each seed that ran it."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        cfg = load_config(config)
+        record_path = report_root(cfg) / RECORD_NAME
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path}: no record; run adept sweep {config} first")
+        record = read_json(record_path, kind="fronts")
+        data = {"seeds": {int(s): rows for s, rows in record["runs"].items()}, "base": record["base"]}
+        for front in sweep_fronts(cfg, config):
+            if front.name in chosen or (wanted and front.name not in wanted):
+                continue
+            best = best_rate(data, front)
+            if best is None:
+                continue
+            label = label_of(front, best[0])
+            models = {
+                seed: train_dir(sweep_root(cfg) / f"seed{seed}", label) / FINAL_MODEL_DIR
+                for seed, rows in data["seeds"].items()
+                if label in rows
+            }
+            chosen[front.name] = {"front": front.name, "rate": best[0], "label": label, "models": models, "cfg": cfg}
+    return list(chosen.values())
+
+
+def evaluate_once(work: Path, key: str, model: Path, cfg, args) -> dict[str, Any] | None:
+    """One model's evaluation, cached as ``work/key/results.json``; None where the model is not on this machine."""
+    path = work / key / "results.json"
+    if not path.is_file():
+        if not model.is_dir():
+            print(f"skipped {key}: {model} is not here (trained on another machine)")
+            return None
+        print(f"evaluating {key} ({model})", flush=True)
+        run_evaluation(
+            [(key.replace("/", ":"), model)],
+            work / key,
+            general=[*cfg.data.general_heldout, args.second_source],
+            domain=cfg.data.domain_heldout,
+            general_benchmarks=cfg.data.general_benchmarks,
+            domain_benchmarks=cfg.data.domain_benchmarks,
+            block_size=cfg.data.block_size,
+            batch_size=cfg.evaluation.batch_size,
+            max_blocks=args.max_blocks,
+            limit=args.limit,
+            limits={} if args.limit else {"hellaswag": HELLASWAG_ITEMS},
+            device="cpu",
+            summaries={key.replace("/", ":"): None},
+            seed=cfg.evaluation.benchmark_seed,
+        )
+    return read_json(path, kind="evaluation")["runs"][0]
+
+
+def loss_of(run: dict[str, Any], path: str) -> float | None:
+    return next((e["loss"] for e in run["perplexity"].values() if e["path"] == str(path)), None)
+
+
+def changes(run: dict[str, Any], base: dict[str, Any], cfg, second_source: str) -> dict[str, Any]:
+    """A model's gain and forgetting against the base model, each accuracy paired per item."""
+
+    def pct(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else 100 * (a / b - 1)
+
+    general = [str(p) for p in cfg.data.general_heldout]
+    first = general[0] if general else None
+    out = {
+        "gain_pct": -pct(weighted_loss(run["perplexity"], "domain"), weighted_loss(base["perplexity"], "domain")),
+        "probe_source_pct": pct(loss_of(run, first), loss_of(base, first)) if first else None,
+        "second_source_pct": pct(loss_of(run, second_source), loss_of(base, second_source)),
+    }
+    for side in ("general", "domain"):
+        out[f"{side}_acc"] = paired_difference(
+            pooled_items(base["benchmarks"], side), pooled_items(run["benchmarks"], side), "score"
+        )
+    out["per_benchmark"] = {
+        name: paired_difference(
+            pooled_items({name: base["benchmarks"][name]}, entry["domain"]),
+            pooled_items({name: entry}, entry["domain"]),
+            "score",
+        )
+        for name, entry in run["benchmarks"].items()
+        if name in base["benchmarks"]
+    }
+    return out
+
+
+def over_seeds(values: list[float]) -> str:
+    """Mean over seeds, with a 95% t-interval from two seeds on."""
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:+.2f} (1 seed)"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+    return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(values)})"
+
+
+def paired_cell(diff: dict[str, Any] | None) -> str:
+    if diff is None:
+        return "–"
+    ci = f" [{100 * diff['ci'][0]:+.1f}, {100 * diff['ci'][1]:+.1f}]" if diff["ci"] else ""
+    return f"{100 * diff['diff']:+.1f}{ci} (n={diff['n']})"
+
+
+def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, command: str) -> list[str]:
+    seed_rows, mean_rows = [], []
+    for point in points:
+        rows = results.get(point["front"], {})
+        for seed, change in sorted(rows.items()):
+            seed_rows.append(
+                [
+                    point["front"],
+                    rate_name(point["rate"]),
+                    str(seed),
+                    f"{change['gain_pct']:.2f}",
+                    f"{change['probe_source_pct']:+.2f}",
+                    f"{change['second_source_pct']:+.2f}",
+                    paired_cell(change["general_acc"]),
+                    paired_cell(change["domain_acc"]),
+                ]
+            )
+        values = list(rows.values())
+
+        def pick(key, scale=1.0, values=values):
+            return [
+                scale * (v[key]["diff"] if isinstance(v[key], dict) else v[key]) for v in values if v[key] is not None
+            ]
+
+        mean_rows.append(
+            [
+                point["front"],
+                rate_name(point["rate"]),
+                over_seeds(pick("gain_pct")),
+                over_seeds(pick("probe_source_pct")),
+                over_seeds(pick("second_source_pct")),
+                over_seeds(pick("general_acc", 100)),
+                over_seeds(pick("domain_acc", 100)),
+            ]
+        )
+    names = sorted({name for rows in results.values() for change in rows.values() for name in change["per_benchmark"]})
+    bench_rows = []
+    for point in points:
+        for seed, change in sorted(results.get(point["front"], {}).items()):
+            cells = [paired_cell(change["per_benchmark"].get(name)) for name in names]
+            bench_rows.append([point["front"], str(seed), *cells])
+    accuracy = {name: entry.get("acc_norm") or entry.get("acc") for name, entry in base["benchmarks"].items()}
+    sizes = {name: entry.get("n") for name, entry in base["benchmarks"].items()}
+    return [
+        "# The final comparison: each method's best rate on full benchmark sets",
+        "",
+        *markdown_table(
+            [
+                "method",
+                "best rate",
+                "domain-loss gain %",
+                "general loss Δ% (probe's source)",
+                "general loss Δ% (Austen)",
+                "general accuracy Δ pts",
+                "domain accuracy Δ pts",
+            ],
+            mean_rows,
+            "llrrrrr",
+        ),
+        "",
+        "Means over seeds with 95% t-intervals over seeds; an interval that holds 0 is no difference. "
+        f"Regenerate: `{command}` (resumable model by model).",
+        "",
+        "## Seed by seed, paired per item with the base model",
+        "",
+        "Accuracy changes in points: every item of each benchmark but HellaSwag (a seeded "
+        f"{HELLASWAG_ITEMS:,}), pooled, each item scored against the base model's score on it (normal 95% interval).",
+        "",
+        *markdown_table(
+            ["method", "rate", "seed", "gain %", "SOTU loss Δ%", "Austen loss Δ%", "general acc Δ", "domain acc Δ"],
+            seed_rows,
+            "llrrrrrr",
+        ),
+        "",
+        "## Per benchmark",
+        "",
+        "Base model: "
+        + ", ".join(f"{name} {100 * acc:.1f}% of {sizes[name]}" for name, acc in accuracy.items() if acc is not None)
+        + ".",
+        "",
+        *markdown_table(["method", "seed", *names], bench_rows, "ll" + "r" * len(names)),
+        "",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", action="append", required=True, help="A sweep config whose record is done")
+    parser.add_argument("--fronts", default="", help="Comma-separated fronts (default: every front of the sweeps)")
+    parser.add_argument("--seeds", default="", help="Comma-separated seeds (default: every seed that ran)")
+    parser.add_argument("--work", default="runs/final_comparison")
+    parser.add_argument("--docs", default="docs/results_final.md")
+    parser.add_argument("--second-source", default=SECOND_SOURCE)
+    parser.add_argument("--max-blocks", type=int, default=64)
+    parser.add_argument("--max-models", type=int, default=None, help="Evaluate at most N models in this sitting")
+    parser.add_argument("--limit", type=int, default=None, help="Items per benchmark (a smoke run; default: all)")
+    args = parser.parse_args(argv)
+    wanted = [f for f in args.fronts.split(",") if f] or None
+    seeds = {int(s) for s in args.seeds.split(",") if s} or None
+    points = best_points(args.sweep, wanted)
+    if not points:
+        raise SystemExit("no front with a finished rate in the sweeps' records")
+    work = Path(args.work)
+    cfg = points[0]["cfg"]
+    base = evaluate_once(work, BASE, Path(cfg.model), cfg, args)
+    if base is None:
+        raise SystemExit(f"{cfg.model}: the base model is not here")
+    evaluated, results = 0, {}
+    for point in points:
+        for seed, model in sorted(point["models"].items()):
+            if seeds and seed not in seeds:
+                continue
+            key = f"seed{seed}/{point['label']}"
+            done = (work / key / "results.json").is_file()
+            if not done and args.max_models is not None and evaluated >= args.max_models:
+                continue
+            evaluated += not done
+            run = evaluate_once(work, key, model, point["cfg"], args)
+            if run is not None:
+                results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
+    command = "python benchmarks/final_comparison.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_text(Path(args.docs), "\n".join(page(points, base, results, command)))
+    print(f"written: {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
