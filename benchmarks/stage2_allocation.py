@@ -7,29 +7,38 @@ seeds, the importance probe drawn with each seed. The sweep trains (resumable po
 the background: ``adept sweep configs/e1_smollm2.yaml``); this script reads what is done (the run
 directories, or the committed ``docs/results_stage2_fronts.json`` record) and writes
 ``docs/results_stage2.md``: the verdict first, then each rule against adept-no-stage2 seed by seed,
-the multipliers each rule gave the copies' units, and every point.
+the multipliers each rule gave the copies' units, and every point. Forgetting is also measured on
+general text of a source the probe and the training never saw (Austen, ``--second-heldout``), each
+finished point's model evaluated once and kept in ``docs/results_stage2_heldout.json``.
 
 Usage: python benchmarks/stage2_allocation.py [--config configs/e1_smollm2.yaml] [--docs docs/results_stage2.md]
+                                              [--second-heldout data/demo/general/heldout.jsonl]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import read_json, write_json, write_text
+from adept.checkpoints import load_model_and_tokenizer
 from adept.config import load_config
+from adept.evaluation import evaluate_perplexity
 from adept.fronts import label_of, rate_name
-from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table, reference_gaps
+from adept.fronts_report import GRID_COLUMNS, gap_cell, grid_rows, markdown_table, reference_gaps
 from adept.results import SUMMARY_NAME
 from adept.run_directory import train_dir
-from adept.sweep import RECORD_NAME, points, reference_front, run_sweep, sweep_fronts, sweep_root
+from adept.sweep import RECORD_NAME, points, reference_front, report_root, run_sweep, sweep_fronts, sweep_root
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "adept-no-stage2"
+# Austen: neither the probe's source (State of the Union) nor trained on by any E1 point.
+SECOND_HELDOUT = "data/demo/general/heldout.jsonl"
+SECOND_MAX_BLOCKS = 64  # 16,320 predicted tokens, four times the State of the Union held-out set
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -78,6 +87,44 @@ def distribution_table(dists: dict[str, dict[str, Any]], fronts) -> list[str]:
     return markdown_table(columns, rows, "l" + "r" * (len(columns) - 1))
 
 
+def second_source_losses(cfg, root: Path, data: dict[str, Any], record: Path, corpus: str, max_blocks: int) -> dict:
+    """Held-out loss on ``corpus`` of the base model and of every finished point whose model is on this machine.
+
+    Each loss is kept in ``record`` as soon as it exists (keyed ``base`` and ``seed:label``), so the work
+    resumes model by model and a new machine keeps the losses of run directories it does not have.
+    """
+    saved = read_json(record) if record.is_file() else {}
+    if saved.get("corpus") != corpus or saved.get("max_blocks") != max_blocks:
+        saved = {"corpus": corpus, "max_blocks": max_blocks, "losses": {}}
+    losses = saved["losses"]
+    todo = [("base", Path(cfg.model))]
+    for seed, rows in data["seeds"].items():
+        todo += [(f"{seed}:{label}", train_dir(root / f"seed{seed}", label) / "model") for label in rows]
+    for key, model_dir in todo:
+        if key in losses or not model_dir.is_dir():
+            continue
+        print(f"second held-out source: {key}", flush=True)
+        model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
+        result = evaluate_perplexity(
+            model, tokenizer, corpus, cfg.data.block_size, cfg.evaluation.batch_size, max_blocks, progress=False
+        )
+        losses[key] = result["loss"]
+        write_json(record, saved)
+    return saved
+
+
+def second_source_view(data: dict[str, Any], losses: dict[str, float]) -> dict[str, Any]:
+    """``data`` with each row's forgetting read on the second source; rows without that loss are left out."""
+    view = {"seeds": {}, "base": data["base"]}
+    for seed, rows in data["seeds"].items():
+        view["seeds"][seed] = {}
+        for label, row in rows.items():
+            loss = losses.get(f"{seed}:{label}")
+            if loss is not None and "base" in losses:
+                view["seeds"][seed][label] = {**copy.deepcopy(row), "forgetting_pct": 100 * (loss / losses["base"] - 1)}
+    return view
+
+
 def mean_table(data: dict[str, Any], fronts) -> list[str]:
     """Per rule and rate: the mean over seeds of gain and forgetting, with the seeds' range."""
     rows = []
@@ -96,34 +143,64 @@ def mean_table(data: dict[str, Any], fronts) -> list[str]:
     return markdown_table(columns, rows, "llrrr")
 
 
-def verdict_rows(gaps: dict[str, Any], rows: list[list[str]], done: int, total: int) -> list[str]:
-    """The page's conclusion: one row per rule, its gap to adept-no-stage2 at the middle of the common gains."""
-    question = "Does the rule forget less than uniform rates on the same copies, at matched gain?"
-    answers = [f"{row[-1]}: {row[3]}" if row[0] in gaps else "undecided: the fronts share no gain yet" for row in rows]
+def middle_answer(table: dict[str, Any], rule: str) -> str:
+    """The gap at the middle of the common gains, and what it says: an interval that holds 0 is no difference."""
+    if rule not in table:
+        return "undecided: the fronts share no gain yet"
+    gap = table[rule]["gaps"][1]
+    cell = gap_cell(gap)
+    if gap["n"] == 0:
+        return "undecided: no seed's two fronts both reach it"
+    if gap["ci"] is None:
+        return f"{cell}: one seed only, no interval"
+    if gap["ci"][1] < 0:
+        return f"**less forgetting**, {cell}"
+    if gap["ci"][0] > 0:
+        return f"**more forgetting**, {cell}"
+    return f"no difference, {cell}"
+
+
+def verdict_rows(gaps: dict[str, Any], second: dict[str, Any], rules: list[str], done: int, total: int) -> list[str]:
+    """The page's conclusion: per rule, its gap to adept-no-stage2 at the middle of the common gains, on the
+    probe's source and on the second source."""
     lines = markdown_table(
-        ["question", "rule", "answer (Δ general-loss change vs adept-no-stage2 at the middle gain, 95% CI over seeds)"],
-        [[question, row[0], answer] for row, answer in zip(rows, answers)],
+        [
+            "rule",
+            "on State of the Union (the probe's source)",
+            "on Austen (a source neither probed nor trained on)",
+        ],
+        [[rule, middle_answer(gaps, rule), middle_answer(second, rule)] for rule in rules],
         "lll",
     )
     status = f"**Status: {done} of {total} points done.**"
     if done < total:
         status += " Verdicts from an incomplete grid are provisional; undecided rows wait for more rates."
-    return [*lines, "", status]
+    return [
+        "Does the rule forget less than uniform rates on the same copies (adept-no-stage2), at matched gain? "
+        "General-loss change minus adept-no-stage2's, in points of %, at the middle of the domain gains both "
+        "fronts reach, with its 95% t-interval over seeds:",
+        "",
+        *lines,
+        "",
+        status,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/e1_smollm2.yaml")
     parser.add_argument("--docs", default="docs/results_stage2.md")
+    parser.add_argument("--second-heldout", default=SECOND_HELDOUT, help="General text of a source never probed")
+    parser.add_argument("--second-max-blocks", type=int, default=SECOND_MAX_BLOCKS)
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     fronts = sweep_fronts(cfg, args.config)
     root = sweep_root(cfg)
     docs = Path(args.docs)
     record = docs.with_name(f"{docs.stem}_fronts.json")
-    if record.is_file() and not (root / RECORD_NAME).is_file():  # continue from the committed record
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, root / RECORD_NAME)
+    if record.is_file() and not (report_root(cfg) / RECORD_NAME).is_file():  # continue from the committed record
+        report_root(cfg).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, report_root(cfg) / RECORD_NAME)
     paths = run_sweep(args.config, max_runs=0)  # reads what is done, trains nothing
     front = read_json(paths["json"], kind="fronts")
     dists = distributions(root, fronts, cfg.sweep.seeds) or front.get("distributions", {})
@@ -133,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     data = {"seeds": {int(s): rows for s, rows in front["runs"].items()}, "base": front["base"]}
     data["base"] = {int(s): b for s, b in data["base"].items()}
     _, gap_rows, gaps = reference_gaps(data, fronts, reference_front(cfg, fronts))
+    second = second_source_losses(
+        cfg, root, data, docs.with_name(f"{docs.stem}_heldout.json"), args.second_heldout, args.second_max_blocks
+    )
+    second_view = second_source_view(data, second["losses"])
+    _, second_rows, second_gaps = reference_gaps(second_view, fronts, reference_front(cfg, fronts))
     done = sum(len(rows) for rows in data["seeds"].values())
     total = len(points(fronts, cfg.sweep.seeds))
     seconds = sum(r.get("run_seconds") or 0 for rows in data["seeds"].values() for r in rows.values())
@@ -141,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     text = [
         "# What does Stage 2 add? (E1, SmolLM2-135M)",
         "",
-        *verdict_rows(gaps, gap_rows, done, total),
+        *verdict_rows(gaps, second_gaps, [row[0] for row in gap_rows], done, total),
         "",
         f"Regenerate: `adept sweep {args.config}` (trains what is missing, resumable), then "
         f"`python benchmarks/stage2_allocation.py`. CPU time so far: {seconds / 3600:.1f} hours on 2 cores "
@@ -157,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         *markdown_table(
             ["rule", "common gain range %", "Δ at low end", "Δ at middle", "Δ at high end", "verdict"],
             gap_rows,
+            "lrrrrl",
+        ),
+        "",
+        "## The same on text of another source",
+        "",
+        f"General-loss change on `{args.second_heldout}` (Austen; the first {args.second_max_blocks} blocks, "
+        f"base loss {second['losses'].get('base', float('nan')):.3f}), a source neither the probe (State of the Union) "
+        "nor training saw, minus adept-no-stage2's; read as above.",
+        "",
+        *markdown_table(
+            ["rule", "common gain range %", "Δ at low end", "Δ at middle", "Δ at high end", "verdict"],
+            second_rows,
             "lrrrrl",
         ),
         "",
