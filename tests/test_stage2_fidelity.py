@@ -355,3 +355,17 @@ def test_timing_counts_optimizer_steps_and_survives_a_resume(llama, tmp_path):
     parts = summary["train_seconds"] - before["seconds"] + summary["eval_seconds"] + summary["save_seconds"]
     assert parts < summary["wall_seconds"]
     assert summary["tokens_per_second"] == pytest.approx(4 * 2 * 32 / summary["train_seconds"])
+
+
+def test_copies_of_post_norm_models_come_with_a_warning_of_their_slow_start():
+    from adept.architectures import SUPPORTED_ARCHITECTURES as SPECS
+    from adept.training import post_norm_warning
+
+    post_norm = {name for name, spec in SPECS.items() if spec.post_norms}
+    assert {"gemma2", "gemma3_text", "olmo2"} <= post_norm
+    for name in SPECS:
+        message = post_norm_warning({"model_type": name}, 1e-3)
+        assert (message is not None) == (name in post_norm), name
+        if message:
+            assert message.startswith(f"{name} is post-norm") and "learning rate 0.001" in message
+    assert post_norm_warning(None, 1e-3) is None  # not an expanded model
