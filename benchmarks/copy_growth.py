@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from adept.architectures import get_decoder_layers
 from adept.artifacts import read_json, write_json, write_text
 from adept.checkpoints import load_model_and_tokenizer
 from adept.cli import main as adept
@@ -33,7 +32,7 @@ from adept.evaluation import evaluate_perplexity
 from adept.expanded_checkpoint import expand_checkpoint
 from adept.expansion import select_uniform
 from adept.expansion_plan import plan_expansion
-from adept.forward import first_blocks
+from adept.forward import first_blocks, residual_updates
 from adept.fronts import rate_name
 from adept.fronts_report import markdown_table
 from adept.training import FINAL_MODEL_DIR
@@ -51,9 +50,9 @@ COPIES = 4
 BLOCKS = 4
 
 
-def domain_loss(model_dir: Path) -> float:
+def domain_loss(model_dir: Path, loaded: tuple | None = None) -> float:
     """Held-out domain loss on E1's held-out Gene Ontology text (its first blocks)."""
-    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
+    model, tokenizer = loaded or load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
     return evaluate_perplexity(model, tokenizer, DOMAIN_HELDOUT, 256, 8, DOMAIN_BLOCKS, progress=False)["loss"]
 
 
@@ -62,31 +61,14 @@ def relative_updates(model_dir: Path) -> dict[str, list[float]]:
     manifest = read_json(model_dir / "expansion.json")
     model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
     ids = torch.tensor(first_blocks(HELDOUT, tokenizer, 256, BLOCKS, None)["input_ids"])
-    norms: dict[int, list[float]] = {}
-
-    def hook(index):
-        def capture(module, args, kwargs, output):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            out = output[0] if isinstance(output, tuple) else output
-            norms[index] = [float((out - hidden).norm()), float(hidden.norm())]
-
-        return capture
-
-    layers = get_decoder_layers(model)
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for handle in handles:
-            handle.remove()
+    updates = residual_updates(model, ids)
     layer_map = {int(k): v for k, v in manifest["layer_map"].items()}
     copies = [c["layer_idx"] for c in manifest["inserted_layers"]]
     sources = [layer_map[c["source_layer_idx"]] for c in manifest["inserted_layers"]]
     return {
-        "copies": [norms[i][0] / norms[i][1] for i in copies],
-        "sources": [norms[i][0] / norms[i][1] for i in sources],
-        "domain_loss": domain_loss(model_dir),
+        "copies": [updates[i] for i in copies],
+        "sources": [updates[i] for i in sources],
+        "domain_loss": domain_loss(model_dir, (model, tokenizer)),
     }
 
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from adept.architectures import get_architecture
 from adept.cli import main
 from adept.expansion import expand_checkpoint, plan_expansion
+from adept.forward import residual_updates
 from adept.stage2 import read_rate_log
 from adept.training import TrainConfig, run_training
 from adept.tuning import MultiplierRule
@@ -191,27 +192,6 @@ def test_logged_learning_rate_is_the_base_rate_with_multiplier_range(llama, tmp_
         assert entry["lr_multiplier_min"] < entry["lr_multiplier_max"]
 
 
-def _residual_updates(model, ids) -> list[float]:
-    """|output - input| / |input| of every decoder layer on ``ids``."""
-    from adept.architectures import get_decoder_layers
-
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def hook(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        out = output[0] if isinstance(output, tuple) else output
-        captured.append((hidden.detach(), out.detach()))
-
-    handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in get_decoder_layers(model)]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [float((out - inp).norm() / inp.norm()) for inp, out in captured]
-
-
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
 def test_copies_are_exact_then_stay_near_the_identity_after_a_step(tmp_path, model_type):
     """Exact logits after expansion, and after one `adept train` step at lr 1e-3 each copy's
@@ -260,7 +240,7 @@ def test_copies_are_exact_then_stay_near_the_identity_after_a_step(tmp_path, mod
     ]
     assert main(argv) == 0
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model", attn_implementation="eager").eval()
-    updates = _residual_updates(trained, ids)
+    updates = residual_updates(trained, ids)
     copies, sources = [1, 4], [0, 3]
     with torch.no_grad():
         assert (trained(ids).logits - expanded(ids).logits).abs().max().item() > 0  # the copies did train

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from adept.architectures import get_decoder_layers
 from adept.data import IGNORE_INDEX, build_packed_dataset
 from adept.defaults import DEFAULT_TEXT_FIELD
 
@@ -153,3 +154,23 @@ def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 def count_targets(labels: torch.Tensor) -> int:
     """Targets `next_token_loss_sum` counts: labels after the first position that are not ``IGNORE_INDEX``."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def residual_updates(model, ids: torch.Tensor) -> list[float]:
+    """|output - input| / |input| of every decoder layer on ``ids``: how far each layer moves the
+    residual stream (a fresh copy, exactly 0)."""
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        out = output[0] if isinstance(output, tuple) else output
+        captured.append((hidden.detach(), out.detach()))
+
+    handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in get_decoder_layers(model)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [float((out - inp).norm() / inp.norm()) for inp, out in captured]
