@@ -13,7 +13,7 @@ from adept.architectures import get_architecture
 from adept.data import collate, load_documents, make_batches, tokenize_documents
 from adept.expansion import expand_model, plan_expansion
 from adept.importance import ImportanceResult, compute_importance, rank_aggregate
-from adept.probe_scores import bypass_layer, mean_loss, unit_gradient_scores
+from adept.probe_scores import bypass_layer, layer_masking_scores, mean_loss, unit_gradient_scores
 
 
 @pytest.fixture
@@ -152,6 +152,24 @@ def test_bypass_is_a_skip_and_is_restored(batches):
     assert model.model.layers[1] is layer
     assert mean_loss(model, batches) == base
     assert skipped != base
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_masking_replays_the_layers_below_with_the_same_result(model_type, batches):
+    """Replaying the unmasked pass's outputs below the skipped layer changes nothing: the scores
+    equal one whole-model pass per skipped layer, and the model comes back unchanged."""
+    model = tiny_model(model_type)
+    layers = list(model.model.layers)
+    base = mean_loss(model, batches)
+    expected = []
+    for index in (0, 2, 3):
+        with bypass_layer(model, index):
+            expected.append(mean_loss(model, batches) - base)
+    got_base, got = layer_masking_scores(model, batches, [0, 2, 3], progress=False)
+    assert got_base == base
+    assert got == expected
+    assert list(model.model.layers) == layers
+    assert all(score != 0 for score in got)
 
 
 def test_rank_aggregation():
