@@ -260,7 +260,7 @@ def _seeded(fronts: dict[str, list[list[tuple[float, float, float]]]]) -> dict:
 
 def test_gaps_to_the_reference_are_measured_seed_by_seed_with_t_intervals():
     from adept.fronts import seed_gap
-    from adept.fronts_report import reference_gaps
+    from adept.fronts_report import gap_verdict, reference_gaps
 
     ref, a = Front("ref", "adept-no-stage2", (1e-3, 3e-3)), Front("a", "adept", (1e-3, 3e-3))
     below = _seeded(
@@ -283,3 +283,6 @@ def test_gaps_to_the_reference_are_measured_seed_by_seed_with_t_intervals():
     assert reference_gaps(noisy, [ref, a], "ref")[1][0][-1] == "no difference beyond seed noise"
     one = {"seeds": {0: below["seeds"][0]}, "base": {0: below["base"][0]}}
     assert reference_gaps(one, [ref, a], "ref")[1][0][-1] == "fewer than two seeds: no interval"
+    single = {"mean": -1.0, "ci": None, "n": 1}
+    partly = [single, {"mean": -1.0, "ci": [-1.3, -0.7], "n": 3}, single]
+    assert gap_verdict(partly) == "below, beyond seed noise (the low end and high end: fewer than two seeds, not read)"

@@ -154,15 +154,27 @@ def gap_cell(gap: dict[str, Any]) -> str:
     return f"{gap['mean']:+.2f}{interval} (n={gap['n']})"
 
 
-def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
-    """Below or above the reference beyond seed noise only where every interval excludes 0."""
-    if any(gap["ci"] is None for gap in gaps):
+GAP_POSITIONS = ("low end", "middle", "high end")
+
+
+def gap_verdict(gaps: Sequence[dict[str, Any]], positions: Sequence[str] = GAP_POSITIONS) -> str:
+    """Below or above the reference beyond seed noise only where every interval excludes 0.
+
+    Read where two or more seeds reach; a position with one seed is named, not read.
+    """
+    measured = [gap for gap in gaps if gap["ci"] is not None]
+    if not measured:
         return "fewer than two seeds: no interval"
-    if all(gap["ci"][1] < 0 for gap in gaps):
-        return "below, beyond seed noise"
-    if all(gap["ci"][0] > 0 for gap in gaps):
-        return "above, beyond seed noise"
-    return "no difference beyond seed noise"
+    if all(gap["ci"][1] < 0 for gap in measured):
+        verdict = "below, beyond seed noise"
+    elif all(gap["ci"][0] > 0 for gap in measured):
+        verdict = "above, beyond seed noise"
+    else:
+        verdict = "no difference beyond seed noise"
+    unread = [position for position, gap in zip(positions, gaps) if gap["ci"] is None]
+    if unread:
+        verdict += f" (the {' and '.join(unread)}: fewer than two seeds, not read)"
+    return verdict
 
 
 def reference_gaps(
