@@ -157,10 +157,11 @@ def gap_cell(gap: dict[str, Any]) -> str:
 GAP_POSITIONS = ("low end", "middle", "high end")
 
 
-def gap_verdict(gaps: Sequence[dict[str, Any]], positions: Sequence[str] = GAP_POSITIONS) -> str:
+def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
     """Below or above the reference beyond seed noise only where every interval excludes 0.
 
-    Read where two or more seeds reach; a position with one seed is named, not read.
+    ``gaps`` are at the `GAP_POSITIONS`. Read where two or more seeds reach; a position with one
+    seed is named, not read.
     """
     measured = [gap for gap in gaps if gap["ci"] is not None]
     if not measured:
@@ -171,7 +172,7 @@ def gap_verdict(gaps: Sequence[dict[str, Any]], positions: Sequence[str] = GAP_P
         verdict = "above, beyond seed noise"
     else:
         verdict = "no difference beyond seed noise"
-    unread = [position for position, gap in zip(positions, gaps) if gap["ci"] is None]
+    unread = [position for position, gap in zip(GAP_POSITIONS, gaps) if gap["ci"] is None]
     if unread:
         verdict += f" (the {' and '.join(unread)}: fewer than two seeds, not read)"
     return verdict
@@ -183,7 +184,7 @@ def reference_gaps(
     """Each front's forgetting minus the reference's at the low end, middle and high end of the gains both
     reach, measured seed by seed, with 95% intervals over the seeds. Returns (columns, rows, the same as JSON)."""
     ref = next((f for f in fronts if f.name == reference), None)
-    columns = ["method", "common gain range %", "Δ at low end", "Δ at middle", "Δ at high end", "verdict"]
+    columns = ["method", "common gain range %", *(f"Δ at {position}" for position in GAP_POSITIONS), "verdict"]
     rows, table = [], {}
     for front in fronts:
         if ref is None or front is ref or front.dial:

@@ -116,18 +116,21 @@ def bypass_layer(model: nn.Module, layer_idx: int, replay: Sequence | None = Non
             layers[index] = layer
 
 
-def _recording_layer_outputs(model: nn.Module, outputs: list) -> list:
-    """Forward hooks that store every decoder layer's output, in layer order, into ``outputs``."""
+@contextlib.contextmanager
+def _recorded_layer_outputs(model: nn.Module) -> Iterator[list]:
+    """Inside the block, every decoder layer's output lands in the yielded list, in layer order."""
     layers = get_decoder_layers(model)
-    outputs[:] = [None] * len(layers)
+    outputs: list = [None] * len(layers)
 
-    def hook(index):
-        def store(module, args, output):
-            outputs[index] = output
+    def store(index):
+        return lambda module, args, output: outputs.__setitem__(index, output)
 
-        return store
-
-    return [layer.register_forward_hook(hook(index)) for index, layer in enumerate(layers)]
+    handles = [layer.register_forward_hook(store(index)) for index, layer in enumerate(layers)]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -144,28 +147,18 @@ def layer_masking_scores(
     base = torch.zeros((), dtype=torch.float64, device=device)
     masked = torch.zeros(len(layers), dtype=torch.float64, device=device)
     tokens = 0
-    outputs: list = []
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(batches) * (len(layers) + 1), desc="masking out layers", unit="pass", disable=not progress)
-    try:
+    with tqdm(
+        total=len(batches) * (len(layers) + 1), desc="masking out layers", unit="pass", disable=not progress
+    ) as bar:
         for batch in batches:
-            handles = _recording_layer_outputs(model, outputs)
-            try:
+            with _recorded_layer_outputs(model) as outputs:
                 base += batch_loss_sum(model, batch).double()
-            finally:
-                for handle in handles:
-                    handle.remove()
             bar.update()
             for position, layer_idx in enumerate(layers):
                 with bypass_layer(model, layer_idx, replay=outputs):
                     masked[position] += batch_loss_sum(model, batch).double()
                 bar.update()
             tokens += count_targets(batch["labels"])
-    finally:
-        bar.close()
-        outputs.clear()
-        model.train(was_training)
     if tokens == 0:
         raise ValueError("probe batches contain no target tokens")
     base_loss = float(base) / tokens
