@@ -259,8 +259,8 @@ def _seeded(fronts: dict[str, list[list[tuple[float, float, float]]]]) -> dict:
 
 
 def test_gaps_to_the_reference_are_measured_seed_by_seed_with_t_intervals():
-    from adept.fronts import seed_gap
-    from adept.fronts_report import gap_verdict, reference_gaps
+    from adept.fronts import gap_verdict, seed_gap
+    from adept.fronts_report import reference_gaps
 
     ref, a = Front("ref", "adept-no-stage2", (1e-3, 3e-3)), Front("a", "adept", (1e-3, 3e-3))
     below = _seeded(

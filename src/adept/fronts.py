@@ -338,3 +338,27 @@ def seed_gap(data: dict[str, Any], a: Front, b: Front, gain: float) -> dict[str,
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
     half = T95.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
     return {"gain": gain, "n": len(diffs), "diffs": diffs, "mean": mean, "ci": [mean - half, mean + half]}
+
+
+GAP_POSITIONS = ("low end", "middle", "high end")
+
+
+def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
+    """Below or above the reference beyond seed noise only where every interval excludes 0.
+
+    ``gaps`` are at the `GAP_POSITIONS`. Read where two or more seeds reach; a position with one
+    seed is named, not read.
+    """
+    measured = [gap for gap in gaps if gap["ci"] is not None]
+    if not measured:
+        return "fewer than two seeds: no interval"
+    if all(gap["ci"][1] < 0 for gap in measured):
+        verdict = "below, beyond seed noise"
+    elif all(gap["ci"][0] > 0 for gap in measured):
+        verdict = "above, beyond seed noise"
+    else:
+        verdict = "no difference beyond seed noise"
+    unread = [position for position, gap in zip(GAP_POSITIONS, gaps) if gap["ci"] is None]
+    if unread:
+        verdict += f" (the {' and '.join(unread)}: fewer than two seeds, not read)"
+    return verdict

@@ -12,6 +12,7 @@ from typing import Any
 
 from adept.artifacts import artifact_header, write_json, write_text
 from adept.fronts import (
+    GAP_POSITIONS,
     Front,
     at_gain,
     best_rate,
@@ -20,6 +21,7 @@ from adept.fronts import (
     fastest,
     front_points,
     front_values,
+    gap_verdict,
     label_of,
     mean_over_rates,
     rate_name,
@@ -152,30 +154,6 @@ def gap_cell(gap: dict[str, Any]) -> str:
         return "–"
     interval = f" [{gap['ci'][0]:+.2f}, {gap['ci'][1]:+.2f}]" if gap["ci"] else ""
     return f"{gap['mean']:+.2f}{interval} (n={gap['n']})"
-
-
-GAP_POSITIONS = ("low end", "middle", "high end")
-
-
-def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
-    """Below or above the reference beyond seed noise only where every interval excludes 0.
-
-    ``gaps`` are at the `GAP_POSITIONS`. Read where two or more seeds reach; a position with one
-    seed is named, not read.
-    """
-    measured = [gap for gap in gaps if gap["ci"] is not None]
-    if not measured:
-        return "fewer than two seeds: no interval"
-    if all(gap["ci"][1] < 0 for gap in measured):
-        verdict = "below, beyond seed noise"
-    elif all(gap["ci"][0] > 0 for gap in measured):
-        verdict = "above, beyond seed noise"
-    else:
-        verdict = "no difference beyond seed noise"
-    unread = [position for position, gap in zip(GAP_POSITIONS, gaps) if gap["ci"] is None]
-    if unread:
-        verdict += f" (the {' and '.join(unread)}: fewer than two seeds, not read)"
-    return verdict
 
 
 def reference_gaps(
