@@ -18,27 +18,30 @@ Usage: python benchmarks/stage2_allocation.py [--config configs/e1_smollm2.yaml]
 from __future__ import annotations
 
 import argparse
-import copy
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import read_json, write_json, write_text
-from adept.checkpoints import load_model_and_tokenizer
 from adept.config import load_config
-from adept.evaluation import evaluate_perplexity
-from adept.fronts import label_of, rate_name
-from adept.fronts_report import GRID_COLUMNS, gap_cell, grid_rows, markdown_table, reference_gaps
+from adept.fronts import label_of
+from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table, reference_gaps
 from adept.results import SUMMARY_NAME
 from adept.run_directory import train_dir
 from adept.sweep import RECORD_NAME, points, reference_front, report_root, run_sweep, sweep_fronts, sweep_root
 
+from sweep_pages import (
+    SECOND_HELDOUT,
+    SECOND_MAX_BLOCKS,
+    mean_table,
+    middle_answer,
+    second_source_losses,
+    second_source_view,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "adept-no-stage2"
-# Austen: neither the probe's source (State of the Union) nor trained on by any E1 point.
-SECOND_HELDOUT = "data/demo/general/heldout.jsonl"
-SECOND_MAX_BLOCKS = 64  # 16,320 predicted tokens, four times the State of the Union held-out set
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -85,79 +88,6 @@ def distribution_table(dists: dict[str, dict[str, Any]], fronts) -> list[str]:
     for when in ("step 0", "last refresh"):
         columns += [f"param-weighted mean, {when}", "unit mean", "matrices", "norms"]
     return markdown_table(columns, rows, "l" + "r" * (len(columns) - 1))
-
-
-def second_source_losses(cfg, root: Path, data: dict[str, Any], record: Path, corpus: str, max_blocks: int) -> dict:
-    """Held-out loss on ``corpus`` of the base model and of every finished point whose model is on this machine.
-
-    Each loss is kept in ``record`` as soon as it exists (keyed ``base`` and ``seed:label``), so the work
-    resumes model by model and a new machine keeps the losses of run directories it does not have.
-    """
-    saved = read_json(record) if record.is_file() else {}
-    if saved.get("corpus") != corpus or saved.get("max_blocks") != max_blocks:
-        saved = {"corpus": corpus, "max_blocks": max_blocks, "losses": {}}
-    losses = saved["losses"]
-    todo = [("base", Path(cfg.model))]
-    for seed, rows in data["seeds"].items():
-        todo += [(f"{seed}:{label}", train_dir(root / f"seed{seed}", label) / "model") for label in rows]
-    for key, model_dir in todo:
-        if key in losses or not model_dir.is_dir():
-            continue
-        print(f"second held-out source: {key}", flush=True)
-        model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="float32")
-        result = evaluate_perplexity(
-            model, tokenizer, corpus, cfg.data.block_size, cfg.evaluation.batch_size, max_blocks, progress=False
-        )
-        losses[key] = result["loss"]
-        write_json(record, saved)
-    return saved
-
-
-def second_source_view(data: dict[str, Any], losses: dict[str, float]) -> dict[str, Any]:
-    """``data`` with each row's forgetting read on the second source; rows without that loss are left out."""
-    view = {"seeds": {}, "base": data["base"]}
-    for seed, rows in data["seeds"].items():
-        view["seeds"][seed] = {}
-        for label, row in rows.items():
-            loss = losses.get(f"{seed}:{label}")
-            if loss is not None and "base" in losses:
-                view["seeds"][seed][label] = {**copy.deepcopy(row), "forgetting_pct": 100 * (loss / losses["base"] - 1)}
-    return view
-
-
-def mean_table(data: dict[str, Any], fronts) -> list[str]:
-    """Per rule and rate: the mean over seeds of gain and forgetting, with the seeds' range."""
-    rows = []
-    for rate in sorted({r for f in fronts for r in f.rates}):
-        for front in fronts:
-            label = label_of(front, rate)
-            runs = [rows_[label] for rows_ in data["seeds"].values() if label in rows_]
-            if not runs:
-                continue
-            cells = [front.name, rate_name(rate), str(len(runs))]
-            for key in ("gain_pct", "forgetting_pct"):
-                values = [r[key] for r in runs]
-                cells.append(f"{sum(values) / len(values):+.2f} ({min(values):+.2f} to {max(values):+.2f})")
-            rows.append(cells)
-    columns = ["rule", "rate", "seeds", "domain-loss gain % (seeds' range)", "general-loss change % (seeds' range)"]
-    return markdown_table(columns, rows, "llrrr")
-
-
-def middle_answer(table: dict[str, Any], rule: str) -> str:
-    """The gap at the middle of the common gains, and what it says: an interval that holds 0 is no difference."""
-    if rule not in table:
-        return "undecided: the fronts share no gain yet"
-    gap = table[rule]["gaps"][1]
-    cell = gap_cell(gap)
-    if gap["n"] == 0:
-        return "undecided: no seed's two fronts both reach it"
-    if gap["ci"] is None:
-        return f"{cell}: one seed only, no interval"
-    if gap["ci"][1] < 0:
-        return f"**less forgetting**, {cell}"
-    if gap["ci"][0] > 0:
-        return f"**more forgetting**, {cell}"
-    return f"no difference, {cell}"
 
 
 def verdict_rows(gaps: dict[str, Any], second: dict[str, Any], rules: list[str], done: int, total: int) -> list[str]:

@@ -286,3 +286,29 @@ def test_gaps_to_the_reference_are_measured_seed_by_seed_with_t_intervals():
     single = {"mean": -1.0, "ci": None, "n": 1}
     partly = [single, {"mean": -1.0, "ci": [-1.3, -0.7], "n": 3}, single]
     assert gap_verdict(partly) == "below, beyond seed noise (the low end and high end: fewer than two seeds, not read)"
+
+
+def test_a_front_and_its_dial_are_read_as_one_against_another_front():
+    from adept.fronts import dial_front, front_gaps
+
+    full, adept = Front("full", "full", (1e-3, 3e-3)), Front("adept", "adept", (1e-3, 3e-3))
+    dial = dial_front(full, 3e-3, [0.5])  # full@3e-3 moved halfway back: 15% gain at 2.0% forgetting
+    data = _seeded(
+        {
+            "full": [[(1e-3, 10, 3.0), (3e-3, 20, 4.0)]] * 3,
+            "adept": [[(1e-3, 10, 2.0 + d), (3e-3, 20, 3.0 + d)] for d in (0.0, 0.1, -0.1)],
+        }
+    )
+    for seed, shift in zip(data["seeds"], (0.0, 0.2, -0.2)):
+        data["seeds"][seed]["full@3e-3~0.5"] = {"gain_pct": 15, "forgetting_pct": 2.0 + shift}
+    alone = front_gaps(data, adept, full)  # adept below full CPT's rates everywhere
+    assert alone["verdict"] == "below, beyond seed noise"
+    assert alone["gaps"][1]["mean"] == pytest.approx(-1.0)
+    # Read as one, full CPT's front is its dial's point (it beats full@1e-3 on both) and full@3e-3: from 15% on,
+    # where the dial's point lies under adept's front, so the two cross.
+    with_dial = front_gaps(data, adept, (full, dial))
+    assert with_dial["range"] == [15, 20]
+    assert with_dial["gaps"][0]["diffs"] == pytest.approx([0.5, 0.4, 0.6])
+    assert with_dial["gaps"][2]["mean"] == pytest.approx(-1.0)
+    assert with_dial["verdict"] == "no difference beyond seed noise"
+    assert front_gaps(data, adept, Front("none", "full", (1e-2,))) is None

@@ -314,20 +314,31 @@ def compare_fronts(a: list[Point], b: list[Point]) -> dict[str, Any]:
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+Fronts = Front | Sequence[Front]
+
+
+def union_points(data: dict[str, Any], fronts: Fronts, key: str) -> list[Point]:
+    """The points of one front, or of several read as one: a method's rates together with its dial,
+    the trade-offs a user can reach by picking a rate or by moving a run back."""
+    group = (fronts,) if isinstance(fronts, Front) else fronts
+    return [point for front in group for point in front_points(data, front, key)]
+
+
 def seed_view(data: dict[str, Any], seed: int) -> dict[str, Any]:
     """``data`` as if only ``seed`` had run: each seed's own fronts, for gaps measured seed by seed."""
     return {"seeds": {seed: data["seeds"][seed]}, "base": {seed: data["base"].get(seed)}}
 
 
-def seed_gap(data: dict[str, Any], a: Front, b: Front, gain: float) -> dict[str, Any]:
+def seed_gap(data: dict[str, Any], a: Fronts, b: Fronts, gain: float) -> dict[str, Any]:
     """Front ``a``'s forgetting minus front ``b``'s at ``gain``, seed by seed (each seed's own fronts,
     interpolated on their efficient rates), with the mean and its 95% t-interval over the seeds where
-    both fronts reach ``gain``. A difference whose interval holds 0 is not shown beyond seed noise."""
+    both fronts reach ``gain``. A difference whose interval holds 0 is not shown beyond seed noise.
+    Either side may be several fronts read as one (`union_points`)."""
     diffs = []
     for seed in data["seeds"]:
         view = seed_view(data, seed)
-        x = interpolate(front_points(view, a, "forgetting_pct"), gain)
-        y = interpolate(front_points(view, b, "forgetting_pct"), gain)
+        x = interpolate(union_points(view, a, "forgetting_pct"), gain)
+        y = interpolate(union_points(view, b, "forgetting_pct"), gain)
         if x is not None and y is not None:
             diffs.append(x - y)
     if not diffs:
@@ -362,3 +373,14 @@ def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
     if unread:
         verdict += f" (the {' and '.join(unread)}: fewer than two seeds, not read)"
     return verdict
+
+
+def front_gaps(data: dict[str, Any], a: Fronts, b: Fronts) -> dict[str, Any] | None:
+    """``a``'s forgetting minus ``b``'s (`seed_gap`) at the `GAP_POSITIONS` of the gains both mean fronts
+    reach, with the verdict; None while they share no gain."""
+    mean = compare_fronts(union_points(data, a, "forgetting_pct"), union_points(data, b, "forgetting_pct"))
+    if mean["status"] == "undecided":
+        return None
+    lo, hi = mean["range"]
+    gaps = [seed_gap(data, a, b, gain) for gain in (lo, (lo + hi) / 2, hi)]
+    return {"range": [lo, hi], "gaps": gaps, "verdict": gap_verdict(gaps)}

@@ -16,17 +16,15 @@ from adept.fronts import (
     Front,
     at_gain,
     best_rate,
-    compare_fronts,
     efficient,
     fastest,
+    front_gaps,
     front_points,
     front_values,
-    gap_verdict,
     label_of,
     mean_over_rates,
     rate_name,
     seed_counts,
-    seed_gap,
     seed_range,
 )
 from adept.plots import plot_curves, plot_fronts
@@ -156,6 +154,14 @@ def gap_cell(gap: dict[str, Any]) -> str:
     return f"{gap['mean']:+.2f}{interval} (n={gap['n']})"
 
 
+def gap_row(name: str, entry: dict[str, Any] | None) -> list[str]:
+    """One row of a gap table: the common gain range, the gap at each of `GAP_POSITIONS`, the verdict."""
+    if entry is None:
+        return [name, "none yet", "–", "–", "–", "undecided"]
+    lo, hi = entry["range"]
+    return [name, f"{lo:.1f}–{hi:.1f}", *(gap_cell(g) for g in entry["gaps"]), entry["verdict"]]
+
+
 def reference_gaps(
     data: dict[str, Any], fronts: Sequence[Front], reference: str
 ) -> tuple[list[str], list[list[str]], dict[str, Any]]:
@@ -167,15 +173,10 @@ def reference_gaps(
     for front in fronts:
         if ref is None or front is ref or front.dial:
             continue
-        mean = compare_fronts(front_points(data, front, "forgetting_pct"), front_points(data, ref, "forgetting_pct"))
-        if mean["status"] == "undecided":
-            rows.append([front.name, "none yet", "–", "–", "–", "undecided"])
-            continue
-        lo, hi = mean["range"]
-        gaps = [seed_gap(data, front, ref, gain) for gain in (lo, (lo + hi) / 2, hi)]
-        verdict = gap_verdict(gaps)
-        rows.append([front.name, f"{lo:.1f}–{hi:.1f}", *(gap_cell(g) for g in gaps), verdict])
-        table[front.name] = {"range": [lo, hi], "gaps": gaps, "verdict": verdict}
+        entry = front_gaps(data, front, ref)
+        rows.append(gap_row(front.name, entry))
+        if entry is not None:
+            table[front.name] = entry
     return columns, rows, table
 
 
