@@ -13,7 +13,7 @@ from typing import Any
 from adept.artifacts import read_json, write_json
 from adept.checkpoints import load_model_and_tokenizer
 from adept.evaluation import evaluate_perplexity
-from adept.fronts import label_of, rate_name
+from adept.fronts import label_of
 from adept.fronts_report import gap_cell, markdown_table
 from adept.run_directory import train_dir
 
@@ -69,7 +69,7 @@ def mean_table(data: dict[str, Any], fronts, first: str = "rule") -> list[str]:
             runs = [rows_[label] for rows_ in data["seeds"].values() if label in rows_]
             if not runs:
                 continue
-            cells = [front.name, rate_name(rate), str(len(runs))]
+            cells = [front.name, front.tag(rate), str(len(runs))]
             for key in ("gain_pct", "forgetting_pct"):
                 values = [r[key] for r in runs]
                 cells.append(f"{sum(values) / len(values):+.2f} ({min(values):+.2f} to {max(values):+.2f})")

@@ -50,6 +50,7 @@ def test_fronts_come_from_the_config(workspace):  # noqa: F811
         ("sweep.rates.adept=[1e-3,0.001]", "'sweep.rates.adept': [0.001, 0.001] name the same rate twice"),
         ("sweep.rates.adept=[0]", "'sweep.rates.adept' must be a non-empty list of positive learning rates"),
         ("sweep.reference=full", "'sweep.reference' is 'full', not a swept method"),
+        ("sweep.keep_models=some", "'sweep.keep_models' must be one of all, best, got 'some'"),
     ],
 )
 def test_bad_sweep_settings_name_their_key(workspace, override, message):  # noqa: F811
@@ -244,6 +245,29 @@ def test_the_dial_moves_each_fronts_best_run_back_and_reports_it_as_a_front(work
     stamp = results.stat().st_mtime_ns
     sweep.run_sweep(config, overrides)
     assert results.stat().st_mtime_ns == stamp
+
+
+def test_keep_models_best_leaves_only_each_complete_fronts_best_model(workspace):  # noqa: F811
+    tmp_path, config = workspace
+    overrides = [
+        "train.methods=[full]",
+        "sweep.rates.full=[1e-4,1e-2]",
+        "sweep.alphas=[0.5]",
+        "sweep.keep_models=best",
+        "evaluation.shift=false",
+    ]
+    paths = sweep.run_sweep(config, overrides)
+    front = json.loads(paths["json"].read_text())
+    rows = front["runs"]["0"]
+    assert sorted(rows) == ["full@1e-2", "full@1e-2~0.5", "full@1e-4"]  # 1e-2 gains more: the dialled rate
+    seed = tmp_path / "run" / "sweep" / "seed0"
+    kept = {label: (train_dir(seed, label) / "model").is_dir() for label in rows}
+    assert kept == {"full@1e-2": True, "full@1e-2~0.5": False, "full@1e-4": False}
+    assert all((train_dir(seed, label) / "training_summary.json").is_file() for label in rows)
+    results = seed / "eval" / "full@1e-4" / "results.json"
+    stamp = results.stat().st_mtime_ns
+    again = json.loads(sweep.run_sweep(config, overrides)["json"].read_text())
+    assert results.stat().st_mtime_ns == stamp and again["runs"]["0"] == rows  # done without its model
 
 
 def _seeded(fronts: dict[str, list[list[tuple[float, float, float]]]]) -> dict:

@@ -63,7 +63,10 @@ from adept.defaults import (  # noqa: F401
     EVAL_BATCH_SIZE,
     SHIFT_MAX_BLOCKS,
     SHIFT_TOP_K,
+    default_of,
     default_training_args,
+    same_as,
+    setting,
 )
 from adept.settings import (  # noqa: F401
     DataSection,
@@ -78,9 +81,6 @@ from adept.settings import (  # noqa: F401
     TrainConfig,
     TrainSection,
     TrainSettings,
-    default_of,
-    same_as,
-    setting,
 )
 
 

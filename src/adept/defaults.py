@@ -2,12 +2,14 @@
 
 The settings dataclasses (`adept.settings`) take their defaults from here, and so should the stage
 runners whose keyword arguments restate one (``run_evaluation(block_size=...)``). It also holds
-adept's TrainingArguments defaults and each method's base learning rate. Nothing is imported:
-any module may use it.
+adept's TrainingArguments defaults and each method's base learning rate, and `setting`, the
+dataclass field that carries a default with its help line. Nothing is imported: any module may use it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import MISSING
 from typing import Any
 
 # Model loading (`adept run`, `adept importance`, `adept eval`, `adept analyze shift`).
@@ -80,3 +82,22 @@ def default_training_args(method: str) -> dict[str, Any]:
         **DEFAULT_TRAINING_ARGS,
         "learning_rate": DEFAULT_LEARNING_RATES.get(method, DEFAULT_TRAINING_ARGS["learning_rate"]),
     }
+
+
+# --- settings fields ------------------------------------------------------------------------
+
+
+def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
+    """A dataclass field with its help line (shown by the CLI's --help and in the README)."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+def same_as(cls: type, name: str) -> Any:
+    """A field with the default and help line of ``cls.name``, for a setting used in two places."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return dataclasses.field(default=source.default, default_factory=source.default_factory, metadata=source.metadata)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one for factories); MISSING for a required field."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default

@@ -9,12 +9,12 @@ stage runner restates come from `adept.defaults`. Relative paths are taken from 
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import MISSING, asdict, dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from adept.config_checks import (
     DYNAMIC_METHODS,
+    KEEP_MODELS,
     LAYER_SUBSET_METHODS,
     METHODS,
     METRICS,
@@ -44,24 +44,9 @@ from adept.defaults import (
     EVAL_BATCH_SIZE,
     SHIFT_MAX_BLOCKS,
     default_training_args,
+    same_as,
+    setting,
 )
-
-
-def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING) -> Any:
-    """A dataclass field with its help line (shown by the CLI's --help and in the README)."""
-    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
-
-
-def same_as(cls: type, name: str) -> Any:
-    """A field with the default and help line of ``cls.name``, for a setting used in two places."""
-    source = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return dataclasses.field(default=source.default, default_factory=source.default_factory, metadata=source.metadata)
-
-
-def default_of(f: dataclasses.Field) -> Any:
-    """A field's default value (a fresh one for factories); MISSING for a required field."""
-    return f.default_factory() if f.default_factory is not MISSING else f.default
-
 
 # --- the sections -------------------------------------------------------------------------
 
@@ -406,6 +391,11 @@ class SweepSection:
         "(default: full if swept, else the first front).",
     )
     keep_checkpoints: bool = setting(False, "Keep each point's intermediate checkpoints (several GB each).")
+    keep_models: str = setting(
+        "all",
+        "Trained models a sweep keeps: all, or best (once a front has every rate on every seed, only its best-gain "
+        "rate's, which the dial moves back; dial points' models are dropped once evaluated; results always stay).",
+    )
     alphas: list[float] = setting(
         help="Forgetting dial: once a front's rates are done, its best-gain point (every seed) is also moved back "
         "towards its start with each alpha (adept interpolate) and evaluated, a front of its own.",
@@ -413,6 +403,8 @@ class SweepSection:
     )
 
     def __post_init__(self) -> None:
+        if self.keep_models not in KEEP_MODELS:
+            raise FieldError("keep_models", f"must be one of {', '.join(KEEP_MODELS)}, got '{self.keep_models}'")
         if any(not 0.0 < alpha < 1.0 for alpha in self.alphas):
             raise FieldError("alphas", f"must lie strictly between 0 and 1 (1 is the trained point), got {self.alphas}")
 

@@ -15,15 +15,11 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from adept.artifacts import read_json, write_json
 from adept.config import METHODS, ConfigError, PipelineConfig, load_config, nearest
@@ -41,7 +37,8 @@ from adept.fronts import (
 from adept.fronts_report import write_fronts_report
 from adept.pipeline import Pipeline, run_pipeline
 from adept.run_directory import dial_label, train_dir
-from adept.training import FINAL_MODEL_DIR, last_complete_checkpoint
+from adept.sweep_files import machine_info, prune_models, tidy
+from adept.training import FINAL_MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -145,33 +142,6 @@ def seed_overrides(root: Path, seed: int, probe_per_seed: bool = False) -> list[
         f"run_dir={root / f'seed{seed}'}",
     ]
     return overrides + ([f"importance.seed={seed}"] if probe_per_seed else [])
-
-
-def tidy(run_dir: Path, label: str) -> None:
-    """Drop a finished point's intermediate checkpoints (GBs each), keeping its trainer log."""
-    out = train_dir(run_dir, label)
-    last = last_complete_checkpoint(out)
-    if last is not None:
-        shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
-    for path in out.glob("checkpoint-*"):
-        shutil.rmtree(path)
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    """Where a point ran: what its time per token is a measure of."""
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device != "cpu" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def points(fronts: Sequence[Front], seeds: Sequence[int]) -> list[tuple[int, Front, float]]:
@@ -397,6 +367,8 @@ def run_sweep(
     if dials and (max_runs is None or ran < max_runs):
         run_dials(config, overrides, fronts, data, root, cfg, None if max_runs is None else max_runs - ran)
         data = collect(root, cfg.sweep.seeds, [*fronts, *dials])
+    if cfg.sweep.keep_models == "best":
+        prune_models(root, data, fronts, dials, cfg.sweep.seeds)
     if record is not None:
         merge_record(data, record, record_path, cfg.sweep.seeds)
     if not any(data["seeds"].values()):
@@ -432,6 +404,8 @@ def run_dials(
             missing = [a for a in cfg.sweep.alphas if not is_done(run_dir, dial_label(label, a))]
             if not missing or not (train_dir(run_dir, label) / FINAL_MODEL_DIR).is_dir():
                 continue  # dialled already, or trained on another machine (its record's row is here)
+            if max_runs is not None and ran >= max_runs:
+                return ran
             point = point_overrides(front, rate, cfg)
             point_cfg = load_config(config, [*overrides, *seed_overrides(root, seed, cfg.sweep.probe_per_seed), *point])
             _, pipeline = run_pipeline(point_cfg)  # every stage of the trained point is up to date: skipped

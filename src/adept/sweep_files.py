@@ -1,0 +1,87 @@
+"""What a sweep's run directories keep on disk: each point's results always; its intermediate
+checkpoints only with ``sweep.keep_checkpoints``; its trained model unless ``sweep.keep_models``
+is ``best``, which drops every model a complete front no longer needs.
+
+A sweep of 30 points on a 7B model would otherwise keep 30 checkpoints of 14 GB. The best-gain
+rate's models are the ones the forgetting dial moves back and a final comparison evaluates; the
+others have done their work once their point is evaluated. A point stays done without its model
+(`adept.fronts.is_done` reads its results), so a pruned sweep resumes and reports as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adept.fronts import Front, best_rate, label_of
+from adept.run_directory import train_dir
+from adept.training import FINAL_MODEL_DIR, last_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def tidy(run_dir: Path, label: str) -> None:
+    """Drop a finished point's intermediate checkpoints (GBs each), keeping its trainer log."""
+    out = train_dir(run_dir, label)
+    last = last_complete_checkpoint(out)
+    if last is not None:
+        shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
+    for path in out.glob("checkpoint-*"):
+        shutil.rmtree(path)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Where a point ran: what its time per token is a measure of."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if device != "cpu" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def prune_models(
+    root: Path, data: dict[str, Any], fronts: Sequence[Front], dials: Sequence[Front], seeds: Sequence[int]
+) -> list[Path]:
+    """``sweep.keep_models=best``: the models of every front that has each rate on each seed, but those
+    of its best-gain rate, and the models of every evaluated dial point, are deleted; returns them.
+
+    A front's best rate is fixed once it is complete (the seeds' mean gain, `adept.fronts.best_rate`);
+    a seed added later trains its own points and keeps their models until the front is complete again.
+    """
+    gone = []
+    for front in fronts:
+        if any(label_of(front, r) not in data["seeds"].get(seed, {}) for seed in seeds for r in front.rates):
+            continue
+        best, _ = best_rate(data, front)
+        gone += [(seed, label_of(front, rate)) for seed in seeds for rate in front.rates if rate != best]
+    for dial in dials:
+        gone += [
+            (seed, label_of(dial, alpha))
+            for seed in seeds
+            for alpha in dial.rates[:-1]
+            if label_of(dial, alpha) in data["seeds"].get(seed, {})
+        ]
+    deleted = []
+    for seed, label in gone:
+        model = train_dir(root / f"seed{seed}", label) / FINAL_MODEL_DIR
+        if model.is_dir():
+            shutil.rmtree(model)
+            deleted.append(model)
+    if deleted:
+        logger.info("sweep.keep_models=best: %d models no front needs any more deleted", len(deleted))
+    return deleted
