@@ -50,7 +50,7 @@ def test_fronts_come_from_the_config(workspace):  # noqa: F811
         ("sweep.rates.adept=[1e-3,0.001]", "'sweep.rates.adept': [0.001, 0.001] name the same rate twice"),
         ("sweep.rates.adept=[0]", "'sweep.rates.adept' must be a non-empty list of positive learning rates"),
         ("sweep.reference=full", "'sweep.reference' is 'full', not a swept method"),
-        ("sweep.keep_models=some", "'sweep.keep_models' must be one of all, best, got 'some'"),
+        ("sweep.keep_models=some", "'sweep.keep_models' must be one of all, best, none, got 'some'"),
     ],
 )
 def test_bad_sweep_settings_name_their_key(workspace, override, message):  # noqa: F811
@@ -268,6 +268,17 @@ def test_keep_models_best_leaves_only_each_complete_fronts_best_model(workspace)
     stamp = results.stat().st_mtime_ns
     again = json.loads(sweep.run_sweep(config, overrides)["json"].read_text())
     assert results.stat().st_mtime_ns == stamp and again["runs"]["0"] == rows  # done without its model
+
+
+def test_keep_models_none_drops_each_model_once_evaluated_and_refuses_a_dial(workspace):  # noqa: F811
+    tmp_path, config = workspace
+    overrides = ["train.methods=[full]", "sweep.rates.full=[1e-3]", "sweep.keep_models=none", "evaluation.shift=false"]
+    rows = json.loads(sweep.run_sweep(config, overrides)["json"].read_text())["runs"]["0"]
+    trained = train_dir(tmp_path / "run" / "sweep" / "seed0", "full@1e-3")
+    assert list(rows) == ["full@1e-3"] and (trained / "training_summary.json").is_file()
+    assert not (trained / "model").exists() and not list(trained.glob("checkpoint-*"))
+    with pytest.raises(ConfigError, match="'sweep.keep_models' none leaves no model for the dial"):
+        load_config(config, ["sweep.keep_models=none", "sweep.alphas=[0.5]"])
 
 
 def _seeded(fronts: dict[str, list[list[tuple[float, float, float]]]]) -> dict:

@@ -35,7 +35,7 @@ UNIT_SCORES = ("mean", "sum")
 RATE_BUDGETS = ("none", "parameters")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-KEEP_MODELS = ("all", "best")  # sweep.keep_models: adept.sweep_files
+KEEP_MODELS = ("all", "best", "none")  # sweep.keep_models: adept.sweep_files
 
 
 class ConfigError(ValueError):

@@ -393,8 +393,9 @@ class SweepSection:
     keep_checkpoints: bool = setting(False, "Keep each point's intermediate checkpoints (several GB each).")
     keep_models: str = setting(
         "all",
-        "Trained models a sweep keeps: all, or best (once a front has every rate on every seed, only its best-gain "
-        "rate's, which the dial moves back; dial points' models are dropped once evaluated; results always stay).",
+        "Trained models a sweep keeps: all; best (once a front has every rate on every seed, only its best-gain "
+        "rate's, which the dial moves back; dial points' models go once evaluated); or none (each goes once "
+        "evaluated; no dial). Results always stay.",
     )
     alphas: list[float] = setting(
         help="Forgetting dial: once a front's rates are done, its best-gain point (every seed) is also moved back "
@@ -405,6 +406,8 @@ class SweepSection:
     def __post_init__(self) -> None:
         if self.keep_models not in KEEP_MODELS:
             raise FieldError("keep_models", f"must be one of {', '.join(KEEP_MODELS)}, got '{self.keep_models}'")
+        if self.keep_models == "none" and self.alphas:
+            raise FieldError("keep_models", "none leaves no model for the dial (sweep.alphas); use best")
         if any(not 0.0 < alpha < 1.0 for alpha in self.alphas):
             raise FieldError("alphas", f"must lie strictly between 0 and 1 (1 is the trained point), got {self.alphas}")
 

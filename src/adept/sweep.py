@@ -167,6 +167,7 @@ def run_points(
     command: str,
     max_runs: int | None = None,
     keep_checkpoints: bool = False,
+    keep_model: bool = True,
     probe_per_seed: bool = False,
     skip: Callable[[int, str], bool] = lambda seed, label: False,
     before_seed: Callable[[int], None] = lambda seed: None,
@@ -196,8 +197,7 @@ def run_points(
         logger.info("sweep point %d of %d left: %s, seed %d -> %s", ran + 1, len(left), label, seed, run_dir)
         began = time.monotonic()
         run_pipeline(point_cfg)
-        if not keep_checkpoints:
-            tidy(run_dir, label)
+        tidy(run_dir, label, keep_checkpoints, keep_model)
         write_json(
             train_dir(run_dir, label) / MACHINE_NAME,
             {"seed": seed, "command": command, "seconds": time.monotonic() - began, **machine_info(point_cfg.device)},
@@ -358,6 +358,7 @@ def run_sweep(
         command=command,
         max_runs=max_runs,
         keep_checkpoints=cfg.sweep.keep_checkpoints,
+        keep_model=cfg.sweep.keep_models != "none",
         probe_per_seed=cfg.sweep.probe_per_seed,
         skip=lambda seed, label: (seed, label) in recorded,
         before_seed=check_seed,

@@ -1,6 +1,7 @@
 """What a sweep's run directories keep on disk: each point's results always; its intermediate
 checkpoints only with ``sweep.keep_checkpoints``; its trained model unless ``sweep.keep_models``
-is ``best``, which drops every model a complete front no longer needs.
+says otherwise: ``best`` drops every model a complete front no longer needs, ``none`` each model
+as soon as its point is evaluated (a sweep without a dial).
 
 A sweep of 30 points on a 7B model would otherwise keep 30 checkpoints of 14 GB. The best-gain
 rate's models are the ones the forgetting dial moves back and a final comparison evaluates; the
@@ -27,14 +28,18 @@ from adept.training import FINAL_MODEL_DIR, last_complete_checkpoint
 logger = logging.getLogger(__name__)
 
 
-def tidy(run_dir: Path, label: str) -> None:
-    """Drop a finished point's intermediate checkpoints (GBs each), keeping its trainer log."""
+def tidy(run_dir: Path, label: str, keep_checkpoints: bool = False, keep_model: bool = True) -> None:
+    """Drop a finished point's intermediate checkpoints (GBs each), keeping its trainer log, and with
+    ``keep_model`` false its trained model too (``sweep.keep_models: none``)."""
     out = train_dir(run_dir, label)
-    last = last_complete_checkpoint(out)
-    if last is not None:
-        shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
-    for path in out.glob("checkpoint-*"):
-        shutil.rmtree(path)
+    if not keep_checkpoints:
+        last = last_complete_checkpoint(out)
+        if last is not None:
+            shutil.copy2(Path(last) / "trainer_state.json", out / "trainer_state.json")
+        for path in out.glob("checkpoint-*"):
+            shutil.rmtree(path)
+    if not keep_model and (out / FINAL_MODEL_DIR).is_dir():
+        shutil.rmtree(out / FINAL_MODEL_DIR)
 
 
 def machine_info(device: str) -> dict[str, Any]:
