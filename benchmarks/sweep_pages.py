@@ -74,7 +74,13 @@ def mean_table(data: dict[str, Any], fronts, first: str = "rule") -> list[str]:
                 values = [r[key] for r in runs]
                 cells.append(f"{sum(values) / len(values):+.2f} ({min(values):+.2f} to {max(values):+.2f})")
             rows.append(cells)
-    columns = [first, "rate", "seeds", "domain-loss gain % (seeds' range)", "general-loss change % (seeds' range)"]
+    columns = [
+        first,
+        "alpha" if all(f.dial for f in fronts) else "rate",
+        "seeds",
+        "domain-loss gain % (seeds' range)",
+        "general-loss change % (seeds' range)",
+    ]
     return markdown_table(columns, rows, "llrrr")
 
 
