@@ -24,13 +24,14 @@ from typing import Any
 
 from adept.artifacts import read_json, write_json, write_text
 from adept.config import load_config
-from adept.fronts import Front, best_rate, dial_front, front_gaps, front_named, label_of
-from adept.fronts_report import GRID_COLUMNS, gap_row, grid_rows, markdown_table
+from adept.fronts import Front, best_rate, dial_front, front_named, label_of
+from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table
 from adept.sweep import RECORD_NAME, points, reference_front, report_root, run_sweep, sweep_fronts, sweep_root
 
 from sweep_pages import (
     SECOND_HELDOUT,
     SECOND_MAX_BLOCKS,
+    gap_tables,
     mean_table,
     middle_answer,
     second_source_losses,
@@ -71,17 +72,6 @@ def questions(fronts: list[Front], dials: dict[str, Front], reference: str) -> l
         if front.name in dials:
             rows.append((f"{front.name}: its dial against its own rates", dials[front.name], front))
     return rows
-
-
-def gap_tables(data: dict[str, Any], asked: list[tuple[str, Side, Side]]) -> tuple[list[list[str]], dict[str, Any]]:
-    """Per question: the gap row (range, the three positions, verdict) and the same as data."""
-    rows, table = [], {}
-    for question, a, b in asked:
-        entry = front_gaps(data, a, b)
-        rows.append(gap_row(question, entry))
-        if entry is not None:
-            table[question] = entry
-    return rows, table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
-"""What the experiment pages of ``benchmarks/`` share: forgetting on a second held-out source, the gap
-read at the middle of the common gains, and the per-rate means over seeds.
+"""What the experiment pages of ``benchmarks/`` share: forgetting on a second held-out source, the gaps
+between fronts question by question and the one read at the middle of the common gains, and the
+per-rate means over seeds.
 
 Imported by the page scripts beside it (``python benchmarks/<page>.py`` puts this folder on the path).
 """
@@ -13,8 +14,8 @@ from typing import Any
 from adept.artifacts import read_json, write_json
 from adept.checkpoints import load_model_and_tokenizer
 from adept.evaluation import evaluate_perplexity
-from adept.fronts import label_of
-from adept.fronts_report import gap_cell, markdown_table
+from adept.fronts import front_gaps, label_of
+from adept.fronts_report import gap_cell, gap_row, markdown_table
 from adept.run_directory import train_dir
 
 # Austen: neither the probe's source (State of the Union) nor trained on by any sweep point.
@@ -99,3 +100,14 @@ def middle_answer(table: dict[str, Any], rule: str) -> str:
     if gap["ci"][0] > 0:
         return f"**more forgetting**, {cell}"
     return f"no difference, {cell}"
+
+
+def gap_tables(data: dict[str, Any], asked: list[tuple[str, Any, Any]]) -> tuple[list[list[str]], dict[str, Any]]:
+    """Per question: the gap row (range, the three positions, verdict) and the same as data."""
+    rows, table = [], {}
+    for question, a, b in asked:
+        entry = front_gaps(data, a, b)
+        rows.append(gap_row(question, entry))
+        if entry is not None:
+            table[question] = entry
+    return rows, table
