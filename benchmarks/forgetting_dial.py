@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adept.artifacts import read_json, write_json, write_text
+from adept.artifacts import write_json, write_text
 from adept.config import load_config
 from adept.fronts import Front, best_rate, dial_front, front_named, label_of
 from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table
-from adept.sweep import RECORD_NAME, points, reference_front, report_root, run_sweep, sweep_fronts, sweep_root
+from adept.sweep import points, reference_front, sweep_fronts, sweep_root
 
 from sweep_pages import (
     SECOND_HELDOUT,
@@ -34,6 +34,7 @@ from sweep_pages import (
     gap_tables,
     mean_table,
     middle_answer,
+    read_sweep,
     second_source_losses,
     second_source_view,
 )
@@ -86,15 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     root = sweep_root(cfg)
     docs = Path(args.docs)
     record = docs.with_name(f"{docs.stem}_fronts.json")
-    if record.is_file() and not (report_root(cfg) / RECORD_NAME).is_file():  # continue from the committed record
-        report_root(cfg).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, report_root(cfg) / RECORD_NAME)
-    paths = run_sweep(args.config, max_runs=0)  # reads what is done, trains and dials nothing
-    front = read_json(paths["json"], kind="fronts")
+    front, data, paths = read_sweep(args.config, record)
     write_json(record, front)
     shutil.copy2(paths["plot"], docs.with_name(f"{docs.stem}_fronts.png"))
-    data = {"seeds": {int(s): rows for s, rows in front["runs"].items()}, "base": front["base"]}
-    data["base"] = {int(s): b for s, b in data["base"].items()}
     dials = dials_of(data, fronts, list(cfg.sweep.alphas))
     asked = questions(fronts, dials, reference_front(cfg, fronts))
     gap_rows, gaps = gap_tables(data, asked)

@@ -29,13 +29,14 @@ from adept.fronts import label_of
 from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table, reference_gaps
 from adept.results import SUMMARY_NAME
 from adept.run_directory import train_dir
-from adept.sweep import RECORD_NAME, points, reference_front, report_root, run_sweep, sweep_fronts, sweep_root
+from adept.sweep import points, reference_front, sweep_fronts, sweep_root
 
 from sweep_pages import (
     SECOND_HELDOUT,
     SECOND_MAX_BLOCKS,
     mean_table,
     middle_answer,
+    read_sweep,
     second_source_losses,
     second_source_view,
 )
@@ -128,17 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     root = sweep_root(cfg)
     docs = Path(args.docs)
     record = docs.with_name(f"{docs.stem}_fronts.json")
-    if record.is_file() and not (report_root(cfg) / RECORD_NAME).is_file():  # continue from the committed record
-        report_root(cfg).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, report_root(cfg) / RECORD_NAME)
-    paths = run_sweep(args.config, max_runs=0)  # reads what is done, trains nothing
-    front = read_json(paths["json"], kind="fronts")
+    front, data, paths = read_sweep(args.config, record)
     dists = distributions(root, fronts, cfg.sweep.seeds) or front.get("distributions", {})
     front["distributions"] = dists
     write_json(record, front)
     shutil.copy2(paths["plot"], docs.with_name(f"{docs.stem}_fronts.png"))
-    data = {"seeds": {int(s): rows for s, rows in front["runs"].items()}, "base": front["base"]}
-    data["base"] = {int(s): b for s, b in data["base"].items()}
     _, gap_rows, gaps = reference_gaps(data, fronts, reference_front(cfg, fronts))
     second = second_source_losses(
         cfg, root, data, docs.with_name(f"{docs.stem}_heldout.json"), args.second_heldout, args.second_max_blocks

@@ -8,19 +8,42 @@ Imported by the page scripts beside it (``python benchmarks/<page>.py`` puts thi
 from __future__ import annotations
 
 import copy
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from adept.artifacts import read_json, write_json
 from adept.checkpoints import load_model_and_tokenizer
+from adept.config import load_config
 from adept.evaluation import evaluate_perplexity
 from adept.fronts import front_gaps, label_of
 from adept.fronts_report import gap_cell, gap_row, markdown_table
 from adept.run_directory import train_dir
+from adept.sweep import RECORD_NAME, report_root, run_sweep
 
 # Austen: neither the probe's source (State of the Union) nor trained on by any sweep point.
 SECOND_HELDOUT = "data/demo/general/heldout.jsonl"
 SECOND_MAX_BLOCKS = 64  # 16,320 predicted tokens, four times the State of the Union held-out set
+
+
+def read_sweep(
+    config: str, record: Path, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Path]]:
+    """A sweep as a page reads it: its record seeded from the committed copy ``record`` on a machine
+    without one, then its report rewritten from what is done, nothing trained or dialled (``max_runs=0``).
+    Returns (the record, its rows as `adept.fronts` data, the report's paths)."""
+    cfg = load_config(config, list(overrides))
+    if record.is_file() and not (report_root(cfg) / RECORD_NAME).is_file():
+        report_root(cfg).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, report_root(cfg) / RECORD_NAME)
+    paths = run_sweep(config, list(overrides), max_runs=0)
+    front = read_json(paths["json"], kind="fronts")
+    data = {
+        "seeds": {int(s): rows for s, rows in front["runs"].items()},
+        "base": {int(s): b for s, b in front["base"].items()},
+    }
+    return front, data, paths
 
 
 def second_source_losses(cfg, root: Path, data: dict[str, Any], record: Path, corpus: str, max_blocks: int) -> dict:
