@@ -272,11 +272,18 @@ def test_keep_models_best_leaves_only_each_complete_fronts_best_model(workspace)
 
 def test_keep_models_none_drops_each_model_once_evaluated_and_refuses_a_dial(workspace):  # noqa: F811
     tmp_path, config = workspace
-    overrides = ["train.methods=[full]", "sweep.rates.full=[1e-3]", "sweep.keep_models=none", "evaluation.shift=false"]
+    overrides = [
+        "train.methods=[full]",
+        "sweep.rates.full=[1e-3,1e-2]",
+        "sweep.keep_models=none",
+        "evaluation.shift=false",
+    ]
     rows = json.loads(sweep.run_sweep(config, overrides)["json"].read_text())["runs"]["0"]
-    trained = train_dir(tmp_path / "run" / "sweep" / "seed0", "full@1e-3")
-    assert list(rows) == ["full@1e-3"] and (trained / "training_summary.json").is_file()
-    assert not (trained / "model").exists() and not list(trained.glob("checkpoint-*"))
+    assert sorted(rows) == ["full@1e-2", "full@1e-3"]  # the second point runs beside the first one's missing model
+    for label in rows:
+        trained = train_dir(tmp_path / "run" / "sweep" / "seed0", label)
+        assert (trained / "training_summary.json").is_file() and rows[label]["gain_pct"] > 0
+        assert not (trained / "model").exists() and not list(trained.glob("checkpoint-*"))
     with pytest.raises(ConfigError, match="'sweep.keep_models' none leaves no model for the dial"):
         load_config(config, ["sweep.keep_models=none", "sweep.alphas=[0.5]"])
 
