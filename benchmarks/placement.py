@@ -4,10 +4,11 @@ ADEPT (the paper's rule) and its copies at uniform rates (adept-no-stage2), with
 Stage 1's masking choice (drawn with each seed's probe), at LLaMA-Pro's uniform positions, and at the
 deepest layers (where the paper's models put theirs); three seeds, 4x the fronts' domain tokens. Each
 placement is one sweep of the config with its overrides (``PLACEMENTS``) in its own run directory.
-With ``--train`` this script runs the three sweeps in turn (each resumable point by point); it then reads
-each one's record and writes ``docs/results_placement.md``: the verdict first (each placement against the
-masking choice, and Stage 2 on against off at each placement, gaps seed by seed), then the highest gain
-each front reaches, the layers each seed's masking chose, and every point. The records are kept in
+With ``--train`` this script runs the three sweeps round by round, two points of each at a time
+(resumable point by point); it then reads each one's record and writes ``docs/results_placement.md``:
+the verdict first (each placement against the masking choice, and Stage 2 on against off at each
+placement, gaps seed by seed), then the highest gain each front reaches, the layers each seed's
+masking chose, and every point. The records are kept in
 ``docs/results_placement_fronts.json``, so the page regenerates on a machine without the run directories.
 
 Usage: python benchmarks/placement.py [--train] [--config configs/e2_smollm2.yaml] [--docs docs/results_placement.md]
@@ -23,7 +24,7 @@ from typing import Any
 
 from adept.artifacts import read_json, write_json, write_text
 from adept.config import load_config
-from adept.fronts import Front, front_named, front_points, seed_range
+from adept.fronts import Front, front_named, front_points, is_done, label_of, seed_range
 from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table, plot_series
 from adept.plots import plot_fronts
 from adept.sweep import RECORD_NAME, points, report_root, run_sweep, sweep_fronts, sweep_root
@@ -37,7 +38,15 @@ PLACEMENTS = {
     "deep": ["expansion.num_new_layers=null", "expansion.layers=[26,27,28,29]", "run_dir=runs/e2/deep"],
 }
 REFERENCE = "masking"
+ROUND = 2  # points per placement per round of --train: both arms of one seed at one rate
 ARMS = ("adept", "adept-no-stage2")
+
+
+def points_left(config: str, overrides: list[str]) -> int:
+    """How many of the placement's points are not finished yet."""
+    cfg = load_config(config, overrides)
+    todo = points(sweep_fronts(cfg), cfg.sweep.seeds)
+    return sum(not is_done(sweep_root(cfg) / f"seed{seed}", label_of(front, rate)) for seed, front, rate in todo)
 
 
 def read_placement(config: str, overrides: list[str], saved: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -112,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     docs = Path(args.docs)
     record_path = docs.with_name(f"{docs.stem}_fronts.json")
     saved = read_json(record_path) if record_path.is_file() else {}
-    if args.train:
-        for overrides in PLACEMENTS.values():
-            run_sweep(args.config, overrides)
+    if args.train:  # round by round, so a stopped run has every placement at the same points
+        while todo := [o for o in PLACEMENTS.values() if points_left(args.config, o)]:
+            for overrides in todo:
+                run_sweep(args.config, overrides, max_runs=ROUND)
     placements = {}
     for name, overrides in PLACEMENTS.items():
         placement = read_placement(args.config, overrides, saved.get(name))
@@ -157,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         status,
         "",
-        f"Regenerate: `python benchmarks/placement.py --train` (the three sweeps in turn, resumable, then this page), "
-        f"or each sweep alone: {'; '.join(f'`{c}`' for c in commands)}. CPU time so far: {seconds / 3600:.1f} hours "
-        f"on 2 cores. Each point: {tokens:,.0f} domain tokens (4x the fronts') on SmolLM2-135M-Instruct; the probe "
-        "is drawn with each seed. Copies at LLaMA-Pro's uniform positions follow layers 6, 14, 21 and 29 of 30; the "
-        "deepest ones 26-29.",
+        "Regenerate: `python benchmarks/placement.py --train` (the three sweeps round by round, resumable, then "
+        f"this page), or each sweep alone: {'; '.join(f'`{c}`' for c in commands)}. CPU time so far: "
+        f"{seconds / 3600:.1f} hours on 2 cores. Each point: {tokens:,.0f} domain tokens (4x the fronts') on "
+        "SmolLM2-135M-Instruct; the probe is drawn with each seed. Copies at LLaMA-Pro's uniform positions "
+        "follow layers 6, 14, 21 and 29 of 30; the deepest ones 26-29.",
         "",
         "## Seed by seed",
         "",
