@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "The gap at the low end, middle and high end of the domain gains both sides reach; each seed's own fronts "
         "interpolated, the interval a 95% t-interval over seeds. A gap whose interval holds 0 is no difference. A "
         "dial against its own rates meets them at its top (alpha 1 is the run itself), so its high end is 0 by "
-        "construction and its verdict is read at the middle.",
+        "construction and its verdict is read at the middle. Fronts marked *apart* share no gain (one's smallest "
+        "gain lies above the other's largest): they are read over the lower front's gains, the higher one at its "
+        "smallest-gain point, where it gives more gain at that cost.",
         "",
         *markdown_table(position_columns, gap_rows, "lrrrrl"),
         "",

@@ -113,7 +113,7 @@ def middle_answer(table: dict[str, Any], rule: str) -> str:
     if rule not in table:
         return "undecided: the fronts share no gain yet"
     gap = table[rule]["gaps"][1]
-    cell = gap_cell(gap)
+    cell = gap_cell(gap) + (", fronts apart" if table[rule].get("apart") else "")
     if gap["n"] == 0:
         return "undecided: no seed's two fronts both reach it"
     if gap["ci"] is None:

@@ -354,3 +354,23 @@ def test_a_front_and_its_dial_are_read_as_one_against_another_front():
     assert with_dial["gaps"][2]["mean"] == pytest.approx(-1.0)
     assert with_dial["verdict"] == "no difference beyond seed noise"
     assert front_gaps(data, adept, Front("none", "full", (1e-2,))) is None
+
+
+def test_fronts_apart_are_read_over_the_lower_ones_gains_against_the_higher_ones_first_point():
+    from adept.fronts import front_gaps
+
+    full, adept = Front("full", "full", (1e-4, 3e-4)), Front("adept", "adept", (1e-3, 3e-3))
+    data = _seeded(  # full's smallest gain (17%) lies above adept's largest (16%), at less forgetting
+        {
+            "full": [[(1e-4, 17 + d, -1.0 + d), (3e-4, 19, 1.0)] for d in (0.0, 0.1, -0.1)],
+            "adept": [[(1e-3, 11, -0.5 + d), (3e-3, 16, 0.5 + d)] for d in (0.0, 0.2, -0.2)],
+        }
+    )
+    gaps = front_gaps(data, adept, full)
+    assert gaps["apart"] and gaps["range"] == [11, 16]
+    assert gaps["gaps"][0]["diffs"] == pytest.approx([0.5, 0.6, 0.4])  # -0.5+d against full@1e-4's -1.0+d'
+    assert gaps["gaps"][2]["diffs"] == pytest.approx([1.5, 1.6, 1.4])
+    assert gaps["verdict"] == "above, beyond seed noise"
+    assert front_gaps(data, full, adept)["gaps"][2]["mean"] == pytest.approx(-1.5)  # read from either side
+    overlapping = _seeded({"full": [[(1e-4, 15, 0.0)]] * 3, "adept": [[(1e-3, 11, 0.0), (3e-3, 16, 1.0)]] * 3})
+    assert front_gaps(overlapping, adept, full) is None  # one point inside the other's range: no front to read

@@ -329,16 +329,21 @@ def seed_view(data: dict[str, Any], seed: int) -> dict[str, Any]:
     return {"seeds": {seed: data["seeds"][seed]}, "base": {seed: data["base"].get(seed)}}
 
 
-def seed_gap(data: dict[str, Any], a: Fronts, b: Fronts, gain: float) -> dict[str, Any]:
+def seed_gap(data: dict[str, Any], a: Fronts, b: Fronts, gain: float, below: bool = False) -> dict[str, Any]:
     """Front ``a``'s forgetting minus front ``b``'s at ``gain``, seed by seed (each seed's own fronts,
     interpolated on their efficient rates), with the mean and its 95% t-interval over the seeds where
     both fronts reach ``gain``. A difference whose interval holds 0 is not shown beyond seed noise.
-    Either side may be several fronts read as one (`union_points`)."""
+    Either side may be several fronts read as one (`union_points`). With ``below``, a front whose
+    smallest gain lies above ``gain`` is read there at that point's forgetting (`at_gain`'s "upper")."""
+
+    def read(points: list[Point]) -> float | None:
+        return at_gain(points, gain)[0] if below else interpolate(points, gain)
+
     diffs = []
     for seed in data["seeds"]:
         view = seed_view(data, seed)
-        x = interpolate(union_points(view, a, "forgetting_pct"), gain)
-        y = interpolate(union_points(view, b, "forgetting_pct"), gain)
+        x = read(union_points(view, a, "forgetting_pct"))
+        y = read(union_points(view, b, "forgetting_pct"))
         if x is not None and y is not None:
             diffs.append(x - y)
     if not diffs:
@@ -377,10 +382,22 @@ def gap_verdict(gaps: Sequence[dict[str, Any]]) -> str:
 
 def front_gaps(data: dict[str, Any], a: Fronts, b: Fronts) -> dict[str, Any] | None:
     """``a``'s forgetting minus ``b``'s (`seed_gap`) at the `GAP_POSITIONS` of the gains both mean fronts
-    reach, with the verdict; None while they share no gain."""
-    mean = compare_fronts(union_points(data, a, "forgetting_pct"), union_points(data, b, "forgetting_pct"))
-    if mean["status"] == "undecided":
-        return None
-    lo, hi = mean["range"]
-    gaps = [seed_gap(data, a, b, gain) for gain in (lo, (lo + hi) / 2, hi)]
-    return {"range": [lo, hi], "gaps": gaps, "verdict": gap_verdict(gaps)}
+    reach, with the verdict; None while they share no gain.
+
+    Fronts *apart* (one's smallest gain above the other's largest) are read over the lower front's
+    gains, the higher one at its smallest-gain point: a user asking for less gain gets more at that
+    cost, so the gap is a bound in the lower front's favour (``"apart": True``).
+    """
+    pa, pb = union_points(data, a, "forgetting_pct"), union_points(data, b, "forgetting_pct")
+    mean = compare_fronts(pa, pb)
+    apart = False
+    if mean["status"] == "decided":
+        lo, hi = mean["range"]
+    else:
+        ga, gb = ([g for _, g, _ in efficient(points)] for points in (pa, pb))
+        if not ga or not gb or (max(ga) >= min(gb) and max(gb) >= min(ga)):
+            return None
+        lower = ga if max(ga) < min(gb) else gb
+        lo, hi, apart = min(lower), max(lower), True
+    gaps = [seed_gap(data, a, b, gain, below=apart) for gain in (lo, (lo + hi) / 2, hi)]
+    return {"range": [lo, hi], "gaps": gaps, "verdict": gap_verdict(gaps), "apart": apart}

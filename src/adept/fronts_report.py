@@ -159,7 +159,8 @@ def gap_row(name: str, entry: dict[str, Any] | None) -> list[str]:
     if entry is None:
         return [name, "none yet", "–", "–", "–", "undecided"]
     lo, hi = entry["range"]
-    return [name, f"{lo:.1f}–{hi:.1f}", *(gap_cell(g) for g in entry["gaps"]), entry["verdict"]]
+    reach = f"{lo:.1f}–{hi:.1f}" + (" (apart)" if entry.get("apart") else "")
+    return [name, reach, *(gap_cell(g) for g in entry["gaps"]), entry["verdict"]]
 
 
 def reference_gaps(
@@ -426,7 +427,8 @@ def write_fronts_report(
             f"Each front's general-loss change minus {reference}'s, in points of %, at the low end, middle and "
             "high end of the domain gains both reach: each seed's own fronts are interpolated there, and the "
             "interval is the 95% t-interval of the mean over the seeds. A gap whose interval holds 0 is no "
-            "difference beyond seed noise."
+            "difference beyond seed noise. Fronts marked apart share no gain: they are read over the lower front's "
+            "gains, the higher one at its smallest-gain point (it gives more gain at that cost)."
         ),
         Table(gap_columns, gap_rows) if gap_rows else Text("No other front to compare yet."),
     ]
