@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adept.sweep import machine_info
+from adept.sweep_files import machine_info
 
 TARGET_FORGETTING_SHARE = 0.10
 FULL = "full"

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adept.artifacts import write_json, write_text
+from adept.artifacts import read_json, write_json, write_text
 from adept.config import load_config
-from adept.fronts import Front, best_rate, dial_front, front_named, label_of
+from adept.fronts import Front, best_rate, dial_front, dial_points_done, front_named
 from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table
 from adept.sweep import points, reference_front, sweep_fronts, sweep_root
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     root = sweep_root(cfg)
     docs = Path(args.docs)
     record = docs.with_name(f"{docs.stem}_fronts.json")
-    front, data, paths = read_sweep(args.config, record)
+    front, data, paths = read_sweep(args.config, read_json(record) if record.is_file() else None)
     write_json(record, front)
     shutil.copy2(paths["plot"], docs.with_name(f"{docs.stem}_fronts.png"))
     dials = dials_of(data, fronts, list(cfg.sweep.alphas))
@@ -97,11 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, root, data, docs.with_name(f"{docs.stem}_heldout.json"), args.second_heldout, args.second_max_blocks
     )
     second_rows, second_gaps = gap_tables(second_source_view(data, second["losses"]), asked)
-    done = {label for rows in data["seeds"].values() for label in rows}
-    dialled = [d for d in dials.values() if any(label_of(d, a) in done for a in d.rates[:-1])]
-    dial_points = sum(
-        label_of(d, a) in rows for rows in data["seeds"].values() for d in dials.values() for a in d.rates[:-1]
-    )
+    dialled = [d for d in dials.values() if dial_points_done(data, d)]
+    dial_points = sum(len(dial_points_done(data, d)) for d in dials.values())
     trained = sum(len(rows) for rows in data["seeds"].values()) - dial_points
     total = len(points(fronts, cfg.sweep.seeds))
     seconds = sum(r.get("run_seconds") or 0 for rows in data["seeds"].values() for r in rows.values())

@@ -27,9 +27,9 @@ from adept.config import load_config
 from adept.fronts import Front, front_named, front_points, is_done, label_of, seed_range
 from adept.fronts_report import GRID_COLUMNS, grid_rows, markdown_table, plot_series
 from adept.plots import plot_fronts
-from adept.sweep import RECORD_NAME, points, report_root, run_sweep, sweep_fronts, sweep_root
+from adept.sweep import points, run_sweep, sweep_fronts, sweep_root
 
-from sweep_pages import gap_tables, mean_table, middle_answer
+from sweep_pages import gap_tables, mean_table, middle_answer, read_sweep
 
 # Placement -> its overrides of the config: the masking choice is the config's own expansion.
 PLACEMENTS = {
@@ -50,22 +50,19 @@ def points_left(config: str, overrides: list[str]) -> int:
 
 
 def read_placement(config: str, overrides: list[str], saved: dict[str, Any] | None) -> dict[str, Any] | None:
-    """One placement's record: from its run directories (the committed copy seeded first), None before any point."""
-    cfg = load_config(config, overrides)
-    record = report_root(cfg) / RECORD_NAME
-    if saved and not record.is_file():
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_json(record, saved["record"])
+    """One placement's record and the layers its masking chose per seed (the committed copy ``saved``
+    seeded first); None before its first point."""
     try:
-        paths = run_sweep(config, overrides, max_runs=0)  # reads what is done, trains nothing
+        record, _, _ = read_sweep(config, saved and saved["record"], overrides)
     except FileNotFoundError:
         return None
+    cfg = load_config(config, overrides)
     layers = dict(saved.get("layers", {})) if saved else {}
     for seed in cfg.sweep.seeds:
         expansion = sweep_root(cfg) / f"seed{seed}" / "expanded" / "adept" / "expansion.json"
         if expansion.is_file():
             layers[str(seed)] = read_json(expansion)["source_layers"]
-    return {"record": read_json(paths["json"], kind="fronts"), "layers": layers}
+    return {"record": record, "layers": layers}
 
 
 def merged(placements: dict[str, dict[str, Any]], cfg) -> tuple[dict[str, Any], list[Front]]:

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     root = sweep_root(cfg)
     docs = Path(args.docs)
     record = docs.with_name(f"{docs.stem}_fronts.json")
-    front, data, paths = read_sweep(args.config, record)
+    front, data, paths = read_sweep(args.config, read_json(record) if record.is_file() else None)
     dists = distributions(root, fronts, cfg.sweep.seeds) or front.get("distributions", {})
     front["distributions"] = dists
     write_json(record, front)

@@ -8,7 +8,6 @@ Imported by the page scripts beside it (``python benchmarks/<page>.py`` puts thi
 from __future__ import annotations
 
 import copy
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,15 @@ SECOND_MAX_BLOCKS = 64  # 16,320 predicted tokens, four times the State of the U
 
 
 def read_sweep(
-    config: str, record: Path, overrides: Sequence[str] = ()
+    config: str, saved: dict[str, Any] | None, overrides: Sequence[str] = ()
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Path]]:
-    """A sweep as a page reads it: its record seeded from the committed copy ``record`` on a machine
-    without one, then its report rewritten from what is done, nothing trained or dialled (``max_runs=0``).
-    Returns (the record, its rows as `adept.fronts` data, the report's paths)."""
+    """A sweep as a page reads it: its record seeded from ``saved`` (the copy committed with the page) on a
+    machine without one, then its report rewritten from what is done, nothing trained or dialled
+    (``max_runs=0``). Returns (the record, its rows as `adept.fronts` data, the report's paths); raises
+    FileNotFoundError before the sweep's first point."""
     cfg = load_config(config, list(overrides))
-    if record.is_file() and not (report_root(cfg) / RECORD_NAME).is_file():
-        report_root(cfg).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(record, report_root(cfg) / RECORD_NAME)
+    if saved and not (report_root(cfg) / RECORD_NAME).is_file():
+        write_json(report_root(cfg) / RECORD_NAME, saved)
     paths = run_sweep(config, list(overrides), max_runs=0)
     front = read_json(paths["json"], kind="fronts")
     data = {

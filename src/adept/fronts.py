@@ -138,6 +138,21 @@ def is_done(run_dir: Path, label: str) -> bool:
     return results_path(run_dir, label).is_file()
 
 
+def is_complete(data: dict[str, Any], front: Front, seeds: Sequence[int]) -> bool:
+    """Whether ``front`` has every rate done on every one of ``seeds``: its best rate is then fixed."""
+    return all(label_of(front, rate) in data["seeds"].get(seed, {}) for seed in seeds for rate in front.rates)
+
+
+def dial_points_done(data: dict[str, Any], dial: Front) -> list[tuple[int, str]]:
+    """(seed, label) of each of the dial's moved-back points done (alpha 1, the trained run, left out)."""
+    return [
+        (seed, label_of(dial, alpha))
+        for seed, rows in data["seeds"].items()
+        for alpha in dial.rates[:-1]
+        if label_of(dial, alpha) in rows
+    ]
+
+
 def base_summary(base: dict[str, Any]) -> dict[str, Any]:
     """What a front keeps of the base model's evaluation: the losses every row is a change from, and its accuracies."""
     return {

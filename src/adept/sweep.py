@@ -30,6 +30,8 @@ from adept.fronts import (
     best_rate,
     collect,
     dial_front,
+    dial_points_done,
+    is_complete,
     is_done,
     label_of,
     rate_name,
@@ -374,10 +376,7 @@ def run_sweep(
         merge_record(data, record, record_path, cfg.sweep.seeds)
     if not any(data["seeds"].values()):
         raise FileNotFoundError(f"{root}: no finished point to report yet")
-    shown = [
-        *fronts,
-        *(d for d in dials if any(label_of(d, a) in rows for rows in data["seeds"].values() for a in d.rates[:-1])),
-    ]
+    shown = [*fronts, *(d for d in dials if dial_points_done(data, d))]
     done = sum(len(rows) for rows in data["seeds"].values())
     meta = [f"config: {config}", f"sweep: {root}", f"{done} of {len(todo)} points done", f"command: {command}"]
     return write_fronts_report(data, shown, reference_front(cfg, fronts), report_root(cfg), meta, settings)
@@ -396,7 +395,7 @@ def run_dials(
     seed moved back towards its start with each of ``sweep.alphas`` and evaluated; returns how many."""
     seeds, ran = cfg.sweep.seeds, 0
     for front in fronts:
-        if any(label_of(front, r) not in data["seeds"].get(seed, {}) for seed in seeds for r in front.rates):
+        if not is_complete(data, front, seeds):
             continue
         rate, _ = best_rate(data, front)
         label = label_of(front, rate)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from adept.fronts import Front, best_rate, label_of
+from adept.fronts import Front, best_rate, dial_points_done, is_complete, label_of
 from adept.run_directory import train_dir
 from adept.training import FINAL_MODEL_DIR, last_complete_checkpoint
 
@@ -69,18 +69,11 @@ def prune_models(
     a seed added later trains its own points and keeps their models until the front is complete again.
     """
     gone = []
-    for front in fronts:
-        if any(label_of(front, r) not in data["seeds"].get(seed, {}) for seed in seeds for r in front.rates):
-            continue
+    for front in (f for f in fronts if is_complete(data, f, seeds)):
         best, _ = best_rate(data, front)
         gone += [(seed, label_of(front, rate)) for seed in seeds for rate in front.rates if rate != best]
     for dial in dials:
-        gone += [
-            (seed, label_of(dial, alpha))
-            for seed in seeds
-            for alpha in dial.rates[:-1]
-            if label_of(dial, alpha) in data["seeds"].get(seed, {})
-        ]
+        gone += [(seed, label) for seed, label in dial_points_done(data, dial) if seed in seeds]
     deleted = []
     for seed, label in gone:
         model = train_dir(root / f"seed{seed}", label) / FINAL_MODEL_DIR
