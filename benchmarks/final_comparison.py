@@ -10,8 +10,9 @@ ADEPT, E1's rules). Every seed's trained model of that rate, and the base model 
   source neither probed nor trained on) and on the domain's held-out text, ``--max-blocks`` blocks each.
 
 One ``results.json`` per model under ``--work``, so the work resumes model by model (about 30-40 minutes
-per model on 2 CPU cores). Then ``docs/results_final.md``: per front, gain and forgetting with each
-accuracy change paired per item against the base model, seed by seed, and the mean over seeds.
+per model on 2 CPU cores), seed 0 of every front first. Then ``docs/results_final.md``: per front, gain and
+forgetting with each accuracy change paired per item against the base model, seed by seed, and the mean over
+seeds.
 
 Usage: python benchmarks/final_comparison.py --sweep configs/e4_smollm2.yaml --sweep configs/e1_smollm2.yaml
        [--fronts full,llama-pro,adept,adept-no-stage2] [--seeds 0,1,2] [--max-models N] [--limit N]
@@ -254,19 +255,23 @@ def main(argv: list[str] | None = None) -> int:
     base = evaluate_once(work, BASE, Path(cfg.model), cfg, args)
     if base is None:
         raise SystemExit(f"{cfg.model}: the base model is not here")
+    # Seed by seed, every front of a seed before the next seed: a stopped sitting leaves whole seeds compared.
+    order = sorted(
+        ((seed, i, point, model) for i, point in enumerate(points) for seed, model in point["models"].items()),
+        key=lambda entry: entry[:2],
+    )
     evaluated, results = 0, {}
-    for point in points:
-        for seed, model in sorted(point["models"].items()):
-            if seeds and seed not in seeds:
-                continue
-            key = f"seed{seed}/{point['label']}"
-            done = (work / key / "results.json").is_file()
-            if not done and args.max_models is not None and evaluated >= args.max_models:
-                continue
-            evaluated += not done
-            run = evaluate_once(work, key, model, point["cfg"], args)
-            if run is not None:
-                results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
+    for seed, _, point, model in order:
+        if seeds and seed not in seeds:
+            continue
+        key = f"seed{seed}/{point['label']}"
+        done = (work / key / "results.json").is_file()
+        if not done and args.max_models is not None and evaluated >= args.max_models:
+            continue
+        evaluated += not done
+        run = evaluate_once(work, key, model, point["cfg"], args)
+        if run is not None:
+            results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
     command = "python benchmarks/final_comparison.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_text(Path(args.docs), "\n".join(page(points, base, results, command)))
     print(f"written: {args.docs}")

@@ -7,9 +7,10 @@ and 0.75 and evaluated. A method then offers its rates *and* its dial: read as o
 they are the trade-offs a user can reach. This script reads what is done (the run directories, or the
 committed ``docs/results_dial_fronts.json`` record) and writes ``docs/results_dial.md``: the verdict first
 (ADEPT against full CPT with its dial, the issue's question; each method with its dial against full CPT
-with its dial; each method's dial against its own lower rates), then the gaps seed by seed, on the probe's
-source and on Austen (a source neither probed nor trained on; each finished model evaluated once and kept in
-``docs/results_dial_heldout.json``), the dials' points, and every point.
+with its dial; ADEPT against LLaMA-Pro, the paper's comparison; each method's dial against its own lower
+rates), then the gaps seed by seed, on the probe's source and on Austen (a source neither probed nor
+trained on; each finished model evaluated once and kept in ``docs/results_dial_heldout.json``), the dials'
+points, and every point.
 
 Usage: python benchmarks/forgetting_dial.py [--config configs/e4_smollm2.yaml] [--docs docs/results_dial.md]
 """
@@ -69,6 +70,13 @@ def questions(fronts: list[Front], dials: dict[str, Front], reference: str) -> l
         rows.append((f"{front.name} with its dial against {ref.name} with its dial", with_dial(front), with_dial(ref)))
     for front in others:
         rows.append((f"{front.name} against {ref.name}, rates only (the fronts without dials)", front, ref))
+    # ADEPT against the other expansion methods (the paper's own comparison), with and without the dials.
+    for front in (f for f in others if f.method == "adept"):
+        for other in (f for f in others if f.method != "adept"):
+            rows.append((f"{front.name} against {other.name}, rates only", front, other))
+            rows.append(
+                (f"{front.name} with its dial against {other.name} with its dial", with_dial(front), with_dial(other))
+            )
     for front in fronts:
         if front.name in dials:
             rows.append((f"{front.name}: its dial against its own rates", dials[front.name], front))
