@@ -95,13 +95,27 @@ def summarize(points: list[dict]) -> dict:
     return summary
 
 
+def recommendation(summary: dict) -> str:
+    """The smallest probe whose samples all chose the same layers, else the one whose pairs agree most."""
+    sized = [(tokens, s) for tokens, s in summary.items() if s["overlap_min"] is not None]
+    if not sized:
+        return "none yet: fewer than two samples per size"
+    same = [tokens for tokens, s in sized if s["overlap_min"] == CHOSEN]
+    if same:
+        return f"probes of at least {min(same):,} tokens: every sample of that size chose the same {CHOSEN} layers"
+    tokens, s = max(sized, key=lambda ts: (ts[1]["overlap_min"], ts[1]["overlap_mean"], -ts[0]))
+    return (
+        f"probes of {tokens:,} tokens, where samples agree most ({s['overlap_mean']:.2f} of {CHOSEN} in common, "
+        f"min {s['overlap_min']}); no size tried chose the same {CHOSEN} in every sample"
+    )
+
+
 def render(summary: dict, command: str) -> str:
     lines = [
         "# Is Stage 1 stable? Layer masking from probes of several sizes",
         "",
         "Question: does Stage 1 choose the same four layers to copy when the probe is another sample of the same "
-        "corpus? Answer, per probe size (recommendation: the default probe size follows once 20,000 tokens have "
-        "run as well):",
+        f"corpus? Answer, per probe size. Recommendation: {recommendation(summary)}.",
         "",
     ]
     lines += [
