@@ -148,6 +148,13 @@ def paired_cell(diff: dict[str, Any] | None) -> str:
     return f"{100 * diff['diff']:+.1f}{ci} (n={diff['n']})"
 
 
+def status(points: list[dict[str, Any]], results: dict) -> str:
+    done = sum(len(rows) for rows in results.values())
+    total = sum(len(point["models"]) for point in points)
+    text = f"**Status: {done} of {total} trained models evaluated, and the base model.**"
+    return text if done == total else text + " Means over fewer seeds than trained are provisional."
+
+
 def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, command: str) -> list[str]:
     seed_rows, mean_rows = [], []
     for point in points:
@@ -210,6 +217,8 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
         "",
         "Means over seeds with 95% t-intervals over seeds; an interval that holds 0 is no difference. "
         f"Regenerate: `{command}` (resumable model by model).",
+        "",
+        status(points, results),
         "",
         "## Seed by seed, paired per item with the base model",
         "",
