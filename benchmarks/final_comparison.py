@@ -281,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         run = evaluate_once(work, key, model, point["cfg"], args)
         if run is not None:
             results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
-    command = "python benchmarks/final_comparison.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--max-models" in given:  # how much of it one sitting ran, not how to regenerate it
+        del given[given.index("--max-models") : given.index("--max-models") + 2]
+    command = "python benchmarks/final_comparison.py " + " ".join(given)
     write_text(Path(args.docs), "\n".join(page(points, base, results, command)))
     print(f"written: {args.docs}")
     return 0
