@@ -9,10 +9,11 @@ ADEPT, E1's rules). Every seed's trained model of that rate, and the base model 
 - held-out loss on the config's general text (State of the Union, the probe's source), on Austen (a
   source neither probed nor trained on) and on the domain's held-out text, ``--max-blocks`` blocks each.
 
-One ``results.json`` per model under ``--work``, so the work resumes model by model (about 30-40 minutes
-per model on 2 CPU cores), seed 0 of every front first. Then ``docs/results_final.md``: per front, gain and
-forgetting with each accuracy change paired per item against the base model, seed by seed, and the mean over
-seeds.
+One ``results.json`` per model under ``--work``, so the work resumes model by model (about 25-40 minutes per
+model on 2 CPU cores), seed 0 of every front first; each evaluation, per-item scores included, is also kept in
+``docs/results_final_runs.json``, so it outlives its model and its ``--work`` directory. Then
+``docs/results_final.md``: per front, gain and forgetting with each accuracy change paired per item against the
+base model, seed by seed, and the mean over seeds.
 
 Usage: python benchmarks/final_comparison.py --sweep configs/e4_smollm2.yaml --sweep configs/e1_smollm2.yaml
        [--fronts full,llama-pro,adept,adept-no-stage2] [--seeds 0,1,2] [--max-models N] [--limit N]
@@ -21,6 +22,7 @@ Usage: python benchmarks/final_comparison.py --sweep configs/e4_smollm2.yaml --s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -69,8 +71,21 @@ def best_points(configs: list[str], wanted: list[str] | None) -> list[dict[str, 
     return list(chosen.values())
 
 
-def evaluate_once(work: Path, key: str, model: Path, cfg, args) -> dict[str, Any] | None:
-    """One model's evaluation, cached as ``work/key/results.json``; None where the model is not on this machine."""
+def read_record(path: Path) -> dict[str, Any]:
+    """The committed evaluations, one model per line (``write_record``): none is lost with its model."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    lines = [f"{json.dumps(key)}: {json.dumps(run, separators=(',', ':'))}" for key, run in sorted(record.items())]
+    write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def evaluate_once(work: Path, key: str, model: Path, cfg, args, record: dict[str, Any]) -> dict[str, Any] | None:
+    """One model's evaluation, cached as ``work/key/results.json`` and kept in ``record``; None where the model is
+    neither evaluated nor on this machine."""
+    if key in record:
+        return record[key]
     path = work / key / "results.json"
     if not path.is_file():
         if not model.is_dir():
@@ -93,7 +108,8 @@ def evaluate_once(work: Path, key: str, model: Path, cfg, args) -> dict[str, Any
             summaries={key.replace("/", ":"): None},
             seed=cfg.evaluation.benchmark_seed,
         )
-    return read_json(path, kind="evaluation")["runs"][0]
+    record[key] = read_json(path, kind="evaluation")["runs"][0]
+    return record[key]
 
 
 def loss_of(run: dict[str, Any], path: str) -> float | None:
@@ -261,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no front with a finished rate in the sweeps' records")
     work = Path(args.work)
     cfg = points[0]["cfg"]
-    base = evaluate_once(work, BASE, Path(cfg.model), cfg, args)
+    docs = Path(args.docs)
+    record_path = docs.with_name(f"{docs.stem}_runs.json")
+    record = read_record(record_path)
+    base = evaluate_once(work, BASE, Path(cfg.model), cfg, args, record)
     if base is None:
         raise SystemExit(f"{cfg.model}: the base model is not here")
     # Seed by seed, every front of a seed before the next seed: a stopped sitting leaves whole seeds compared.
@@ -274,19 +293,20 @@ def main(argv: list[str] | None = None) -> int:
         if seeds and seed not in seeds:
             continue
         key = f"seed{seed}/{point['label']}"
-        done = (work / key / "results.json").is_file()
+        done = key in record or (work / key / "results.json").is_file()
         if not done and args.max_models is not None and evaluated >= args.max_models:
             continue
         evaluated += not done
-        run = evaluate_once(work, key, model, point["cfg"], args)
+        run = evaluate_once(work, key, model, point["cfg"], args, record)
         if run is not None:
             results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
     given = list(sys.argv[1:] if argv is None else argv)
     if "--max-models" in given:  # how much of it one sitting ran, not how to regenerate it
         del given[given.index("--max-models") : given.index("--max-models") + 2]
     command = "python benchmarks/final_comparison.py " + " ".join(given)
-    write_text(Path(args.docs), "\n".join(page(points, base, results, command)))
-    print(f"written: {args.docs}")
+    write_record(record_path, record)
+    write_text(docs, "\n".join(page(points, base, results, command)))
+    print(f"written: {docs}, {record_path}")
     return 0
 
 
