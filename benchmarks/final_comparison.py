@@ -217,6 +217,10 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
     return [
         "# The final comparison: each method's best rate on full benchmark sets",
         "",
+        "Do the fronts' verdicts hold on every benchmark item? Each method at the rate of its largest mean domain "
+        "gain (what a user adapting to the domain picks), against the base model: domain gain, general loss on "
+        "the probe's source and on a source never probed or trained on, and accuracy paired per item.",
+        "",
         *markdown_table(
             [
                 "method",
@@ -238,8 +242,9 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
         "",
         "## Seed by seed, paired per item with the base model",
         "",
-        "Accuracy changes in points: every item of each benchmark but HellaSwag (a seeded "
-        f"{HELLASWAG_ITEMS:,}), pooled, each item scored against the base model's score on it (normal 95% interval).",
+        "Accuracy changes in points: every item of each benchmark's validation split (the split shipped here) but "
+        f"HellaSwag's (a seeded {HELLASWAG_ITEMS:,}), pooled, each item scored against the base model's score on "
+        "it (normal 95% interval).",
         "",
         *markdown_table(
             ["method", "rate", "seed", "gain %", "SOTU loss Δ%", "Austen loss Δ%", "general acc Δ", "domain acc Δ"],
