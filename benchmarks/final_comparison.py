@@ -81,6 +81,11 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
+def is_evaluated(work: Path, key: str, record: dict[str, Any]) -> bool:
+    """Whether ``key`` needs no evaluation: kept in the committed record or cached under ``work``."""
+    return key in record or (work / key / "results.json").is_file()
+
+
 def evaluate_once(work: Path, key: str, model: Path, cfg, args, record: dict[str, Any]) -> dict[str, Any] | None:
     """One model's evaluation, cached as ``work/key/results.json`` and kept in ``record``; None where the model is
     neither evaluated nor on this machine."""
@@ -263,6 +268,19 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
     ]
 
 
+def regeneration_args(argv: list[str] | None) -> list[str]:
+    """The arguments given, less ``--max-models`` (how much of it one sitting ran, not how to regenerate it)."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    kept = []
+    while given:
+        arg = given.pop(0)
+        if arg == "--max-models":
+            given = given[1:]
+        elif not arg.startswith("--max-models="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="append", required=True, help="A sweep config whose record is done")
@@ -298,17 +316,14 @@ def main(argv: list[str] | None = None) -> int:
         if seeds and seed not in seeds:
             continue
         key = f"seed{seed}/{point['label']}"
-        done = key in record or (work / key / "results.json").is_file()
+        done = is_evaluated(work, key, record)
         if not done and args.max_models is not None and evaluated >= args.max_models:
             continue
         evaluated += not done
         run = evaluate_once(work, key, model, point["cfg"], args, record)
         if run is not None:
             results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
-    given = list(sys.argv[1:] if argv is None else argv)
-    if "--max-models" in given:  # how much of it one sitting ran, not how to regenerate it
-        del given[given.index("--max-models") : given.index("--max-models") + 2]
-    command = "python benchmarks/final_comparison.py " + " ".join(given)
+    command = "python benchmarks/final_comparison.py " + " ".join(regeneration_args(argv))
     write_record(record_path, record)
     write_text(docs, "\n".join(page(points, base, results, command)))
     print(f"written: {docs}, {record_path}")
