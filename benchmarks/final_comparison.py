@@ -150,16 +150,76 @@ def changes(run: dict[str, Any], base: dict[str, Any], cfg, second_source: str) 
     return out
 
 
+def mean_interval(values: list[float]) -> tuple[float, float | None]:
+    """Mean over seeds and the half-width of its 95% t-interval (None below two seeds)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+
+
 def over_seeds(values: list[float]) -> str:
     """Mean over seeds, with a 95% t-interval from two seeds on."""
     if not values:
         return "–"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
+    mean, half = mean_interval(values)
+    if half is None:
         return f"{mean:+.2f} (1 seed)"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    half = T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
     return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(values)})"
+
+
+def measure(change: dict[str, Any], key: str) -> float | None:
+    """One measure of a model's change, accuracies in points (``per_benchmark:NAME`` for one benchmark)."""
+    if key.startswith("per_benchmark:"):
+        value = change["per_benchmark"].get(key.split(":", 1)[1])
+    else:
+        value = change[key]
+    if isinstance(value, dict):
+        return 100 * value["diff"]
+    return value
+
+
+# (column, key, better when): what the method-against-method table compares, seed by seed.
+MEASURES = [
+    ("domain-loss gain %", "gain_pct", "higher"),
+    ("general loss Δ% (probe's source)", "probe_source_pct", "lower"),
+    ("general loss Δ% (Austen)", "second_source_pct", "lower"),
+    ("general accuracy Δ pts", "general_acc", "higher"),
+    ("HellaSwag Δ pts", "per_benchmark:hellaswag", "higher"),
+    ("domain accuracy Δ pts", "domain_acc", "higher"),
+]
+SUBJECT = "adept"
+
+
+def gap_cell(a: dict[int, dict], b: dict[int, dict], key: str, better: str) -> str:
+    """a minus b over the seeds both have, with its 95% t-interval and what it says."""
+    diffs = [
+        measure(a[s], key) - measure(b[s], key)
+        for s in sorted(set(a) & set(b))
+        if measure(a[s], key) is not None and measure(b[s], key) is not None
+    ]
+    if not diffs:
+        return "–"
+    mean, half = mean_interval(diffs)
+    if half is None:
+        return f"{mean:+.2f} (1 seed)"
+    if abs(mean) <= half:
+        word = "no difference"
+    else:
+        word = "better" if (mean > 0) == (better == "higher") else "worse"
+    return f"{word}, {mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (n={len(diffs)})"
+
+
+def against_rows(results: dict, subject: str) -> list[list[str]]:
+    """``subject`` against every other method, each measure's seed-paired difference over seeds."""
+    if subject not in results:
+        return []
+    return [
+        [f"{subject} − {other}", *(gap_cell(results[subject], rows, key, better) for _, key, better in MEASURES)]
+        for other, rows in results.items()
+        if other != subject
+    ]
 
 
 def paired_cell(diff: dict[str, Any] | None) -> str:
@@ -194,29 +254,19 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
                 ]
             )
         values = list(rows.values())
-
-        def pick(key, scale=1.0, values=values):
-            return [
-                scale * (v[key]["diff"] if isinstance(v[key], dict) else v[key]) for v in values if v[key] is not None
-            ]
-
-        mean_rows.append(
-            [
-                point["front"],
-                rate_name(point["rate"]),
-                over_seeds(pick("gain_pct")),
-                over_seeds(pick("probe_source_pct")),
-                over_seeds(pick("second_source_pct")),
-                over_seeds(pick("general_acc", 100)),
-                over_seeds(pick("domain_acc", 100)),
-            ]
-        )
+        means = [over_seeds([v for v in (measure(c, key) for c in values) if v is not None]) for _, key, _ in MEASURES]
+        mean_rows.append([point["front"], rate_name(point["rate"]), *means])
     names = sorted({name for rows in results.values() for change in rows.values() for name in change["per_benchmark"]})
-    bench_rows = []
+    bench_rows, bench_means = [], []
     for point in points:
-        for seed, change in sorted(results.get(point["front"], {}).items()):
+        rows = results.get(point["front"], {})
+        for seed, change in sorted(rows.items()):
             cells = [paired_cell(change["per_benchmark"].get(name)) for name in names]
             bench_rows.append([point["front"], str(seed), *cells])
+        if rows:
+            values = [[measure(c, f"per_benchmark:{name}") for c in rows.values()] for name in names]
+            cells = [over_seeds([v for v in column if v is not None]) for column in values]
+            bench_means.append([point["front"], rate_name(point["rate"]), *cells])
     accuracy = {name: entry.get("acc_norm") or entry.get("acc") for name, entry in base["benchmarks"].items()}
     sizes = {name: entry.get("n") for name, entry in base["benchmarks"].items()}
     return [
@@ -226,24 +276,20 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
         "gain (what a user adapting to the domain picks), against the base model: domain gain, general loss on "
         "the probe's source and on a source never probed or trained on, and accuracy paired per item.",
         "",
-        *markdown_table(
-            [
-                "method",
-                "best rate",
-                "domain-loss gain %",
-                "general loss Δ% (probe's source)",
-                "general loss Δ% (Austen)",
-                "general accuracy Δ pts",
-                "domain accuracy Δ pts",
-            ],
-            mean_rows,
-            "llrrrrr",
-        ),
+        *markdown_table(["method", "best rate", *(name for name, _, _ in MEASURES)], mean_rows, "ll" + "r" * 6),
         "",
         "Means over seeds with 95% t-intervals over seeds; an interval that holds 0 is no difference. "
         f"Regenerate: `{command}` (resumable model by model).",
         "",
         status(points, results),
+        "",
+        f"## {SUBJECT} against each other method",
+        "",
+        "Each measure's difference, seed by seed (seed i of one method against seed i of the other), with its 95% "
+        "t-interval over seeds: better or worse for the first method where the interval excludes 0. Each method "
+        "is at its own best-gain rate, so the gains differ; the fronts' pages compare at matched gain.",
+        "",
+        *markdown_table(["methods", *(name for name, _, _ in MEASURES)], against_rows(results, SUBJECT), "l" + "r" * 6),
         "",
         "## Seed by seed, paired per item with the base model",
         "",
@@ -262,6 +308,12 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
         "Base model: "
         + ", ".join(f"{name} {100 * acc:.1f}% of {sizes[name]}" for name, acc in accuracy.items() if acc is not None)
         + ".",
+        "",
+        "Means over seeds, points, with 95% t-intervals over seeds:",
+        "",
+        *markdown_table(["method", "rate", *names], bench_means, "ll" + "r" * len(names)),
+        "",
+        "Seed by seed, paired per item (normal 95% interval):",
         "",
         *markdown_table(["method", "seed", *names], bench_rows, "ll" + "r" * len(names)),
         "",
