@@ -374,3 +374,30 @@ def test_fronts_apart_are_read_over_the_lower_ones_gains_against_the_higher_ones
     assert front_gaps(data, full, adept)["gaps"][2]["mean"] == pytest.approx(-1.5)  # read from either side
     overlapping = _seeded({"full": [[(1e-4, 15, 0.0)]] * 3, "adept": [[(1e-3, 11, 0.0), (3e-3, 16, 1.0)]] * 3})
     assert front_gaps(overlapping, adept, full) is None  # one point inside the other's range: no front to read
+
+
+def test_a_loss_only_sweep_at_fixed_copies_scores_units_only_and_still_gives_stage2_its_rates(workspace):  # noqa: F811
+    """E2's fixed placements: no benchmarks, explicit source layers, importance without layer masking."""
+    tmp_path, config = workspace
+    overrides = [
+        "train.methods=[adept,adept-no-stage2]",
+        "sweep.rates.adept=[1e-2]",
+        "sweep.rates.adept-no-stage2=[1e-2]",
+        "expansion.num_new_layers=null",
+        "expansion.layers=[3]",
+        "importance.metrics=[grad_weight]",
+        "data.general_benchmarks=[]",
+        "data.domain_benchmarks=[]",
+        "evaluation.shift=false",
+    ]
+    rows = json.loads(sweep.run_sweep(config, overrides)["json"].read_text())["runs"]["0"]
+    assert sorted(rows) == ["adept-no-stage2@1e-2", "adept@1e-2"]
+    assert all(row["gain_pct"] > 0 and row["general_acc_change"] is None for row in rows.values())
+    seed = tmp_path / "run" / "sweep" / "seed0"
+    importance = json.loads((seed / "importance" / "importance.json").read_text())
+    assert importance["layer_masking"] is None and importance["unit_grad_weight_mean"]
+    expansion = json.loads((seed / "expanded" / "adept" / "expansion.json").read_text())
+    assert expansion["source_layers"] == [3]
+    summary = json.loads((train_dir(seed, "adept@1e-2") / "training_summary.json").read_text())
+    first = summary["multiplier_distribution"]["first"]  # step 0 from the unit scores, by the paper's rule
+    assert first["step"] == 0 and "importance.json" in first["source"] and first["min"] < first["max"]
