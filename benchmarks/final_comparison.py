@@ -229,14 +229,22 @@ def paired_cell(diff: dict[str, Any] | None) -> str:
     return f"{100 * diff['diff']:+.1f}{ci} (n={diff['n']})"
 
 
-def status(points: list[dict[str, Any]], results: dict) -> str:
+def status(points: list[dict[str, Any]], results: dict, record: dict[str, Any]) -> str:
     done = sum(len(rows) for rows in results.values())
     total = sum(len(point["models"]) for point in points)
+    seconds = [run["seconds"] for run in record.values() if run.get("seconds")]
     text = f"**Status: {done} of {total} trained models evaluated, and the base model.**"
+    if seconds:
+        text += (
+            f" Evaluation time: {sum(seconds) / 3600:.1f} hours on 2 CPU cores, "
+            f"{min(seconds) / 60:.0f}-{max(seconds) / 60:.0f} minutes a model."
+        )
     return text if done == total else text + " Means over fewer seeds than trained are provisional."
 
 
-def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, command: str) -> list[str]:
+def page(
+    points: list[dict[str, Any]], base: dict[str, Any], results: dict, record: dict[str, Any], command: str
+) -> list[str]:
     seed_rows, mean_rows = [], []
     for point in points:
         rows = results.get(point["front"], {})
@@ -281,7 +289,7 @@ def page(points: list[dict[str, Any]], base: dict[str, Any], results: dict, comm
         "Means over seeds with 95% t-intervals over seeds; an interval that holds 0 is no difference. "
         f"Regenerate: `{command}` (resumable model by model).",
         "",
-        status(points, results),
+        status(points, results, record),
         "",
         f"## {SUBJECT} against each other method",
         "",
@@ -377,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(point["front"], {})[seed] = changes(run, base, point["cfg"], args.second_source)
     command = "python benchmarks/final_comparison.py " + " ".join(regeneration_args(argv))
     write_record(record_path, record)
-    write_text(docs, "\n".join(page(points, base, results, command)))
+    write_text(docs, "\n".join(page(points, base, results, record, command)))
     print(f"written: {docs}, {record_path}")
     return 0
 
