@@ -43,6 +43,8 @@ from sweep_pages import (
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "adept-no-stage2"
+DEFAULT_CONFIG = "configs/e1_smollm2.yaml"
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}  # models/real/<name>
 MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -119,7 +121,7 @@ def verdict_rows(gaps: dict[str, Any], second: dict[str, Any], rules: list[str],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/e1_smollm2.yaml")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--docs", default="docs/results_stage2.md")
     parser.add_argument("--second-heldout", default=SECOND_HELDOUT, help="General text of a source never probed")
     parser.add_argument("--second-max-blocks", type=int, default=SECOND_MAX_BLOCKS)
@@ -145,15 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds = sum(r.get("run_seconds") or 0 for rows in data["seeds"].values() for r in rows.values())
     train_args = cfg.method_settings(fronts[0].name).training_args
     tokens = int(train_args["max_steps"]) * int(train_args["per_device_train_batch_size"]) * cfg.data.block_size
+    model = MODEL_NAMES.get(Path(cfg.model).name, Path(cfg.model).name)
+    page_args = [] if args.config == DEFAULT_CONFIG else ["--config", args.config, "--docs", args.docs]
     text = [
-        "# What does Stage 2 add? (E1, SmolLM2-135M)",
+        f"# What does Stage 2 add? (E1, {model})",
         "",
         *verdict_rows(gaps, second_gaps, [row[0] for row in gap_rows], done, total),
         "",
         f"Regenerate: `adept sweep {args.config}` (trains what is missing, resumable), then "
-        f"`python benchmarks/stage2_allocation.py`. CPU time so far: {seconds / 3600:.1f} hours on 2 cores "
-        f"(one thread while other work ran). Each point: {tokens:,.0f} domain tokens on SmolLM2-135M-Instruct, "
-        "the settings of `configs/fronts_smollm2.yaml`; the probe is drawn with each seed.",
+        f"`{' '.join(['python benchmarks/stage2_allocation.py', *page_args])}`. CPU time so far: "
+        f"{seconds / 3600:.1f} hours on 2 cores (one thread while other work ran). Each point: {tokens:,.0f} "
+        f"domain tokens on {model}, the settings of `{args.config}`; the probe is drawn with each seed.",
         "",
         "## Each rule against adept-no-stage2, seed by seed",
         "",
@@ -188,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## The multipliers each rule gave the copies' units",
         "",
-        "Ranges over the rule's finished training runs (every rate and seed). The paper's rule leaves every matrix "
-        "near its scale of 2 and slows only the norms, so its parameter-weighted mean is about 2: a x2 learning rate.",
+        "Ranges over the rule's finished training runs (every rate and seed). A parameter-weighted mean near 2 "
+        "makes a rule a x2 learning rate: on SmolLM2-135M the paper's rule leaves every matrix near its scale of 2 "
+        "and slows only the norms.",
         "",
         *distribution_table(dists, fronts),
         "",
