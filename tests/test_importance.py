@@ -102,6 +102,9 @@ def test_gradient_scores_match_a_direct_computation(batches):
     params = list(model.model.layers[1].parameters())
     plain, no_fisher, _, _ = unit_gradient_scores(model, batches, params, progress=False)
     assert no_fisher is None
+    # No autograd graph on the scores: one would keep every batch's gradients alive (about 1 GB a
+    # batch on SmolLM2-135M, so the default 20,000-token probe ran out of 24 GB).
+    assert plain.grad_fn is None and not plain.requires_grad
     grad_weight, fisher, _, tokens = unit_gradient_scores(model, batches, params, progress=False, fisher=True)
     expected_gw = torch.zeros(len(params), dtype=torch.float64)
     expected_fi = torch.zeros(len(params), dtype=torch.float64)

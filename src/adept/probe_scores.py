@@ -284,8 +284,9 @@ def unit_gradient_scores(
                 loss_total += loss_sum.detach().double()
                 grads = [cut(g) for g, (_, cut) in zip(probe_gradients(loss_sum / n_tokens, params), shards)]
             weight = n_tokens / float(total_tokens)
-            products = torch._foreach_mul(grads, local_params)
-            grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
+            with torch.no_grad():  # the weights require grad here: a graph would keep every batch's gradients
+                products = torch._foreach_mul(grads, local_params)
+                grad_weight += weight * torch.stack(torch._foreach_norm(products, 1)).float()
     if combine_batches:
         for tensor in (grad_weight, fisher_sums, loss_total):
             torch.distributed.all_reduce(tensor)
