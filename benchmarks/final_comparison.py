@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from adept.artifacts import read_json, write_text
 from adept.benchmarks import paired_difference
 from adept.config import load_config
 from adept.evaluation import run_evaluation, weighted_loss
-from adept.fronts import T95, best_rate, label_of, pooled_items, rate_name
+from adept.fronts import best_rate, label_of, mean_interval, pooled_items, rate_name
 from adept.fronts_report import markdown_table
 from adept.run_directory import train_dir
 from adept.sweep import RECORD_NAME, report_root, sweep_fronts, sweep_root
@@ -150,15 +149,6 @@ def changes(run: dict[str, Any], base: dict[str, Any], cfg, second_source: str) 
     return out
 
 
-def mean_interval(values: list[float]) -> tuple[float, float | None]:
-    """Mean over seeds and the half-width of its 95% t-interval (None below two seeds)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return mean, T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
-
-
 def over_seeds(values: list[float]) -> str:
     """Mean over seeds, with a 95% t-interval from two seeds on."""
     if not values:
@@ -194,11 +184,8 @@ SUBJECT = "adept"
 
 def gap_cell(a: dict[int, dict], b: dict[int, dict], key: str, better: str) -> str:
     """a minus b over the seeds both have, with its 95% t-interval and what it says."""
-    diffs = [
-        measure(a[s], key) - measure(b[s], key)
-        for s in sorted(set(a) & set(b))
-        if measure(a[s], key) is not None and measure(b[s], key) is not None
-    ]
+    pairs = [(measure(a[s], key), measure(b[s], key)) for s in sorted(set(a) & set(b))]
+    diffs = [x - y for x, y in pairs if x is not None and y is not None]
     if not diffs:
         return "–"
     mean, half = mean_interval(diffs)

@@ -329,6 +329,15 @@ def compare_fronts(a: list[Point], b: list[Point]) -> dict[str, Any]:
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
+def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean over seeds and the half-width of its 95% t-interval (None below two seeds)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, T95.get(len(values) - 1, 1.96) * sd / math.sqrt(len(values))
+
+
 Fronts = Front | Sequence[Front]
 
 
@@ -363,12 +372,9 @@ def seed_gap(data: dict[str, Any], a: Fronts, b: Fronts, gain: float, below: boo
             diffs.append(x - y)
     if not diffs:
         return {"gain": gain, "n": 0, "diffs": [], "mean": None, "ci": None}
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return {"gain": gain, "n": 1, "diffs": diffs, "mean": mean, "ci": None}
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
-    half = T95.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
-    return {"gain": gain, "n": len(diffs), "diffs": diffs, "mean": mean, "ci": [mean - half, mean + half]}
+    mean, half = mean_interval(diffs)
+    ci = None if half is None else [mean - half, mean + half]
+    return {"gain": gain, "n": len(diffs), "diffs": diffs, "mean": mean, "ci": ci}
 
 
 GAP_POSITIONS = ("low end", "middle", "high end")
